@@ -1,0 +1,214 @@
+"""
+The token MDP of Sun24 Sec. 3.1, small enough to enumerate every response.
+
+  state  s_t = (x, y_<t)      action a_t = y_t in {EOS, a, b, c, ...}
+  transition  s_{t+1} = concat(s_t, a_t)   (deterministic; a state holding EOS is absorbing)
+  a response ends at EOS, or is truncated after `horizon` tokens
+
+Everything a policy does on this MDP is computed exactly by enumeration:
+  d^pi(y|x)  = prod_t pi(y_t | x, y_<t)                               Sun24 Eq. (5)
+  rho^pi(s, a) = p(x) * P(s_t = s) * pi(a|s), summed over t          Sun24 Eq. (4)
+The policy is only ever asked for `logprobs` (nanoirl/policy.py), so the same code enumerates a
+lookup table and the tiny GPT of nanoirl/model.py.
+
+Vocabulary: 0 = EOS ".", 1 = pad "_", then the letters "a", "b", ..., then one token per prompt.
+
+The expert is multimodal: per prompt a few well-separated modes (different letters at every
+position, different lengths), a low-mass tail on the responses one letter away from a mode, and
+a tiny uniform background on every response. The background keeps every reverse KL finite; the
+modes plus the tail are the expert's *support* (its typical set), so "mass outside the expert's
+support" is a meaningful number. The gold reward used for evaluation is the expert's
+log-likelihood r(x, y) = log d^exp(y|x): the expert is the soft-optimal policy of that reward
+under a uniform reference.
+"""
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from nanoirl.policy import left_pad, right_pad, sequence_logprob
+
+EOS, PAD = 0, 1
+
+
+@dataclass
+class ToyConfig:
+    n_prompts: int = 3
+    n_letters: int = 3       # response symbols besides EOS
+    horizon: int = 5         # max response tokens T
+    n_modes: int = 3         # expert modes per prompt
+    tail_mass: float = 0.05  # expert mass on the one-letter neighbours of the modes
+    background: float = 0.01 # expert mass spread uniformly over every response
+    seed: int = 0            # picks the modes and their weights
+
+
+class ToyMDP:
+    def __init__(self, cfg=ToyConfig()):
+        self.cfg = cfg
+        self.L, self.T, self.n_prompts = cfg.n_letters, cfg.horizon, cfg.n_prompts
+        self.vocab_size = 2 + self.L + self.n_prompts
+        self.eos_id, self.pad_id = EOS, PAD
+        self.action_ids = [EOS] + [2 + i for i in range(self.L)]
+        self.n_tree = sum(self.L ** t for t in range(self.T + 1))  # letter prefixes of length <= T
+        self.responses = self._enumerate()                         # (N, T): every response
+        self.index = {tuple(r): i for i, r in enumerate(self.responses.tolist())}
+        self.modes, self.support, self.expert_logprob = self._make_expert()  # (n_prompts, N)
+
+    # ---- text <-> tokens ------------------------------------------------------------------------
+    def letter(self, i):
+        return "abcdefghijklmnopqrstuvwxyz"[i]
+
+    def decode(self, tokens):
+        out = []
+        for t in tokens:
+            t = int(t)
+            if t == PAD:
+                break
+            out.append("." if t == EOS else self.letter(t - 2))
+        return "".join(out)
+
+    def encode(self, text):
+        return [EOS if ch == "." else 2 + "abcdefghijklmnopqrstuvwxyz".index(ch) for ch in text]
+
+    def prompt_tokens(self, x):
+        """Prompt index tensor (B,) -> (prompts (B, 1), prompt_mask (B, 1))."""
+        return left_pad([[2 + self.L + int(i)] for i in x], PAD)
+
+    def prompt_index(self, prompts):
+        return prompts[:, -1] - (2 + self.L)
+
+    # ---- enumeration ----------------------------------------------------------------------------
+    def _enumerate(self):
+        """Every response: k letters then EOS (k < T), or T letters with no EOS (truncated)."""
+        seqs = []
+        for k in range(self.T + 1):
+            for letters in itertools.product(range(self.L), repeat=k):
+                tail = [EOS] if k < self.T else []
+                seqs.append([2 + c for c in letters] + tail)
+        return right_pad(seqs, PAD, self.T)
+
+    def all_pairs(self):
+        """Every (prompt, response) pair, prompt-major: row x * N + j is (x, responses[j])."""
+        N = len(self.responses)
+        x = torch.arange(self.n_prompts).repeat_interleave(N)
+        prompts, mask = self.prompt_tokens(x)
+        return prompts, mask, self.responses.repeat(self.n_prompts, 1)
+
+    def response_ids(self, responses):
+        """(B, T) response tokens -> (B,) index into self.responses."""
+        return torch.tensor([self.index[tuple(r)] for r in responses.tolist()], dtype=torch.long)
+
+    def trajectory_logprobs(self, policy, temperature=1.0):
+        """Exact log d^pi(y|x) for every prompt and response: (n_prompts, N). Differentiable."""
+        prompts, mask, responses = self.all_pairs()
+        token_lp = policy.logprobs(prompts, mask, responses, temperature)
+        return sequence_logprob(token_lp, responses, EOS).view(self.n_prompts, -1)
+
+    # ---- states ---------------------------------------------------------------------------------
+    def state_ids(self, kind, prompts, responses):
+        """(B, R+1) row of each state s_0..s_R in a table of the given kind.
+
+        full     : one row per prefix (x, y_<t); letter prefixes are numbered as a complete
+                   L-ary tree (children of node n are n*L+1 .. n*L+L), terminal states
+                   (prefix + EOS) get n_tree + node. Fully expressive.
+        position : one row per (x, t)               -> pi(y_t | x, t), a factorised policy
+        markov   : one row per (x, last token)      -> pi(y_t | x, y_{t-1})
+        """
+        x = self.prompt_index(prompts)
+        B, R = responses.shape
+        node = torch.zeros(B, dtype=torch.long)
+        last = torch.zeros(B, dtype=torch.long)      # 0 = start, 1 + letter, L + 1 = ended
+        done = torch.zeros(B, dtype=torch.bool)
+        ids = []
+        for t in range(R + 1):
+            if kind == "full":
+                ids.append(x * 2 * self.n_tree + torch.where(done, self.n_tree + node, node))
+            elif kind == "position":
+                ids.append(x * (self.T + 1) + min(t, self.T))
+            elif kind == "markov":
+                ids.append(x * (self.L + 2) + last)
+            else:
+                raise ValueError(f"unknown table kind {kind!r}: use full, position or markov")
+            if t == R:
+                break
+            tok = responses[:, t]
+            is_letter = (tok >= 2) & ~done
+            node = torch.where(is_letter, node * self.L + tok - 1, node)
+            last = torch.where(is_letter, tok - 1, torch.where(done | (tok == EOS), self.L + 1, last))
+            done = done | (tok == EOS)
+        return torch.stack(ids, dim=1)
+
+    def n_rows(self, kind):
+        return self.n_prompts * {"full": 2 * self.n_tree, "position": self.T + 1,
+                                 "markov": self.L + 2}[kind]
+
+    # ---- occupancy measure ----------------------------------------------------------------------
+    def occupancy(self, logd):
+        """Exact rho^pi(s, a | x) from log d^pi(y|x) (n_prompts, N): (n_prompts, S * V) where a
+        state-action pair is (full-table state row, action token). Sun24 Eq. (4) divided by p(x):
+        each response adds d(y|x) to every (s_t, y_t) it visits, so rho sums to E[|y|]."""
+        prompts, mask, responses = self.all_pairs()
+        states = self.state_ids("full", prompts, responses)[:, :-1]           # (B, T)
+        sa = states * self.vocab_size + responses                              # (B, T)
+        valid = (responses != PAD)
+        w = logd.reshape(-1, 1).exp().expand_as(sa)
+        S = self.n_rows("full") * self.vocab_size
+        rho = torch.zeros(S, dtype=w.dtype).index_add(0, sa[valid], w[valid])
+        return rho.view(self.n_prompts, -1)  # rows of other prompts are zero; kept for simplicity
+
+    # ---- the expert -----------------------------------------------------------------------------
+    def _make_expert(self):
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        L, T, K = self.L, self.T, self.cfg.n_modes
+        if K > L:
+            raise ValueError(f"n_modes={K} needs at least as many letters (n_letters={L}) "
+                             "so that modes differ at every position")
+        modes, supports, logps = [], [], []
+        for x in range(self.n_prompts):
+            # well separated: at each position the K modes use K different letters
+            letters = torch.stack([torch.randperm(L, generator=g)[:K] for _ in range(T)], dim=1)
+            lengths = torch.randint(2, T, (K,), generator=g)  # 2 .. T-1 letters, then EOS
+            seqs = [[2 + int(c) for c in letters[k, :lengths[k]]] + [EOS] for k in range(K)]
+            w = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
+            w = w / w.sum() * (1 - self.cfg.tail_mass - self.cfg.background)
+            p = torch.zeros(len(self.responses), dtype=torch.float64)
+            ids = [self.index[tuple(right_pad([s], PAD, T)[0].tolist())] for s in seqs]
+            p[ids] = w
+            tail = set()  # one-letter substitutions of the modes
+            for s in seqs:
+                for pos in range(len(s) - 1):
+                    for c in range(L):
+                        n = list(s)
+                        n[pos] = 2 + c
+                        j = self.index[tuple(right_pad([n], PAD, T)[0].tolist())]
+                        if j not in ids:
+                            tail.add(j)
+            p[sorted(tail)] += self.cfg.tail_mass / len(tail)
+            support = p > 0
+            p += self.cfg.background / len(p)
+            modes.append(ids)
+            supports.append(support)
+            logps.append(p.log())
+        return modes, torch.stack(supports), torch.stack(logps)
+
+    def gold_reward(self):
+        """(n_prompts, N) gold reward r(x, y) = log d^exp(y|x)."""
+        return self.expert_logprob
+
+    def sample(self, logd, x, generator=None):
+        """Sample one response per prompt index in x (B,) from log d (n_prompts, N)."""
+        j = torch.multinomial(logd[x].exp(), 1, generator=generator).squeeze(1)
+        return self.responses[j]
+
+    def demonstrations(self, n, generator=None):
+        """n expert demonstrations, prompts taken in turn: (prompts, prompt_mask, responses)."""
+        x = torch.arange(n) % self.n_prompts
+        prompts, mask = self.prompt_tokens(x)
+        return prompts, mask, self.sample(self.expert_logprob, x, generator)
+
+    def empirical_logprob(self, prompts, responses):
+        """log of the empirical distribution of a set of demonstrations: (n_prompts, N)."""
+        counts = torch.zeros(self.n_prompts, len(self.responses), dtype=torch.float64)
+        counts.index_put_((self.prompt_index(prompts), self.response_ids(responses)),
+                          torch.ones(len(responses), dtype=torch.float64), accumulate=True)
+        return (counts / counts.sum(1, keepdim=True)).log()

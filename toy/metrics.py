@@ -1,0 +1,88 @@
+"""
+Exact divergences and diagnostics between distributions given as log-probabilities over the
+last dimension (responses, or state-action pairs). Zero-probability entries are log 0 = -inf or
+nanoirl.policy.NEG_INF; both are handled: 0 * log 0 counts as 0, and mass where the other
+distribution has none gives an infinite (or 1e9-sized) KL, as it should.
+
+f-divergences follow Sun24 Appendix B: D_f(P || Q) = sum_x q(x) f(p(x) / q(x)).
+"""
+import math
+
+import torch
+
+from nanoirl.policy import NEG_INF
+
+
+def _p(logp):
+    return logp.exp()
+
+
+def _safe(logp):
+    return logp.clamp_min(NEG_INF)
+
+
+def forward_kl(logp_exp, logq):
+    """KL(p || q) = sum p (log p - log q): mass-covering when minimised over q."""
+    p = _p(logp_exp)
+    return torch.where(p > 0, p * (_safe(logp_exp) - _safe(logq)), 0.0).sum(-1)
+
+
+def reverse_kl(logp_exp, logq):
+    """KL(q || p): mode-seeking when minimised over q."""
+    return forward_kl(logq, logp_exp)
+
+
+def js(logp, logq):
+    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2."""
+    logm = torch.logaddexp(_safe(logp), _safe(logq)) - math.log(2.0)
+    return 0.5 * (forward_kl(logp, logm) + forward_kl(logq, logm))
+
+
+def tv(logp, logq):
+    return 0.5 * (_p(logp) - _p(logq)).abs().sum(-1)
+
+
+def alpha_div(logp_exp, logq, alpha):
+    """Sun24 App. B alpha-IRL: D_f(p || q) with f(u) = (u^(1-a) - (1-a) u - a) / (a (a - 1)),
+    i.e. (1 - sum p^(1-a) q^a) / (a (1 - a)) for normalised p, q. a -> 0 gives KL(p||q),
+    a -> 1 gives KL(q||p)."""
+    if alpha in (0, 1):
+        return forward_kl(logp_exp, logq) if alpha == 0 else reverse_kl(logp_exp, logq)
+    mixed = ((1 - alpha) * _safe(logp_exp) + alpha * _safe(logq)).exp().sum(-1)
+    return (1 - mixed) / (alpha * (1 - alpha))
+
+
+def entropy(logp):
+    p = _p(logp)
+    return -torch.where(p > 0, p * _safe(logp), 0.0).sum(-1)
+
+
+def normalise(rho):
+    """An occupancy measure (sums to E[|y|]) -> log of the distribution rho / sum(rho)."""
+    return (rho / rho.sum(-1, keepdim=True)).log()
+
+
+def mode_mass(mdp, logd):
+    """(n_prompts, n_modes): mass the policy puts on each expert mode."""
+    return torch.stack([logd[x, mdp.modes[x]].exp() for x in range(mdp.n_prompts)])
+
+
+def outside_support(mdp, logd):
+    """(n_prompts,): mass the policy puts outside the expert's support (modes + tail), where
+    the expert has only its tiny uniform background."""
+    return torch.where(mdp.support, 0.0, logd.exp()).sum(-1)
+
+
+def summary(mdp, logd):
+    """Every exact number the toy reports for a policy, averaged over prompts."""
+    e = mdp.expert_logprob
+    return {
+        "fkl": forward_kl(e, logd).mean().item(),
+        "rkl": reverse_kl(e, logd).mean().item(),
+        "js": js(e, logd).mean().item(),
+        "tv": tv(e, logd).mean().item(),
+        "entropy": entropy(logd).mean().item(),
+        "gold_reward": (logd.exp() * mdp.gold_reward()).sum(-1).mean().item(),
+        "modes_covered": (mode_mass(mdp, logd) > 0.05).float().sum(-1).mean().item(),
+        "outside_support": outside_support(mdp, logd).mean().item(),
+    }
