@@ -1,0 +1,60 @@
+"""
+Reward models and discriminators: one scalar model (toy.tabular.TabularScalar or
+nanoirl.model.ScalarGPT), read at two levels, trained with one of two losses.
+
+Levels (RLignment: "the reward model is the discriminator's logit"):
+  "sequence"  one score per response, h(x, y), read at the last valid token; the policy
+              receives it on that token, zero elsewhere (as in TL;DR PPO)
+  "token"     one score per state-action pair, h(s_t, a_t) = state score of s_{t+1}; the policy
+              receives it on every token (Sun24 Eq. 17-18 are written at this level)
+
+Losses:
+  discriminator_loss   expert label 1, policy label 0 (Sun24 Eq. 18 / 20, negated to minimise):
+                       -E_exp[log D] - E_pi[log(1 - D)],  D = sigmoid(h)
+  bradley_terry_loss   -E[log sigmoid(r(chosen) - r(rejected))]          MLIRL Eq. (11)
+"""
+import torch
+import torch.nn.functional as F
+
+from nanoirl.policy import response_mask, sequence_lengths
+
+
+def scores(scorer, prompts, prompt_mask, responses, eos_id, level):
+    """Scores h and the mask of the entries they are valid on.
+    sequence: (B,) h(x, y) and an all-True (B,) mask; token: (B, R) h(s_t, a_t) and its mask."""
+    out = scorer.state_scores(prompts, prompt_mask, responses)             # (B, R + 1)
+    if level == "sequence":
+        n = sequence_lengths(responses, eos_id)
+        return out.gather(1, n[:, None]).squeeze(1), torch.ones_like(n, dtype=torch.bool)
+    if level == "token":
+        return out[:, 1:], response_mask(responses, eos_id)
+    raise ValueError(f"unknown reward level {level!r}: use 'sequence' or 'token'")
+
+
+def token_rewards(h, responses, eos_id, level):
+    """Place rewards computed from scores on the tokens PPO sees: (B, R).
+    sequence level puts h on the last valid token; token level keeps h on valid tokens."""
+    mask = response_mask(responses, eos_id)
+    if level == "token":
+        return torch.where(mask, h, 0.0)
+    last = sequence_lengths(responses, eos_id) - 1
+    return torch.zeros_like(mask, dtype=h.dtype).scatter(1, last[:, None], h[:, None])
+
+
+def discriminator_loss(h_expert, mask_expert, h_policy, mask_policy):
+    """-E_exp[log sigmoid(h)] - E_pi[log(1 - sigmoid(h))], each mean over its valid entries.
+    log(1 - sigmoid(h)) = logsigmoid(-h), which stays finite for large h."""
+    e = -F.logsigmoid(h_expert)[mask_expert].mean()
+    p = -F.logsigmoid(-h_policy)[mask_policy].mean()
+    return e + p
+
+
+def bradley_terry_loss(r_chosen, r_rejected):
+    """MLIRL Eq. (11): -log sigmoid(r(x, y_demo) - r(x, y_policy)), averaged over pairs."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def accuracy(r_chosen, r_rejected):
+    """Fraction of pairs the reward model orders correctly (ties count half)."""
+    d = r_chosen - r_rejected
+    return ((d > 0).float() + 0.5 * (d == 0).float()).mean().item()
