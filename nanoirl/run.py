@@ -1,0 +1,301 @@
+"""
+What every training script does around its loop: the common flags, the run directory, atomic
+checkpoints that resume exactly, the metrics log and its plot, the NaN guard, the final summary.
+
+A run directory (--out) holds:
+  config.json     the flags the run was started (or last resumed) with
+  metrics.jsonl   one JSON object per step, {"step": s, "<metric>": value, ...}, the same names
+                  in every script
+  metrics.png     one small panel per metric, drawn from metrics.jsonl
+  ckpt.pt         the last checkpoint: written to ckpt.pt.tmp, fsynced, then renamed over ckpt.pt,
+                  so a run killed at any moment keeps its last good checkpoint
+Step convention: the loop runs `for step in range(start, steps)`, logs metrics under `step`,
+and a checkpoint written after it stores step + 1, the number of steps done = where to resume.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanoirl.data import DataError
+
+CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
+RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, PLOT)  # what --force replaces, nothing else
+
+PYTHIA_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+PYTHIA = re.compile(r"pythia-(%s)(-deduped)?" % "|".join(map(re.escape, PYTHIA_SIZES)))
+MODEL_FORMS = (f"toy-tabular, toy-gpt, pythia-{{{','.join(PYTHIA_SIZES)}}}[-deduped], "
+               "random:pythia-... (random init, for dry runs), or an existing local checkpoint path")
+
+
+class RunError(RuntimeError):
+    """A problem with a flag, the run directory or the training itself; its message is one line."""
+
+
+def one_line_errors():
+    """Make a DataError or RunError end the script with 'error: <message>' and exit status 1,
+    without a traceback; every other exception keeps its traceback."""
+    default = sys.excepthook
+    def hook(kind, error, tb):
+        if issubclass(kind, (DataError, RunError)):
+            print(f"error: {error}", file=sys.stderr)
+        else:
+            default(kind, error, tb)
+    sys.excepthook = hook
+
+
+# ---- the flags every script shares ---------------------------------------------------------------
+def model_arg(value):
+    """argparse type of --model: a known name or an existing path (model.py is not imported)."""
+    name = value.removeprefix("random:")
+    if value in ("toy-tabular", "toy-gpt") or PYTHIA.fullmatch(name) or (
+            name == value and os.path.exists(value)):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown model {value!r}; use {MODEL_FORMS}")
+
+
+def file_arg(value):
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return value
+
+
+def positive_int(value):
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def add_common_args(parser, **defaults):
+    """Add the flags of all three scripts, in groups; keyword arguments override their defaults
+    (e.g. out="out/sft"). Each script adds its algorithm's flags in groups of its own."""
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--model", type=model_arg, default="toy-tabular", help=f"the policy: {MODEL_FORMS}")
+    g.add_argument("--data", type=file_arg, default=None,
+                   help='demonstrations JSONL: {"prompt", "response"} per line, or the TL;DR layout '
+                        '{"subreddit", "title", "post", "summary"}; default: the toy MDP\'s expert')
+    g.add_argument("--max-prompt-len", type=positive_int, default=512,
+                   help="prompts are left-padded to this many tokens; a longer one is an error (TL;DR: 512)")
+    g.add_argument("--max-response-len", type=positive_int, default=53,
+                   help="responses, EOS included, are right-padded or truncated to this many tokens (TL;DR: 53)")
+    g = parser.add_argument_group("run directory")
+    g.add_argument("--out", default="out", help="run directory: config.json, metrics.jsonl, metrics.png, ckpt.pt")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    x.add_argument("--force", action="store_true",
+                   help="start over in an --out that already holds files (replaces its run files)")
+    g.add_argument("--ckpt-every", type=positive_int, default=100,
+                   help="write the checkpoint every this many steps, and at the end")
+    g.add_argument("--log-every", type=positive_int, default=1,
+                   help="print a line every this many steps (metrics.jsonl gets every step)")
+    g = parser.add_argument_group("system")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
+                   help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--seed", type=int, default=1, help="seed of every random number generator")
+    parser.set_defaults(**defaults)
+
+
+def device_and_dtype(args):
+    """(torch.device, torch.dtype) from --device and --dtype."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {name}: CUDA is not available on this machine")
+    dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
+    return device, getattr(torch, dtype)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+# ---- the run directory ---------------------------------------------------------------------------
+def plain_config(args):
+    return json.loads(json.dumps(vars(args), default=str))  # only JSON values: loads weights_only
+
+
+def prepare_out(args):
+    """Make --out and write config.json there. An --out that already holds files is refused
+    unless --resume (it must hold ckpt.pt) or --force (its run files are removed, others kept)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # can we write there?
+    except OSError as e:
+        raise RunError(f"--out {out} is not writable: {e.strerror}") from None
+    held = sorted(p.name for p in out.iterdir())
+    if args.resume and not (out / CKPT).exists():
+        raise RunError(f"--resume: there is no checkpoint {out / CKPT} to resume from")
+    if held and not (args.resume or args.force):
+        raise RunError(f"--out {out} already holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}; "
+                       "pass --resume to continue that run or --force to start over")
+    if args.force:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    (out / CONFIG).write_text(json.dumps(plain_config(args), indent=2) + "\n")
+    return out
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def rng_states():
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(rng):
+    random.setstate(rng["python"])
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    for i, s in enumerate(rng["cuda"][:torch.cuda.device_count()] if torch.cuda.is_available() else []):
+        torch.cuda.set_rng_state(s, i)
+
+
+def save_checkpoint(out, step, state, args, **extra):
+    """Write the one checkpoint dict to out/ckpt.pt atomically and return its path.
+    state: name -> anything with state_dict() (models, optimizers, LR schedulers) or a
+    torch.Generator; extra: more tensors or plain values to keep (e.g. MLIRL's pairs)."""
+    ckpt = {"step": step, "config": plain_config(args), "rng": rng_states(), **extra,
+            "state": {k: v.get_state() if isinstance(v, torch.Generator) else v.state_dict()
+                      for k, v in state.items()}}
+    path, tmp = Path(out) / CKPT, Path(out) / (CKPT + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
+    os.replace(tmp, path)     # atomic: ckpt.pt is always either the old or the new checkpoint
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+    return path
+
+
+def load_checkpoint(out, state, args=None):
+    """Restore every object in `state` and every RNG from out/ckpt.pt; return the checkpoint dict,
+    whose "step" is the number of steps done. With args, print the flags that changed."""
+    path = Path(out) / CKPT
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated or not a checkpoint
+        raise RunError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
+    missing = sorted(state.keys() - ckpt["state"].keys())
+    if missing:
+        raise RunError(f"{path} has no state for {', '.join(missing)} (written by another script?)")
+    for k, v in state.items():
+        if isinstance(v, torch.Generator):
+            v.set_state(ckpt["state"][k])
+        else:
+            v.load_state_dict(ckpt["state"][k])
+    set_rng_states(ckpt["rng"])
+    for k, new in (plain_config(args) if args else {}).items():
+        old = ckpt["config"].get(k)
+        if old != new and k not in ("resume", "force"):
+            print(f"note: --{k.replace('_', '-')} was {old!r} in the checkpoint, now {new!r}")
+    return ckpt
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def number(v):
+    return v.item() if hasattr(v, "item") else v  # 0-d tensors and numpy scalars -> Python
+
+
+def check_finite(metrics, step, out):
+    """Stop the run on a NaN or inf metric, before it is logged or checkpointed."""
+    for name, v in metrics.items():
+        v = number(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            ckpt = Path(out) / CKPT
+            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+            raise RunError(f"{name} is {v} at step {step}; {kept}")
+
+
+def truncate_metrics(path, start):
+    """Keep only the lines of steps < start (the steps the checkpoint covers); drop a cut line."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < start:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # the last line, cut short by a kill
+    path.with_suffix(".tmp").write_text("".join(keep))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+class Logger:
+    """log(step, metrics): appends {"step", **metrics} to out/metrics.jsonl (flushed every line,
+    so a kill loses nothing logged) and prints 'step s/total | elapsed | eta | name value ...'
+    every `every` steps. A resumed run (start > 0) first drops the lines the checkpoint does
+    not cover, so that the file ends equal to that of an uninterrupted run."""
+    def __init__(self, out, total, start=0, every=1):
+        self.path, self.total, self.start, self.every = Path(out) / METRICS, total, start, every
+        truncate_metrics(self.path, start)
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.t0 = time.time()
+
+    def __call__(self, step, metrics):
+        row = {"step": step, **{k: number(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if step % self.every == 0 or step + 1 == self.total:
+            elapsed = time.time() - self.t0
+            eta = elapsed / (step + 1 - self.start) * (self.total - step - 1)
+            values = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in row.items() if k != "step")
+            hms = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))
+            print(f"step {step}/{self.total} | {hms(elapsed)} | eta {hms(eta)} | {values}", flush=True)
+
+
+def plot_metrics(out):
+    """Draw one small panel per numeric metric of out/metrics.jsonl into out/metrics.png."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe on a headless machine
+    rows = [json.loads(line) for line in (Path(out) / METRICS).read_text().splitlines() if line]
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    names = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "step"
+             and any(is_num(r.get(k)) for r in rows)]
+    if not names:
+        return None
+    cols = min(4, len(names))
+    fig = Figure(figsize=(3 * cols, 2.2 * math.ceil(len(names) / cols)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(names) / cols), cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        steps, values = zip(*[(r["step"], r[name]) for r in rows if is_num(r.get(name))])
+        ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    fig.savefig(Path(out) / PLOT, dpi=100)
+    return Path(out) / PLOT
+
+
+def summary(out):
+    """Print where everything of the run is."""
+    kinds = {CONFIG: "config", METRICS: "metrics", ".png": "plot", ".pt": "checkpoint"}
+    print(f"run directory {Path(out)}")
+    for p in sorted(Path(out).iterdir()):
+        if p.suffix != ".tmp":
+            kind = kinds.get(p.name) or kinds.get(p.suffix, "file")
+            print(f"  {kind:<10} {p}  ({p.stat().st_size / 1e6:.2f} MB)")

@@ -1,0 +1,145 @@
+"""nanoirl/data.py: every bad input gives one line naming file:line; the batch layout; batching."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanoirl.data import (DataError, batch_indices, fake_tldr, iterate_batches,
+                          load_demonstrations, load_preferences, tokenize, write_jsonl)
+from nanoirl.policy import ends_with_eos
+
+
+class CharTokenizer:
+    """One id per character; 0 = EOS, 1 = pad, as in Pythia."""
+    eos_id, pad_id = 0, 1
+
+    def encode(self, text):
+        return [0 if ch == "\0" else 2 + ord(ch) for ch in text]
+
+
+def write(tmp_path, *lines, name="d.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"".join((l if isinstance(l, bytes) else l.encode()) + b"\n" for l in lines))
+    return path
+
+
+def error_of(fn, *args):
+    with pytest.raises(DataError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert "\n" not in msg, "an error must be one line"
+    return msg
+
+
+GOOD = json.dumps({"prompt": "hi", "response": "yo"})
+
+
+@pytest.mark.parametrize("bad, what", [
+    ('{"prompt": "hi", "response": "yo"', "malformed JSON (Expecting ',' delimiter at column 34)"),
+    ('{"prompt": "hi"}', "missing field 'response'"),
+    ('{"prompt": "hi", "response": 3}', "field 'response' is int, expected a string"),
+    ('{"prompt": null, "response": "yo"}', "field 'prompt' is NoneType, expected a string"),
+    ('{"prompt": "  ", "response": "yo"}', "field 'prompt' is empty"),
+    ('{"prompt": "hi", "response": ""}', "field 'response' is empty"),
+    ('["hi", "yo"]', "expected a JSON object, got list"),
+    ('{"subreddit": "a", "title": "b", "post": "c", "summary": "d"}', "missing field 'prompt'"),
+    (b'{"prompt": "\xff", "response": "yo"}', "not valid UTF-8"),
+])
+def test_bad_line_names_file_and_line(tmp_path, bad, what):
+    path = write(tmp_path, GOOD, "", bad, GOOD)  # a blank line is skipped but still counted
+    msg = error_of(load_demonstrations, path)
+    assert msg.startswith(f"{path}:3: ") and what in msg, msg
+
+
+def test_file_level_errors(tmp_path):
+    assert "empty file" in error_of(load_demonstrations, write(tmp_path, "", "  "))
+    missing = tmp_path / "nope.jsonl"
+    assert error_of(load_demonstrations, missing).startswith(f"{missing}: cannot read")
+    path = write(tmp_path, '{"text": "hi"}')
+    msg = error_of(load_demonstrations, path)
+    assert msg.startswith(f"{path}:1: fields ['text'] match no layout") and "prompt, response" in msg
+    # a preference file is not demonstrations, and the other way round
+    pref = write(tmp_path, json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}), name="p.jsonl")
+    assert "missing field 'response'" in error_of(load_demonstrations, pref)
+    assert "missing field 'chosen'" in error_of(load_preferences, write(tmp_path, GOOD))
+
+
+def test_prompt_longer_than_context(tmp_path):
+    path = write(tmp_path, GOOD, json.dumps({"prompt": "0123456789", "response": "r"}))
+    msg = error_of(tokenize, load_demonstrations(path), CharTokenizer(), 8, 4)
+    assert msg == f"{path}:2: prompt has 10 tokens, more than --max-prompt-len 8"
+
+
+def test_response_holding_eos(tmp_path):
+    path = write(tmp_path, json.dumps({"prompt": "p", "response": "a\0b"}))
+    assert error_of(tokenize, load_demonstrations(path), CharTokenizer(), 8, 4) == \
+        f"{path}:1: response contains the EOS token (id 0)"
+
+
+def test_tokenize_batch_layout(tmp_path):
+    path = write(tmp_path, json.dumps({"prompt": "ab", "response": "xyz", "id": 7}),  # extra field ok
+                 json.dumps({"prompt": "abcd", "response": "uvwxyz"}))
+    tok = CharTokenizer()
+    data = tokenize(load_demonstrations(path), tok, max_prompt_len=5, max_response_len=5)
+    enc = tok.encode
+    assert data["prompts"].tolist() == [[1, 1, 1] + enc("ab"), [1] + enc("abcd")]
+    assert data["prompt_mask"].tolist() == [[False] * 3 + [True] * 2, [False] + [True] * 4]
+    # EOS appended then pad; a response longer than R - 1 tokens is truncated and has no EOS
+    assert data["responses"].tolist() == [enc("xyz") + [0, 1], enc("uvwxy")]
+    assert ends_with_eos(data["responses"], 0).tolist() == [True, False]
+
+
+def test_tldr_layout(tmp_path):
+    rec = {"subreddit": "tifu", "title": "T", "post": "P {x}", "summary": "S", "id": "t3_1"}
+    path = write(tmp_path, json.dumps(rec), json.dumps({**rec, "title": ""}))  # a title may be empty
+    ex = load_demonstrations(path)
+    assert ex[0]["prompt"] == "SUBREDDIT: r/tifu\n\nTITLE: T\n\nPOST: P {x}\n\nTL;DR:"
+    assert ex[0]["response"] == " S" and ex[0]["where"] == f"{path}:1"
+    assert ex[1]["prompt"].startswith("SUBREDDIT: r/tifu\n\nTITLE: \n\nPOST")
+    bad = write(tmp_path, json.dumps(rec), json.dumps({**rec, "summary": " "}), name="b.jsonl")
+    assert error_of(load_demonstrations, bad) == f"{bad}:2: field 'summary' is empty"
+    bad = write(tmp_path, json.dumps(rec), GOOD, name="c.jsonl")  # layouts must not mix
+    assert error_of(load_demonstrations, bad).startswith(f"{bad}:2: missing field 'subreddit' (the tldr")
+
+
+def test_preferences(tmp_path):
+    path = write(tmp_path, json.dumps({"prompt": "p", "chosen": "good", "rejected": "b"}))
+    data = tokenize(load_preferences(path), CharTokenizer(), 2, 6)
+    assert set(data) == {"prompts", "prompt_mask", "chosen", "rejected"}
+    assert data["chosen"].tolist() == [CharTokenizer().encode("good") + [0, 1]]
+    assert data["rejected"].tolist() == [CharTokenizer().encode("b") + [0, 1, 1, 1, 1]]
+
+
+def test_batches_cover_each_epoch_and_resume_exactly():
+    n, bs = 10, 4
+    stream = torch.cat([batch_indices(n, bs, s, seed=3) for s in range(10)])  # 4 epochs
+    for e in range(4):
+        assert sorted(stream[e * n:(e + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(stream[:n], stream[n:2 * n])                # reshuffled every epoch
+    assert torch.equal(stream, torch.cat([batch_indices(n, bs, s, 3) for s in range(10)]))
+    assert not torch.equal(stream, torch.cat([batch_indices(n, bs, s, 4) for s in range(10)]))
+    assert len(batch_indices(3, 7, 5, seed=0)) == 7                    # a batch larger than the data
+    data = {"x": torch.arange(n) * 10, "y": torch.arange(n)}
+    full = iterate_batches(data, bs, seed=3)
+    batches = [next(full) for _ in range(6)]
+    resumed = iterate_batches(data, bs, seed=3, start=4)               # as after a resume at step 4
+    for b in batches[4:]:
+        r = next(resumed)
+        assert torch.equal(b["x"], r["x"]) and torch.equal(b["x"], r["y"] * 10)
+
+
+def test_fake_tldr(tmp_path):
+    assert fake_tldr(5, seed=1) == fake_tldr(5, seed=1) != fake_tldr(5, seed=2)
+    write_jsonl(tmp_path / "t.jsonl", fake_tldr(20))
+    ex = load_demonstrations(tmp_path / "t.jsonl")
+    assert len(ex) == 20 and ex[0]["prompt"].startswith("SUBREDDIT: r/")
+    tokenize(ex, CharTokenizer(), 2048, 53)
+    write_jsonl(tmp_path / "p.jsonl", fake_tldr(4, preferences=True))
+    assert load_preferences(tmp_path / "p.jsonl")[0]["prompt"].endswith("TL;DR:")
+    out = tmp_path / "cli.jsonl"
+    subprocess.run([sys.executable, "-m", "nanoirl.data", str(out), "--n", "3"], check=True,
+                   capture_output=True, cwd=Path(__file__).parents[1])
+    assert len(load_demonstrations(out)) == 3

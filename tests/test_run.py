@@ -1,0 +1,264 @@
+"""nanoirl/run.py: flags, run directory, atomic checkpoints, exact resume, metrics, NaN guard."""
+import argparse
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from nanoirl import run
+from nanoirl.data import iterate_batches
+from nanoirl.run import RunError
+
+
+def parse(*argv, **defaults):
+    parser = argparse.ArgumentParser(prog="train_x.py")
+    run.add_common_args(parser, **defaults)
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps")
+    return parser.parse_args([str(a) for a in argv])
+
+
+def one_line_error(fn, *args):
+    with pytest.raises(RunError) as e:
+        fn(*args)
+    assert "\n" not in str(e.value), "an error must be one line"
+    return str(e.value)
+
+
+def train(out, *flags, crash_at=None, nan_at=None):
+    """A tiny training script written the way train_*.py use nanoirl/run.py: every kind of
+    randomness (python, numpy, torch, a torch.Generator, dropout, shuffled batches) is in it."""
+    args = parse("--out", out, "--ckpt-every", 4, "--seed", 0, "--device", "cpu", "--dtype", "float64",
+                 *flags)
+    out = run.prepare_out(args)
+    device, dtype = run.device_and_dtype(args)
+    run.seed_everything(args.seed)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.3), nn.Linear(8, 1)).to(device, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(args.seed)
+    state = {"model": model, "opt": opt, "gen": gen}
+    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = run.Logger(out, args.steps, start, args.log_every)
+    data = {"x": torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)}
+    batches = iterate_batches(data, 6, args.seed, start)
+    for step in range(start, args.steps):
+        if step == crash_at:
+            return model  # killed here: steps crash_at - 1 ... were logged but not checkpointed
+        x = next(batches)["x"] + 0.01 * torch.randn(6, 3, dtype=dtype)
+        target = np.random.rand() + random.random() + torch.rand(1, generator=gen, dtype=dtype)
+        loss = ((model(x) - target) ** 2).mean() * (float("nan") if step == nan_at else 1)
+        metrics = {"loss": loss, "target": target.item()}
+        run.check_finite(metrics, step, out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        log(step, metrics)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            run.save_checkpoint(out, step + 1, state, args)
+    return model
+
+
+# ---- flags ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["toy-tabular", "toy-gpt", "pythia-70m", "pythia-1b-deduped",
+                                   "pythia-1.4b", "pythia-12b", "random:pythia-160m"])
+def test_model_names_accepted(model):
+    assert parse("--model", model).model == model
+
+
+@pytest.mark.parametrize("model", ["gpt2", "pythia-3b", "pythia-1b-foo", "random:toy-gpt",
+                                   "random:gpt2", "no/such/ckpt.pt", "Pythia-1b"])
+def test_unknown_model_is_one_line_error(model, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("--model", model)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"train_x.py: error: argument --model: unknown model {model!r}; use toy-tabular")
+    assert "pythia-{70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}[-deduped]" in err and "random:" in err
+
+
+def test_local_checkpoint_path_accepted(tmp_path):
+    (tmp_path / "sft.pt").write_bytes(b"x")
+    assert parse("--model", tmp_path / "sft.pt").model == str(tmp_path / "sft.pt")
+
+
+def test_flag_errors(tmp_path, capsys):
+    for argv, what in [(["--resume", "--force"], "not allowed with argument"),
+                       (["--data", tmp_path / "none.jsonl"], "argument --data: no such file"),
+                       (["--ckpt-every", "0"], "argument --ckpt-every: expected a positive integer"),
+                       (["--dtype", "int8"], "argument --dtype: invalid choice")]:
+        with pytest.raises(SystemExit):
+            parse(*argv)
+        assert what in capsys.readouterr().err
+    args = parse(out="out/sft", model="toy-gpt")  # per-script defaults
+    assert (args.out, args.model, args.data, args.seed) == ("out/sft", "toy-gpt", None, 1)
+
+
+def test_device_and_dtype():
+    assert run.device_and_dtype(parse("--device", "cpu")) == (torch.device("cpu"), torch.float32)
+    assert run.device_and_dtype(parse("--device", "cpu", "--dtype", "float64"))[1] == torch.float64
+    assert "--device gpu0: not a device" in one_line_error(run.device_and_dtype, parse("--device", "gpu0"))
+    if not torch.cuda.is_available():
+        assert one_line_error(run.device_and_dtype, parse("--device", "cuda")) == \
+            "--device cuda: CUDA is not available on this machine"
+    else:
+        assert run.device_and_dtype(parse("--device", "cuda"))[1] == torch.bfloat16
+
+
+def test_one_line_errors_hook(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    run.one_line_errors()
+    sys.excepthook(RunError, RunError("loss is nan at step 3"), None)
+    assert capsys.readouterr().err == "error: loss is nan at step 3\n"
+
+
+# ---- the run directory ---------------------------------------------------------------------------
+def snapshot(out):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+
+
+def test_fresh_run_writes_config(tmp_path):
+    out = run.prepare_out(parse("--out", tmp_path / "a" / "b", "--seed", 7))
+    assert json.loads((out / "config.json").read_text())["seed"] == 7
+
+
+def test_refuses_to_overwrite_without_resume_or_force(tmp_path):
+    train(tmp_path, "--steps", 5)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    msg = one_line_error(run.prepare_out, parse("--out", tmp_path))
+    assert msg.startswith(f"--out {tmp_path} already holds ckpt.pt, config.json, metrics.jsonl, ...")
+    assert msg.endswith("pass --resume to continue that run or --force to start over")
+    assert snapshot(tmp_path) == before  # nothing touched
+    other = tmp_path / "other"
+    other.mkdir()
+    assert one_line_error(run.prepare_out, parse("--out", other, "--resume")) == \
+        f"--resume: there is no checkpoint {other / 'ckpt.pt'} to resume from"
+    run.prepare_out(parse("--out", tmp_path, "--force"))  # --force removes the run files only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "other"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_out(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert one_line_error(run.prepare_out, parse("--out", tmp_path / "file")) == \
+        f"--out {tmp_path / 'file'} is a file, not a directory"
+    assert one_line_error(run.prepare_out, parse("--out", tmp_path / "file" / "run")) == \
+        f"--out {tmp_path / 'file' / 'run'} is not writable: Not a directory"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_out(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    assert one_line_error(run.prepare_out, parse("--out", tmp_path / "ro")) == \
+        f"--out {tmp_path / 'ro'} is not writable: Permission denied"
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def draws(gen):
+    return (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist(),
+            torch.rand(3, generator=gen).tolist())
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    args = parse("--out", tmp_path, "--steps", 3)
+    run.seed_everything(5)
+    model, gen = nn.Linear(2, 2), torch.Generator().manual_seed(9)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 2)).sum().backward()
+    opt.step()
+    state = {"model": model, "opt": opt, "gen": gen}
+    run.save_checkpoint(tmp_path, 3, state, args, pairs=torch.arange(4))
+    weights, after_save = [p.clone() for p in model.parameters()], draws(gen)
+    with torch.no_grad():
+        model.weight.add_(1)
+    opt.step()
+    draws(gen)
+    ckpt = run.load_checkpoint(tmp_path, state)
+    assert draws(gen) == after_save  # the same samples as right after the save
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert ckpt["step"] == 3 and ckpt["config"]["steps"] == 3 and ckpt["pairs"].tolist() == [0, 1, 2, 3]
+    assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert "has no state for reward" in one_line_error(run.load_checkpoint, tmp_path, {"reward": model})
+
+
+def test_crash_while_saving_keeps_the_good_checkpoint(tmp_path, monkeypatch):
+    args = parse("--out", tmp_path)
+    model = nn.Linear(2, 2)
+    run.save_checkpoint(tmp_path, 4, {"model": model}, args)
+    good = (tmp_path / "ckpt.pt").read_bytes()
+
+    def killed_mid_write(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as if SIGKILL landed inside torch.save
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint(tmp_path, 8, {"model": model}, args)
+    monkeypatch.undo()
+    assert (tmp_path / "ckpt.pt.tmp").exists() and (tmp_path / "ckpt.pt").read_bytes() == good
+    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 4
+    run.save_checkpoint(tmp_path, 8, {"model": model}, args)  # the next save goes through
+    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 8
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+    (tmp_path / "ckpt.pt").write_bytes(b"garbage")
+    assert one_line_error(run.load_checkpoint, tmp_path, {}).startswith(
+        f"{tmp_path / 'ckpt.pt'}: cannot load the checkpoint")
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    model_a = train(a)
+    train(b, crash_at=7)  # checkpoint at step 4; steps 4-6 logged, then killed
+    with open(b / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a line cut by the kill
+    (b / "ckpt.pt.tmp").write_bytes(b"partial")  # a checkpoint cut by the kill
+    assert len((b / "metrics.jsonl").read_text().splitlines()) == 8
+    model_b = train(b, "--resume")
+    assert (b / "metrics.jsonl").read_bytes() == (a / "metrics.jsonl").read_bytes()
+    assert len((a / "metrics.jsonl").read_text().splitlines()) == 10
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+    assert "note: --resume" not in capsys.readouterr().out  # resume/force are not config changes
+
+
+def test_changed_flags_are_noted_on_resume(tmp_path, capsys):
+    train(tmp_path, "--steps", 4)
+    train(tmp_path, "--resume", "--steps", 6)
+    assert "note: --steps was 4 in the checkpoint, now 6" in capsys.readouterr().out
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def test_nan_guard(tmp_path):
+    with pytest.raises(RunError) as e:
+        train(tmp_path, nan_at=6)
+    assert str(e.value) == f"loss is nan at step 6; the last good checkpoint is {tmp_path / 'ckpt.pt'}"
+    assert run.load_checkpoint(tmp_path, {})["step"] == 4  # kept
+    assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == list(range(6))
+    assert one_line_error(run.check_finite, {"kl": torch.tensor(float("-inf"))}, 0, tmp_path / "x") == \
+        f"kl is -inf at step 0; no checkpoint was written yet"
+    run.check_finite({"loss": 1.0, "n": 3, "name": "x"}, 0, tmp_path)  # finite: no error
+
+
+def test_logger_lines_plot_and_summary(tmp_path, capsys):
+    out = run.prepare_out(parse("--out", tmp_path))
+    log = run.Logger(out, total=10, every=3)
+    for step in range(10):
+        metrics = {"loss": torch.tensor(1 / (step + 1)), "n_tokens": 100 + step}
+        if step % 4 == 0:
+            metrics["eval_acc"] = np.float64(0.5)  # logged on some steps only
+        log(step, metrics)
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split(" |")[0] for l in lines] == ["step 0/10", "step 3/10", "step 6/10", "step 9/10"]
+    assert "| eta 00:00:00 | loss 1 | n_tokens 100 | eval_acc 0.5" in lines[0]
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert rows[1] == {"step": 1, "loss": 0.5, "n_tokens": 101}
+    png = run.plot_metrics(out)
+    assert png == out / "metrics.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run.summary(out)
+    printed = capsys.readouterr().out
+    for what in ["config", "metrics", "plot"]:
+        assert what in printed
+    assert str(out / "metrics.png") in printed and str(out / "config.json") in printed
