@@ -1,0 +1,454 @@
+"""
+The Pythia (GPT-NeoX) language model in one file, written from scratch so that its state-dict keys
+map 1:1 onto Hugging Face's `GPTNeoXForCausalLM`:
+  GPT        logits at every position, per-token log-probs and KV-cache sampling: the policy
+             interface of nanoirl/policy.py
+  ScalarGPT  the same transformer with a Linear(d, 1) head: reward, value and discriminator models
+Checkpoints: GPT.from_pretrained("pythia-1b" | directory | "random:pythia-1b"), .save_pretrained(dir)
+"""
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from nanoirl import hub
+from nanoirl.policy import NEG_INF
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304  # embedding rows; Pythia's tokenizer has 50277, the rest is padding
+    block_size: int = 2048  # max positions (only checked, rotary has no position table)
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 512
+    intermediate_size: int = None  # MLP width, 4 * n_embd when None
+    rotary_pct: float = 0.25  # rotary on the first 25% of each head's dims, the rest untouched
+    rotary_base: float = 10000.0
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        self.intermediate_size = self.intermediate_size or 4 * self.n_embd
+
+
+def pythia(n_embd, n_layer, n_head, vocab_size=50304):
+    return GPTConfig(vocab_size, 2048, n_layer, n_head, n_embd)
+
+
+CONFIGS = {  # sizes from the Pythia paper / the Hub's config.json files
+    "tiny": GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32),  # tests, toy
+    "pythia-70m": pythia(512, 6, 8), "pythia-160m": pythia(768, 12, 12),
+    "pythia-410m": pythia(1024, 24, 16), "pythia-1b": pythia(2048, 16, 8),
+    "pythia-1.4b": pythia(2048, 24, 16), "pythia-2.8b": pythia(2560, 32, 32),
+    "pythia-6.9b": pythia(4096, 32, 32, 50432), "pythia-12b": pythia(5120, 36, 40, 50688),
+}
+
+# -----------------------------------------------------------------------------------------------
+# the transformer
+
+
+def rotary(positions, rot_dim, base, dtype):
+    """cos, sin (T, rot_dim) of RoPE at the given positions, computed in fp32 like HF (fp64 for
+    fp64 models), then cast. Cheap enough to recompute each call, so no cached position table."""
+    ft = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / base ** (torch.arange(0, rot_dim, 2, device=positions.device, dtype=ft) / rot_dim)
+    freqs = positions.to(ft)[:, None] * inv_freq[None, :]  # (T, rot_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout: frequency i sits at i and i + rot/2
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the first rot_dim dims of x (B, nh, T, hs) pairwise (i, i + rot_dim/2), GPT-NeoX's
+    rotate-half convention (not interleaved pairs); the remaining dims pass through unchanged."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    x_rot = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((x_rot, x_pass), dim=-1)
+
+
+def attention_mask_4d(key_mask, T):
+    """(B, S) bool, True on real tokens -> (B, 1, T, S) bool for the last T of the S positions:
+    causal, no padding keys, and every query sees itself, so a padding query attends to one key,
+    not none: some SDPA kernels return NaN for an all-False row, and a NaN value vector would
+    poison real tokens too (a masked weight 0 times NaN is NaN)."""
+    S = key_mask.shape[1]
+    q = torch.arange(S - T, S, device=key_mask.device)[:, None]  # (T, 1) query positions
+    k = torch.arange(S, device=key_mask.device)[None, :]  # (1, S) key positions
+    return (((k <= q) & key_mask[:, None, :]) | (k == q))[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head"
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.query_key_value = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # fused, interleaved per head
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x, cos, sin, mask, cache=None, pos=0):
+        B, T, C = x.shape
+        # GPT-NeoX lays the fused projection out per head: [q_h, k_h, v_h] for each head h
+        qkv = self.query_key_value(x).view(B, T, self.n_head, 3 * self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.head_dim, dim=-1)  # (B, nh, T, hs) each
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:  # static KV cache (B, nh, S, hs): write positions pos.., read 0..pos+T
+            cache[0][:, :, pos:pos + T] = k
+            cache[1][:, :, pos:pos + T] = v
+            k, v = cache[0][:, :, :pos + T], cache[1][:, :, :pos + T]
+        # SDPA's default scale is head_dim^-0.5, as in GPT-NeoX; without a mask, plain causal
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.dense(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.n_embd, cfg.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(cfg.intermediate_size, cfg.n_embd)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # exact erf GELU, not tanh
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attention = Attention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None, pos=0):
+        # parallel residual (GPT-NeoX): attention and MLP both read x, neither reads the other
+        a = self.attention(self.input_layernorm(x), cos, sin, mask, cache, pos)
+        return x + a + self.mlp(self.post_attention_layernorm(x))
+
+
+class GPTNeoX(nn.Module):
+    """Embedding, layers, final LayerNorm -> hidden states (B, T, C). Named `gpt_neox` in both
+    models so that the keys are HF's: gpt_neox.embed_in.weight, gpt_neox.layers.0.attention..."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.embed_in = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.n_layer)])
+        self.final_layer_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+
+    def forward(self, idx, attention_mask=None, cache=None, pos=0, grad_checkpoint=False):
+        """idx (B, T) at positions pos..pos+T-1. attention_mask (B, pos+T), True/1 on real tokens,
+        None = no padding. Positions are a plain arange even with left padding: rotary attention
+        depends only on the distance between two tokens, so the pad tokens in front shift every
+        real token equally and the attention among real tokens is unchanged."""
+        (B, T), c = idx.shape, self.config
+        if pos + T > c.block_size:
+            raise ValueError(f"{pos + T} tokens, more than the block_size {c.block_size}")
+        x = self.embed_in(idx)  # (B, T, C)
+        cos, sin = rotary(torch.arange(pos, pos + T, device=idx.device),
+                          int(c.n_embd // c.n_head * c.rotary_pct), c.rotary_base, x.dtype)
+        mask = None if attention_mask is None else attention_mask_4d(attention_mask.bool(), T)
+        for i, layer in enumerate(self.layers):
+            if grad_checkpoint and torch.is_grad_enabled():  # recompute activations in backward
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, None if cache is None else cache[i], pos)
+        return self.final_layer_norm(x)
+
+
+def init_weights(module):
+    """GPT-NeoX's init: N(0, 0.02) for Linear and Embedding, zero biases; LayerNorm stays (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def upcast(x):
+    """Log-softmax over 50k logits in bf16 keeps ~3 digits: do it in fp32 (fp64 stays fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# -----------------------------------------------------------------------------------------------
+# checkpoints: Hugging Face config.json + model.safetensors / pytorch_model.bin
+
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                      "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """{name: tensor} of a .safetensors file: an 8-byte little-endian header length n, n bytes of
+    JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian data."""
+    size, out = os.path.getsize(path), {}
+    with open(path, "rb") as f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))  # a cut-off header fails here
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file, or truncated ({e})") from None
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None or end - begin != math.prod(info["shape"]) * dtype.itemsize:
+                raise ValueError(f"{path}: tensor {name} has a bad dtype or size: {info}")
+            if 8 + n + end > size:
+                raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
+            f.seek(8 + n + begin)
+            data = bytearray(f.read(end - begin))  # a writable copy that the tensor owns
+            out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]) if data \
+                else torch.empty(info["shape"], dtype=dtype)  # frombuffer refuses 0 bytes
+    return out
+
+
+def read_weights(path):
+    """{name: tensor} of one .safetensors or .bin file; any failure is a ValueError naming it."""
+    if str(path).endswith(".safetensors"):
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
+
+
+# GPTConfig field -> Hugging Face config.json key
+HF_NAMES = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
+            "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
+            "intermediate_size": "intermediate_size", "rotary_pct": "rotary_pct",
+            "rotary_base": "rotary_emb_base", "layer_norm_eps": "layer_norm_eps"}
+
+
+def config_from_hf(path):
+    """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters)."""
+    c = json.loads(Path(path).read_text())
+    rope = c.get("rope_parameters") or {}  # transformers >= 5 writes the rotary settings here
+    c.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
+    c.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
+    c.setdefault("layer_norm_eps", 1e-5)
+    if (c.get("model_type"), c.get("use_parallel_residual", True), c.get("hidden_act", "gelu"),
+            rope.get("rope_type", "default")) != ("gpt_neox", True, "gelu", "default"):
+        raise ValueError(f"{path}: only GPT-NeoX with parallel residual, exact GELU and plain rotary")
+    try:
+        return GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
+    except KeyError as e:
+        raise ValueError(f"{path}: missing {e}") from None
+
+
+def load_model(cls, name_or_path, dtype=None, device=None):
+    """cls.from_pretrained: "random:<CONFIGS key>" for fresh random weights, else a directory or a
+    model name (nanoirl.hub). dtype None means float32, whatever the checkpoint's dtype (Pythia's
+    is fp16). A ScalarGPT loaded from a causal LM gets a freshly initialised head."""
+    dtype = dtype or torch.float32
+    if str(name_or_path).startswith("random:"):
+        name = str(name_or_path)[len("random:"):]
+        if name not in CONFIGS:
+            raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+        with torch.device(device or "cpu"):  # initialise on the target device: faster on GPU
+            return cls(CONFIGS[name]).to(dtype)
+    files = hub.resolve_weights(name_or_path)
+    config = config_from_hf(files[0].parent / "config.json")
+    with torch.device("meta"):  # shapes only: no time or memory spent on a random init
+        model = cls(config)
+    expected = model.state_dict()
+    found, where = {}, {}
+    for f in files:
+        for key, tensor in read_weights(f).items():
+            key = "embed_out." + key[len("lm_head."):] if key.startswith("lm_head.") else key
+            found[key], where[key] = tensor, f.name  # (HF >= 5 may save the head as lm_head)
+    if isinstance(model, ScalarGPT) and "score.weight" not in found:  # reward model from an LM
+        head = new_score_head(config.n_embd)
+        found.update({"score.weight": head.weight.data, "score.bias": head.bias.data})
+    state = {}  # only the expected keys: stale buffers (attention.bias, inv_freq...) are dropped
+    for key, meta in expected.items():
+        if key not in found:
+            raise ValueError(f"{', '.join(f.name for f in files)} in {files[0].parent}: "
+                             f"no tensor {key} (shape {list(meta.shape)})")
+        if found[key].shape != meta.shape:
+            raise ValueError(f"{where[key]} in {files[0].parent}: tensor {key} has shape "
+                             f"{list(found[key].shape)}, expected {list(meta.shape)}")
+        state[key] = found[key]
+    model.load_state_dict(state, assign=True)  # the meta parameters become the loaded tensors
+    return model.to(device=device, dtype=dtype)
+
+
+def atomic_write(path, write):
+    """write(f) into a temp file beside path, then rename it over path: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)  # atomic on POSIX and Windows within one directory
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_model(model, directory):
+    """model.save_pretrained: config.json + model.safetensors, loadable by HF's
+    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    c, state = model.config, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+              **{theirs: getattr(c, ours) for ours, theirs in HF_NAMES.items()},
+              "use_parallel_residual": True, "hidden_act": "gelu", "tie_word_embeddings": False,
+              "bos_token_id": 0, "eos_token_id": 0, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+              "torch_dtype": str(model.gpt_neox.embed_in.weight.dtype).removeprefix("torch.")}
+    if isinstance(model, ScalarGPT):  # HF's class has a bias-free score: it would drop score.bias
+        config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1)
+    atomic_write(directory / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    # safetensors: the JSON header (padded to 8 bytes so the data is aligned), then the raw bytes
+    dtypes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for k, v in state.items():
+        end = offset + v.numel() * v.element_size()
+        header[k] = {"dtype": dtypes[v.dtype], "shape": list(v.shape), "data_offsets": [offset, end]}
+        offset = end
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+
+    def write(f):
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for v in state.values():
+            f.write(v.reshape(-1).view(torch.uint8).numpy())  # raw bytes, native = little-endian
+    atomic_write(directory / "model.safetensors", write)
+
+
+# -----------------------------------------------------------------------------------------------
+# the two models
+
+
+class GPT(nn.Module):
+    """GPT-NeoX causal LM: logits, per-token log-probs and sampling (the policy of policy.py)."""
+    from_pretrained = classmethod(load_model)  # GPT.from_pretrained(name_or_path, dtype, device)
+    save_pretrained = save_model  # model.save_pretrained(directory)
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gpt_neox = GPTNeoX(config)
+        self.embed_out = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # untied, no bias
+        self.register_buffer("allowed", None, persistent=False)  # see set_allowed_tokens
+        self.gradient_checkpointing = False  # True: recompute each layer in backward (fits 2.8b)
+        self.apply(init_weights)
+
+    def set_allowed_tokens(self, ids):
+        """Restrict the support to the token ids `ids` (None lifts it): every other logit becomes
+        NEG_INF. The toy MDP uses it so that the GPT's actions are exactly the MDP's."""
+        allowed = None
+        if ids is not None:
+            allowed = torch.zeros_like(self.embed_out.weight[:, 0], dtype=torch.bool)  # (vocab,)
+            allowed[torch.as_tensor(ids, dtype=torch.long)] = True
+        self.allowed = allowed  # a (non-persistent) buffer: it follows .to(device), stays out of saves
+
+    def head(self, h):
+        """Hidden states (..., C) -> logits (..., vocab), restricted to the allowed tokens."""
+        logits = self.embed_out(h)
+        return logits if self.allowed is None else logits.masked_fill(~self.allowed, NEG_INF)
+
+    def forward(self, idx, attention_mask=None):
+        """idx (B, T) -> logits (B, T, vocab) at every position (PPO and IRL need all of them)."""
+        return self.head(self.gpt_neox(idx, attention_mask, grad_checkpoint=self.gradient_checkpointing))
+
+    def logprobs(self, prompts, prompt_mask, responses, temperature=1.0):
+        """(B, R) log pi(y_t | x, y_<t) from logits / temperature (temperature 0 reads as 1).
+        The input is cat(prompts, responses[:, :-1]): the last response token is never an input."""
+        P, inputs = prompts.shape[1], responses[:, :-1]
+        idx = torch.cat([prompts, inputs], dim=1)  # (B, P + R - 1)
+        mask = torch.cat([prompt_mask.bool(), torch.ones_like(inputs, dtype=torch.bool)], dim=1)
+        h = self.gpt_neox(idx, mask, grad_checkpoint=self.gradient_checkpointing)[:, P - 1:]  # (B, R, C)
+        # the vocab projection only on the R response positions: (B, R, 50k) instead of (B, P+R, 50k)
+        logp = F.log_softmax(upcast(self.head(h)) / (temperature or 1.0), dim=-1)
+        return logp.gather(-1, responses[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0,
+               top_k=None, top_p=None, min_new_tokens=0, generator=None):
+        """(responses, logprobs), both (B, max_new_tokens), as policy.py defines them. The prompt
+        is run once (prefill) into a static KV cache of P + max_new_tokens positions, then one
+        token per step. temperature 0 = greedy (its log-probs are reported at temperature 1).
+        logprobs are those of the temperature-scaled distribution before top-k, top-p and the
+        min_new_tokens EOS ban: the same numbers logprobs() recomputes on the responses."""
+        (B, P), c, w = prompts.shape, self.config, self.embed_out.weight
+        autocast = torch.is_autocast_enabled(w.device.type)  # then K, V come out in autocast's dtype
+        dtype = torch.get_autocast_dtype(w.device.type) if autocast else w.dtype
+        S, hs = P + max_new_tokens, c.n_embd // c.n_head
+        cache = w.new_empty(c.n_layer, 2, B, c.n_head, S, hs, dtype=dtype)  # [layer][K/V]: (B, nh, S, hs)
+        key_mask = torch.ones(B, S, dtype=torch.bool, device=w.device)
+        key_mask[:, :P] = prompt_mask
+        responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=w.device)
+        logprobs = torch.zeros(B, max_new_tokens, dtype=upcast(w[:0]).dtype, device=w.device)
+        done = torch.zeros(B, dtype=torch.bool, device=w.device)
+        h = self.gpt_neox(prompts, key_mask[:, :P], cache, 0)[:, -1]  # (B, C) prefill
+        for t in range(max_new_tokens):
+            logits = upcast(self.head(h)) / (temperature or 1.0)  # (B, vocab)
+            logp = F.log_softmax(logits, dim=-1)
+            if t < min_new_tokens:  # EOS banned: a sampling filter like top-k, not in logp
+                logits[:, eos_id] = -float("inf")
+            if temperature == 0:
+                token = logits.argmax(dim=-1)
+            else:
+                probs = F.softmax(filter_top_k_top_p(logits, top_k, top_p), dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = token.masked_fill(done, pad_id)  # everything after the first EOS is pad
+            responses[:, t], logprobs[:, t] = token, logp.gather(-1, token[:, None]).squeeze(-1)
+            done |= token == eos_id
+            if t == max_new_tokens - 1 or done.all():  # stop once every row has finished
+                break
+            h = self.gpt_neox(token[:, None], key_mask[:, :P + t + 1], cache, P + t)[:, -1]
+        return responses, logprobs
+
+
+def filter_top_k_top_p(logits, top_k=None, top_p=None):
+    """logits (B, V) with everything outside the top k, then outside the smallest set of tokens
+    whose probability reaches top_p, set to -inf (the most likely token always survives)."""
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -float("inf")))
+    return logits
+
+
+def new_score_head(n_embd):
+    """Linear(d, 1) with weight ~ N(0, 1/sqrt(d + 1)) and bias 0, as in the TL;DR PPO code."""
+    score = nn.Linear(n_embd, 1)
+    nn.init.normal_(score.weight, std=1 / math.sqrt(n_embd + 1))
+    nn.init.zeros_(score.bias)
+    return score
+
+
+class ScalarGPT(nn.Module):
+    """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model."""
+    from_pretrained = classmethod(load_model)  # from a causal LM (fresh head) or a saved ScalarGPT
+    save_pretrained = save_model
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gpt_neox = GPTNeoX(config)
+        self.gradient_checkpointing = False
+        self.apply(init_weights)
+        self.score = new_score_head(config.n_embd)
+
+    def forward(self, idx, attention_mask=None):
+        """idx (B, T) -> one scalar per position (B, T), read at that position's hidden state."""
+        h = self.gpt_neox(idx, attention_mask, grad_checkpoint=self.gradient_checkpointing)
+        return self.score(h).squeeze(-1)
+
+    def state_scores(self, prompts, prompt_mask, responses):
+        """(B, R + 1) scalar of each state s_t = (x, y_<t): read at the last token of s_t, i.e.
+        the last prompt token for t = 0 and y_{t-1} for t >= 1 (prompts are left-padded)."""
+        idx = torch.cat([prompts, responses], dim=1)  # (B, P + R)
+        mask = torch.cat([prompt_mask.bool(), torch.ones_like(responses, dtype=torch.bool)], dim=1)
+        return self(idx, mask)[:, prompts.shape[1] - 1:]
