@@ -1,0 +1,228 @@
+"""
+The toy figures, from exact enumeration:
+
+    python -m toy.plots                  # -> figures/*.png and figures/results.jsonl, < 1 min on 2 CPUs
+
+  modes.png     (a) the expert vs the policy each objective learns in the position-only class
+                    pi(y_t | x, t): mass-covering (SFT = forward KL) against mode-seeking (reverse KL)
+  training.png  (b) the exact divergences to the expert over training, one line per objective
+  low_demo.png  (c) N demonstrations vs the exact divergences to the *true* expert: SFT against the
+                    adversarial objectives (which, with N demonstrations, imitate the empirical
+                    distribution of the N, as SFT does)
+Every adversarial run in (a)-(b) uses the exact optimal discriminator D* (Sun24 Eq. 16) and the
+exact policy gradient; (c) uses a tabular discriminator learned from samples, and also D* against
+the empirical distribution for GAIL. The numbers are printed as tables and written to results.jsonl.
+"""
+import argparse
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from nanoirl.airl import airl_reward
+from nanoirl.fdiv import f_reward, fairl_reward
+from nanoirl.gail import gail_reward
+from toy import metrics
+from toy.mdp import ToyMDP
+from toy.tabular import TabularPolicy, TabularScalar
+from toy.train import (train_adversarial_exact, train_adversarial_sampled, train_sft_exact,
+                       trajectory_logprobs)
+
+# label -> (how the policy learns, line style); all from the uniform position-only policy
+OBJECTIVES = {
+    "SFT (forward KL)": ("sft", None, "-"),
+    "AIRL r=h (reverse KL)": ("adv", airl_reward, "-"),
+    "GAIL r=-log(1-D) (JS)": ("adv", gail_reward, "-"),
+    "GAIL r=log D": ("adv", functools.partial(gail_reward, convention="log D"), ":"),
+    "alpha-IRL a=0.5": ("adv", functools.partial(f_reward, kind="alpha"), "-"),
+    "FAIRL r=e^h-1 (= SFT grad)": ("adv", functools.partial(f_reward, kind="fkl"), "--"),
+    "FAIRL r=-h e^h (published)": ("adv", fairl_reward, "-."),
+}
+KEYS = ["fkl", "rkl", "js", "tv", "entropy", "gold_reward", "modes_covered", "outside_support"]
+
+
+def mode_profile(mdp, logd):
+    """Mass on the policy's largest, 2nd, 3rd expert mode, on the rest of the expert's support
+    (the one-letter tail), and outside it; averaged over prompts."""
+    modes = metrics.mode_mass(mdp, logd).sort(-1, descending=True).values   # (n_prompts, n_modes)
+    support = torch.where(mdp.support, logd.exp(), 0.0).sum(-1)
+    return [*modes.mean(0).tolist(), (support - modes.sum(-1)).mean().item(),
+            metrics.outside_support(mdp, logd).mean().item()]
+
+
+def run_objectives(mdp, steps, lr):
+    """(a)-(b): every objective with exact D* and exact gradients -> {label: (history, log d)}."""
+    out = {}
+    for label, (how, reward_fn, _) in OBJECTIVES.items():
+        policy = TabularPolicy(mdp, "position")
+        if how == "sft":
+            history = train_sft_exact(mdp, policy, steps=steps, lr=lr, log_every=10)
+        else:
+            history = train_adversarial_exact(mdp, policy, reward_fn, steps=steps, lr=lr, log_every=10)
+        out[label] = history, trajectory_logprobs(mdp, policy).detach()
+    return out
+
+
+def run_low_demo(mdp, ns, steps, lr, seeds=2):
+    """(c): for each N and seed, SFT on N demonstrations and the adversarial objectives against
+    the same N; the summaries are averaged over the seeds (different demonstration sets)."""
+    rows = []
+    for n, seed in [(n, seed) for n in ns for seed in range(seeds)]:
+        g = torch.Generator().manual_seed(1000 * seed + n)
+        demos = mdp.demonstrations(n, g)
+        emp = mdp.empirical_logprob(demos[0], demos[2])
+        runs = {
+            "SFT": lambda p: train_sft_exact(mdp, p, emp, steps=steps, lr=lr),
+            "GAIL, D* vs empirical": lambda p: train_adversarial_exact(
+                mdp, p, gail_reward, steps=steps, lr=lr, target_logprob=emp),
+            "AIRL, learned D": lambda p: train_adversarial_sampled(
+                mdp, p, TabularScalar(mdp), airl_reward, steps=steps, lr=lr, demos=demos, batch=256,
+                disc_steps=2, generator=g),
+            "GAIL, learned D": lambda p: train_adversarial_sampled(
+                mdp, p, TabularScalar(mdp), gail_reward, steps=steps, lr=lr, demos=demos, batch=256,
+                disc_steps=2, generator=g),
+        }
+        for method, train in runs.items():
+            policy = TabularPolicy(mdp, "position")
+            train(policy)
+            s = metrics.summary(mdp, trajectory_logprobs(mdp, policy).detach())
+            rows.append({"figure": "low_demo", "n_demos": n, "seed": seed, "method": method, **s})
+    return rows
+
+
+def seed_means(rows):
+    """The low_demo rows averaged over seeds: one row per (N, method)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["n_demos"], r["method"]), []).append(r)
+    return [{"n_demos": n, "method": m, **{k: sum(r[k] for r in g) / len(g) for k in KEYS}}
+            for (n, m), g in groups.items()]
+
+
+def plot_modes(mdp, results, path):
+    labels = ["expert"] + list(results)
+    profiles = [mode_profile(mdp, mdp.expert_logprob)] + [mode_profile(mdp, q) for _, q in results.values()]
+    parts = ["largest mode", "2nd mode", "3rd mode", "rest of support", "outside support"]
+    colors = ["#1f4e79", "#4f81bd", "#9dc3e6", "#c9c9c9", "#e06666"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [1.2, 1]})
+    bottom = [0.0] * len(labels)
+    for k, (part, color) in enumerate(zip(parts, colors)):
+        vals = [p[k] for p in profiles]
+        ax.barh(labels, vals, left=bottom, color=color, label=part)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability mass (mean over prompts)")
+    ax.set_title("(a) where each objective puts its mass\nposition-only policy class pi(y_t | x, t)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.28), ncol=5, fontsize=8, frameon=False)
+    # right: prompt 0's expert modes and each policy's most likely responses, side by side
+    shown = ["SFT (forward KL)", "GAIL r=-log(1-D) (JS)", "AIRL r=h (reverse KL)"]
+    x = 0
+    picks = list(mdp.modes[x])
+    for label in shown:
+        picks += [j for j in results[label][1][x].argsort(descending=True)[:4].tolist() if j not in picks]
+    picks.sort(key=lambda j: -mdp.expert_logprob[x, j].item())
+    width = 0.8 / (1 + len(shown))
+    for k, (label, logd) in enumerate([("expert", mdp.expert_logprob)] + [(l, results[l][1]) for l in shown]):
+        ax2.bar([i + (k - len(shown) / 2) * width for i in range(len(picks))], logd[x, picks].exp(),
+                width, label=label, color="k" if label == "expert" else f"C{k - 1}")
+    ax2.set_xticks(range(len(picks)))
+    ax2.set_xticklabels([mdp.decode(mdp.responses[j]) for j in picks], rotation=60, fontsize=8)
+    for tick, j in zip(ax2.get_xticklabels(), picks):
+        tick.set_color("k" if j in mdp.modes[x] else ("0.4" if mdp.support[x, j] else "#c00000"))
+    ax2.set_ylabel("d(y | x)")
+    ax2.set_title("(a) prompt 0: expert modes (black) and each policy's top\n"
+                  "responses (grey: a mode's one-letter tail, red: outside support)", fontsize=10)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(results, path):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, key, name in zip(axes, ["fkl", "rkl", "js"], ["KL(expert || pi)", "KL(pi || expert)", "JS(expert, pi)"]):
+        for label, (history, _) in results.items():
+            style = OBJECTIVES[label][2]
+            ax.plot([s for s, _ in history], [m[key] for _, m in history], style, label=label, lw=1.5)
+        ax.set_title(f"(b) {name}, exact")
+        ax.set_xlabel("policy step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_low_demo(rows, results, path):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    infinite = {"SFT": "SFT (forward KL)", "AIRL, learned D": "AIRL r=h (reverse KL)",
+                "GAIL, learned D": "GAIL r=-log(1-D) (JS)"}
+    for ax, key, name in zip(axes, ["fkl", "rkl", "js"], ["KL(expert || pi)", "KL(pi || expert)", "JS(expert, pi)"]):
+        for i, method in enumerate(methods):
+            pts = [(r["n_demos"], r[key]) for r in rows if r["method"] == method]
+            line, = ax.plot(*zip(*pts), "o-", label=method, color=f"C{i}")
+            if method in infinite:  # the same objective with infinitely many demonstrations
+                ax.axhline(results[infinite[method]][0][-1][1][key], color=line.get_color(), ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("number of demonstrations N (N/3 per prompt)")
+        ax.set_title(f"(c) {name} to the true expert (mean of demo sets)", fontsize=10)
+    axes[0].legend(fontsize=8, title="dotted: same objective, N = infinity", title_fontsize=7.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(rows, first):
+    head = f"{first:<30}" + "".join(f"{k:>16}" for k in KEYS)
+    return "\n".join([head] + [f"{name:<30}" + "".join(f"{r[k]:>16.4f}" for k in KEYS) for name, r in rows])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="figures", help="folder for the PNGs and results.jsonl")
+    parser.add_argument("--steps", type=int, default=300, help="policy steps per run")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the policy")
+    parser.add_argument("--demos", default="3,12,48,192,768", help="N values for (c), multiples of 3")
+    parser.add_argument("--seeds", type=int, default=2, help="demonstration sets per N in (c)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny tensors: one thread is the fastest
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    mdp = ToyMDP()
+
+    results = run_objectives(mdp, args.steps, args.lr)
+    plot_modes(mdp, results, out / "modes.png")
+    plot_training(results, out / "training.png")
+    final = [(label, history[-1][1]) for label, (history, _) in results.items()]
+    print(table([("expert", metrics.summary(mdp, mdp.expert_logprob))] + final, "(a) position-only class"))
+    print("mode masses (largest, 2nd, 3rd, rest of support, outside), mean over prompts:")
+    for label, (_, q) in results.items():
+        print(f"  {label:<30}" + " ".join(f"{v:.3f}" for v in mode_profile(mdp, q)))
+
+    low = run_low_demo(mdp, [int(n) for n in args.demos.split(",")], steps=150, lr=args.lr, seeds=args.seeds)
+    plot_low_demo(seed_means(low), results, out / "low_demo.png")
+    print(table([(f"N={r['n_demos']:<5} {r['method']}", r) for r in seed_means(low)],
+                f"(c) mean of {args.seeds} demo sets"))
+
+    with open(out / "results.jsonl", "w") as f:
+        for label, (history, q) in results.items():
+            for step, s in history:
+                f.write(json.dumps({"figure": "training", "objective": label, "step": step, **s}) + "\n")
+            f.write(json.dumps({"figure": "modes", "objective": label, "mode_profile": mode_profile(mdp, q)}) + "\n")
+        for r in low:
+            f.write(json.dumps(r) + "\n")
+    print(f"wrote {out}/modes.png, training.png, low_demo.png, results.jsonl in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
