@@ -1,0 +1,202 @@
+"""
+PPO for token sequences, written once and used by every script: the scripts differ only in the
+reward they pass in. It follows the TL;DR PPO code of "The N+ Implementation Details of RLHF with
+PPO" (Huang et al. 2024), which MLIRL (Appendix A, Table 4) runs for its policy step.
+
+    rollout = ppo.rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg)
+    stats   = ppo.update(policy, value_model, optimizer, rollout, cfg)
+
+It only calls the interface of nanoirl/policy.py, so the same lines train a toy table and a GPT.
+The objective is KL-regularised reward maximisation (MLIRL Eq. 3, Eq. 5b):
+    max_pi  E_pi[ sum_t r_t ] - beta * KL(pi || pi_ref)   whose optimum is pi_ref exp(r/beta) / Z.
+
+Implementation details (each names where it lives):
+ 1. Everything after the first EOS is pad and is masked out of every sum and mean; a response
+    with no EOS was truncated at max length (policy.sample -> policy.response_mask, `rollout`).
+ 2. Log-probs are recomputed by a forward pass at the sampling temperature (logits / T) for the
+    policy and the reference alike, so that ratio = 1 on the first minibatch (`rollout`).
+ 3. A response with no EOS gets a fixed penalty score (-1 in TL;DR) instead of its reward; `None`
+    turns this off (the toy, where truncation is a legal ending) (`rollout`, `missing_eos_penalty`).
+ 4. Per-token reward -beta (log pi - log pi_ref) on every valid token plus the task reward: a
+    sequence score on the last valid token, or a score on every token (`rollout`).
+ 5. Values V(s_t) = value_model.state_scores(...)[:, t], zeroed after the last valid token, so
+    GAE bootstraps 0 after the end (`rollout`, `gae`).
+ 6. GAE(gamma, lambda) by the backward recursion; returns = advantages + values (`gae`).
+ 7. Reward whitening off; advantages whitened over the valid tokens of the whole batch (`whiten`).
+ 8. Clipped surrogate loss max(-A r, -A clip(r, 1 - eps, 1 + eps)) (`update`).
+ 9. Clipped value loss 0.5 max((v - R)^2, (v_old + clip(v - v_old, +-eps_v) - R)^2), weight 0.1 (`update`).
+10. Token losses are means over the valid tokens of a micro-batch (`masked_mean`).
+11. Several epochs of shuffled minibatches per rollout; micro-batches accumulate gradients, so
+    a 512-sequence minibatch fits on one GPU (`update`).
+12. Only forward passes run under (optional) bf16 autocast; losses are computed in fp32 or
+    higher, and backward runs outside autocast, so fp32 master weights absorb lr 3e-6 (`_autocast`).
+The rollout holds only (B, R) tensors; logits exist one forward chunk at a time.
+
+Metrics (one dict per update):
+  pg_loss             clipped surrogate policy loss (lower = the batch's advantages were exploited)
+  v_loss              clipped value loss, before the 0.1 coefficient
+  entropy             per-token entropy estimated on the rollout, mean of -log pi(y_t | s_t)
+  approx_kl           KL(pi_old || pi_new) per token, estimator mean((ratio - 1) - log ratio)
+  clipfrac            fraction of valid tokens whose ratio left [1 - eps, 1 + eps]
+  explained_variance  1 - Var(returns - values) / Var(returns) on the rollout (1 = perfect critic)
+  score               mean task reward per response (sum over tokens, after the EOS penalty)
+  kl_ref              mean sequence KL to the reference, sum_t (log pi - log pi_ref) on samples
+"""
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from nanoirl.policy import response_mask
+from nanoirl.reward import scores, token_rewards
+
+
+@dataclass
+class PPOConfig:  # defaults: MLIRL Appendix A Table 4 = the TL;DR PPO code at pythia-1b
+    beta: float = 0.05               # KL penalty coefficient (per-token reward -beta * kl)
+    gamma: float = 1.0               # discount factor
+    lam: float = 0.95                # GAE lambda
+    lr: float = 3e-6                 # AdamW learning rate (linear decay is the script's job)
+    eps: float = 1e-5                # AdamW epsilon
+    weight_decay: float = 0.01       # AdamW weight decay (torch's default, as in the TL;DR code)
+    num_epochs: int = 4              # PPO epochs over each rollout
+    num_minibatches: int = 1         # minibatches per epoch (one optimizer step each)
+    micro_batch_size: int = None     # sequences per forward/backward (None = whole minibatch)
+    forward_batch_size: int = 64     # sequences per no-grad rollout chunk (sampling, scoring)
+    cliprange: float = 0.2           # policy ratio clip
+    cliprange_value: float = 0.2     # value clip around the rollout's values
+    vf_coef: float = 0.1             # value loss coefficient
+    temperature: float = 0.7         # sampling temperature; log-probs use logits / temperature
+    response_length: int = 53        # new tokens per response
+    missing_eos_penalty: float = -1.0  # score of a response with no EOS (None = keep its reward)
+    eos_id: int = 0                  # Pythia: <|endoftext|>; toy: "."
+    pad_id: int = 1                  # Pythia: <|padding|>; toy: "_"
+    autocast_dtype: str = None       # "bfloat16" on CUDA: autocast forward passes, fp32 weights
+
+
+def _autocast(device, cfg):
+    if cfg.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, cfg.autocast_dtype))
+
+
+def _up(x):
+    """At least fp32 (keeps fp64 on the toy, where the tests compare with exact numbers)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def masked_mean(x, mask):
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp_min(1)
+
+
+def whiten(x, mask, eps=1e-8):
+    """(x - mean) / std over the valid entries (unbiased variance, as TL;DR); 0 elsewhere."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp_min(1)
+    return torch.where(mask, (x - mean) * torch.rsqrt(var + eps), 0.0)
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """GAE-Lambda (Schulman et al. 2016) over the valid tokens of each response: (B, R) each.
+    delta_t = r_t + gamma V(s_{t+1}) - V(s_t),  A_t = delta_t + gamma lam A_{t+1},  with
+    V = 0 and r = 0 after the last valid token (bootstrap 0: the episode ended or was cut)."""
+    rewards, values = torch.where(mask, rewards, 0.0), torch.where(mask, values, 0.0)
+    advantages, last = torch.zeros_like(rewards), 0.0
+    R = rewards.shape[1]
+    for t in reversed(range(R)):  # the next three lines implement GAE-Lambda
+        next_values = values[:, t + 1] if t + 1 < R else 0.0
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last = advantages[:, t] = delta + gamma * lam * last
+    return advantages, advantages + values
+
+
+def reward_from_scorer(scorer, level="sequence", eos_id=0):
+    """reward_fn for `rollout` from a scalar model: its logit read at the sequence level (one
+    score on the last valid token) or at the token level (a score on every token). (B, R)."""
+    def reward_fn(prompts, prompt_mask, responses):
+        h, _ = scores(scorer, prompts, prompt_mask, responses, eos_id, level)
+        return token_rewards(_up(h), responses, eos_id, level)
+    return reward_fn
+
+
+def make_optimizer(policy, value_model, cfg):
+    """One AdamW over the policy and the value model: loss = pg_loss + vf_coef * v_loss."""
+    params = list(policy.parameters()) + list(value_model.parameters())
+    return torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, generator=None):
+    """Sample one response per prompt and compute everything `update` needs: a dict of (B, ...)
+    tensors plus the float metrics score, kl_ref and entropy. reward_fn(prompts, prompt_mask,
+    responses) -> (B, R) task reward per token (see reward_from_scorer); R = cfg.response_length."""
+    cols = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "task")}
+    for i in range(0, len(prompts), cfg.forward_batch_size):  # one chunk of logits at a time
+        p, pm = prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]
+        with _autocast(p.device, cfg):
+            y, _ = policy.sample(p, pm, cfg.response_length, cfg.eos_id, cfg.pad_id,
+                                 cfg.temperature, generator=generator)
+            cols["responses"].append(y)
+            cols["logprobs"].append(_up(policy.logprobs(p, pm, y, cfg.temperature)))  # detail 2
+            cols["ref_logprobs"].append(_up(ref.logprobs(p, pm, y, cfg.temperature)))
+            cols["values"].append(_up(value_model.state_scores(p, pm, y)[:, :-1]))  # V(s_t), detail 5
+            cols["task"].append(_up(reward_fn(p, pm, y)))
+    ro = {k: torch.cat(v) for k, v in cols.items()}
+    y, mask = ro["responses"], response_mask(ro["responses"], cfg.eos_id)
+    task = torch.where(mask, ro["task"], 0.0)
+    if cfg.missing_eos_penalty is not None:  # detail 3: a truncated response scores the penalty
+        truncated = ~(y == cfg.eos_id).any(dim=1)
+        penalty = torch.zeros_like(task)
+        penalty[:, -1] = cfg.missing_eos_penalty
+        task = torch.where(truncated[:, None], penalty, task)
+    kl = torch.where(mask, ro["logprobs"] - ro["ref_logprobs"], 0.0)       # log pi - log pi_ref
+    rewards = task - cfg.beta * kl                                          # detail 4
+    advantages, returns = gae(rewards, ro["values"], mask, cfg.gamma, cfg.lam)  # detail 6
+    ro.update(prompts=prompts, prompt_mask=prompt_mask, mask=mask, rewards=rewards,
+              advantages=whiten(advantages, mask), returns=returns,         # detail 7
+              values=torch.where(mask, ro["values"], 0.0))
+    res = torch.where(mask, returns - ro["values"], 0.0)
+    var = lambda x: masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    ro["stats"] = {"score": task.sum(1).mean().item(), "kl_ref": kl.sum(1).mean().item(),
+                   "entropy": -masked_mean(ro["logprobs"], mask).item(),
+                   "explained_variance": (1 - var(res) / var(returns).clamp_min(1e-12)).item()}
+    return ro
+
+
+def update(policy, value_model, optimizer, ro, cfg, generator=None):
+    """cfg.num_epochs passes of shuffled minibatches over one rollout; returns the metric dict."""
+    B = len(ro["responses"])
+    mb_size = B // cfg.num_minibatches
+    micro = cfg.micro_batch_size or mb_size
+    sums, n = {"pg_loss": 0.0, "v_loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}, 0
+    for _ in range(cfg.num_epochs):
+        b_inds = torch.randperm(B, generator=generator).to(ro["responses"].device)
+        for start in range(0, mb_size * cfg.num_minibatches, mb_size):
+            mb_inds = b_inds[start:start + mb_size]
+            optimizer.zero_grad(set_to_none=True)
+            for m_start in range(0, mb_size, micro):  # detail 11: gradient accumulation
+                i = mb_inds[m_start:m_start + micro]
+                mask, adv, ret = ro["mask"][i], ro["advantages"][i], ro["returns"][i]
+                p, pm, y = ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i]
+                with _autocast(y.device, cfg):  # detail 12: autocast forward passes only
+                    new_logprobs = policy.logprobs(p, pm, y, cfg.temperature)
+                    vpred = value_model.state_scores(p, pm, y)[:, :-1]
+                new_logprobs, vpred = _up(new_logprobs), _up(vpred)
+                logratio = new_logprobs - ro["logprobs"][i]
+                ratio = torch.exp(logratio)
+                pg_losses = -adv * ratio                                    # detail 8
+                pg_losses2 = -adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
+                pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+                v_old = ro["values"][i]                                     # detail 9
+                v_clipped = v_old + torch.clamp(vpred - v_old, -cfg.cliprange_value, cfg.cliprange_value)
+                v_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask)
+                loss = pg_loss + cfg.vf_coef * v_loss
+                (loss * len(i) / len(mb_inds)).backward()
+                with torch.no_grad():
+                    sums["pg_loss"] += pg_loss.item()
+                    sums["v_loss"] += v_loss.item()
+                    sums["approx_kl"] += masked_mean((ratio - 1) - logratio, mask).item()
+                    sums["clipfrac"] += masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask).item()
+                    n += 1
+            optimizer.step()
+    return {**ro["stats"], **{k: v / n for k, v in sums.items()}}

@@ -1,0 +1,152 @@
+"""
+nanoirl/ppo.py: GAE against a brute-force sum, the reward layout, and convergence to the exact
+KL-regularised optimum pi* = pi_ref exp(r/beta) / Z (MLIRL Eq. 12) on the toy MDP, where
+KL(pi_PPO || pi*) is computed exactly by enumerating every response.
+"""
+import copy
+
+import pytest
+import torch
+
+from nanoirl import ppo, soft_pi
+from nanoirl.policy import response_mask
+from toy import irl, metrics
+from toy.mdp import EOS, PAD, ToyMDP
+from toy.tabular import TabularPolicy, TabularScalar
+from toy.train import trajectory_logprobs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The toy's tensors are tiny: one thread is ~10x faster than two fighting over them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def brute_force_gae(rewards, values, lengths, gamma, lam):
+    """A_t = sum_{l >= 0} (gamma lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t, over the
+    n valid tokens only, V_n = 0: nested loops, no recursion."""
+    B, R = rewards.shape
+    adv = torch.zeros(B, R, dtype=torch.float64)
+    for b in range(B):
+        n = int(lengths[b])
+        for t in range(n):
+            for l in range(n - t):
+                k = t + l
+                v_next = values[b, k + 1] if k + 1 < n else 0.0
+                adv[b, t] += (gamma * lam) ** l * (rewards[b, k] + gamma * v_next - values[b, k])
+    return adv
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.7), (1.0, 1.0)])
+def test_gae_matches_brute_force(gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    B, R = 7, 6
+    responses = torch.randint(2, 5, (B, R), generator=g)
+    lengths = torch.tensor([1, 2, 3, 6, 6, 4, 5])               # rows of length 6 have no EOS
+    for b, n in enumerate(lengths.tolist()):
+        if n < R:
+            responses[b, n - 1], responses[b, n:] = EOS, PAD
+    mask = response_mask(responses, EOS)
+    assert (mask.sum(1) == lengths).all()
+    rewards = torch.randn(B, R, generator=g, dtype=torch.float64)
+    values = torch.randn(B, R, generator=g, dtype=torch.float64)
+    adv, ret = ppo.gae(rewards, values, mask, gamma, lam)
+    expected = brute_force_gae(rewards, values, lengths, gamma, lam)
+    assert torch.allclose(adv, expected, atol=1e-12)
+    assert (adv[~mask] == 0).all()
+    if lam == 1.0:  # returns are then the discounted Monte Carlo returns, whatever V is
+        for b in range(B):
+            n = int(lengths[b])
+            for t in range(n):
+                mc = sum(gamma ** l * rewards[b, t + l] for l in range(n - t))
+                assert abs(ret[b, t] - mc) < 1e-12
+
+
+def test_whiten_over_valid_tokens():
+    x = torch.randn(5, 4, dtype=torch.float64) * 3 + 2
+    mask = torch.rand(5, 4) < 0.7
+    w = ppo.whiten(x, mask)
+    assert abs(w[mask].mean()) < 1e-12 and abs(w[mask].std() - 1) < 1e-6 and (w[~mask] == 0).all()
+
+
+def _toy_cfg(mdp, **kw):
+    kw = {"temperature": 1.0, "response_length": mdp.T, "missing_eos_penalty": None,
+          "eos_id": EOS, "pad_id": PAD, "weight_decay": 0.0, **kw}
+    return ppo.PPOConfig(**kw)
+
+
+def test_rollout_layout_penalty_and_first_ratio():
+    """No EOS -> the score is the penalty (TL;DR's -1) on the last token; policy = ref -> the KL
+    penalty is 0; log-probs recomputed in the rollout give ratio 1 before the first step."""
+    mdp = ToyMDP()
+    policy = TabularPolicy(mdp, "full")
+    with torch.no_grad():
+        policy.logits[:, EOS] = -50.0                            # never ends: always truncated
+    ref, value, rm = copy.deepcopy(policy), TabularScalar(mdp), TabularScalar(mdp)
+    with torch.no_grad():
+        rm.table.normal_()
+    prompts, mask = mdp.prompt_tokens(torch.arange(12) % 3)
+    cfg = _toy_cfg(mdp, missing_eos_penalty=-1.0, num_epochs=1, lr=0.1)
+    opt = ppo.make_optimizer(policy, value, cfg)
+    ro = ppo.rollout(policy, ref, value, prompts, mask, ppo.reward_from_scorer(rm, "sequence", EOS), cfg)
+    assert ro["stats"]["score"] == -1.0 and ro["stats"]["kl_ref"] == 0.0
+    assert (ro["rewards"][:, -1] == -1.0).all() and (ro["rewards"][:, :-1] == 0).all()
+    stats = ppo.update(policy, value, opt, ro, cfg)
+    assert stats["approx_kl"] == 0.0 and stats["clipfrac"] == 0.0
+    # token level: the scorer's state score of s_{t+1} on every valid token
+    y = ro["responses"]
+    r_tok = ppo.reward_from_scorer(rm, "token", EOS)(prompts, mask, y)
+    assert torch.equal(r_tok, rm.state_scores(prompts, mask, y)[:, 1:].detach())
+
+
+def _run_ppo(mdp, policy, ref, value, beta, iters, batch, lr, value_lr, seed=0):
+    """PPO on the gold reward r(x, y) = log d_exp(y|x) (sequence level), linear lr decay."""
+    r = mdp.gold_reward()
+    reward_fn = ppo.reward_from_scorer(irl.sequence_reward_table(mdp, r), "sequence", EOS)
+    cfg = _toy_cfg(mdp, beta=beta, num_minibatches=4, forward_batch_size=batch, lr=lr)
+    opt = torch.optim.Adam([{"params": policy.parameters()},
+                            {"params": value.parameters(), "lr": value_lr}], lr=lr, eps=cfg.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / iters)
+    g = torch.Generator().manual_seed(seed)
+    prompts, mask = mdp.prompt_tokens(torch.arange(batch) % mdp.n_prompts)
+    for _ in range(iters):
+        ro = ppo.rollout(policy, ref, value, prompts, mask, reward_fn, cfg, generator=g)
+        stats = ppo.update(policy, value, opt, ro, cfg, generator=g)
+        sched.step()
+    with torch.no_grad():
+        star = soft_pi.trajectory_optimum(trajectory_logprobs(mdp, ref), r, beta)
+        return metrics.forward_kl(trajectory_logprobs(mdp, policy), star), stats
+
+
+def test_ppo_full_table_reaches_the_exact_optimum():
+    """Stated bound: exact KL(pi_PPO || pi*) <= 0.02 nats for every prompt (beta = 2, random
+    reference, 100 updates of 1024 responses, 4 epochs x 4 minibatches). At beta = 1 the same run
+    stalls at ~0.08 on one prompt: two modes of pi* that lie deep in branches pi_ref rarely
+    samples are dropped early and never re-found (on-policy PPO descends KL(pi || pi*), which
+    barely charges for a missing small mode)."""
+    mdp = ToyMDP()
+    torch.manual_seed(0)
+    ref = TabularPolicy(mdp, "full")
+    with torch.no_grad():
+        ref.logits.normal_(0, 0.5)
+    kl, stats = _run_ppo(mdp, copy.deepcopy(ref), ref, TabularScalar(mdp), beta=2.0, iters=100,
+                         batch=1024, lr=0.05, value_lr=0.1)
+    print("PPO full table: KL(pi || pi*) per prompt", kl.tolist(), stats)
+    assert (kl <= 0.02).all(), kl
+
+
+def test_ppo_tiny_gpt_approaches_the_optimum():
+    """The same PPO lines on the tiny GPT of toy/gpt.py (value model: a table). Stated bound:
+    KL(pi_PPO || pi*) <= 0.2 nats per prompt after 60 updates of 512 responses, from ~1 nat at
+    the start. The GPT cannot represent pi* exactly: its best reverse-KL fit (L-BFGS on the exact
+    objective) sits at 0.09 / 0.02 / 0.05 nats."""
+    from toy.gpt import tiny_gpt
+    mdp = ToyMDP()
+    ref = tiny_gpt(mdp, seed=0)
+    kl, stats = _run_ppo(mdp, copy.deepcopy(ref), ref, TabularScalar(mdp), beta=2.0, iters=60,
+                         batch=512, lr=0.01, value_lr=0.1)
+    print("PPO tiny GPT: KL(pi || pi*) per prompt", kl.tolist(), stats)
+    assert (kl <= 0.2).all(), kl

@@ -1,0 +1,257 @@
+"""
+Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the toy MDP.
+
+  sequence_reward_table(mdp, r)     a TabularScalar holding r(x, y) on each response's last state
+  all_rewards(mdp, reward_model)    r(x, y) of every enumerated response (n_prompts, N)
+  bellman_policy(mdp, ref, rm, b)   the token-level soft Bellman optimum as a full-prefix table
+  exact_policy_step(...)            MLIRL Eq. 9 exactly: the full table gets pi* itself, a restricted
+                                    class (or the tiny GPT) its reverse-KL projection
+  fit_sft(mdp, policy, demos)       SFT (nanoirl/sft.py) to convergence with exact gradients
+  mlirl_exact(...)                  ML-IRL rounds with exact expectations over pairs and policies
+  best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
+                                    evaluated by the exact law of Best-of-N
+
+Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for the tiny GPT.
+"""
+import copy
+import itertools
+import sys
+from dataclasses import replace
+
+import torch
+
+from nanoirl import mlirl, soft_pi
+from nanoirl.mlirl import MLIRLConfig
+from nanoirl.policy import right_pad, sequence_lengths
+from nanoirl.sft import sft_loss
+from toy import metrics
+from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
+from toy.tabular import TabularPolicy, TabularScalar
+from toy.train import _pairs, minimise, trajectory_logprobs
+
+
+def sequence_reward_table(mdp, r):
+    """TabularScalar whose state after a response's last valid token holds r(x, y) (n_prompts, N)
+    and every other state 0: read at the sequence level it is r, at the token level it puts r on
+    the last token."""
+    prompts, _, responses = _pairs(mdp)
+    rows = mdp.state_ids("full", prompts, responses).gather(1, sequence_lengths(responses, EOS)[:, None])
+    table = TabularScalar(mdp, dtype=r.dtype)
+    with torch.no_grad():
+        table.table[rows.squeeze(1)] = r.reshape(-1)
+    return table
+
+
+def all_rewards(mdp, reward_model, level="sequence"):
+    """(n_prompts, N) r(x, y) of every response (token level: the sum of its token rewards)."""
+    cfg = MLIRLConfig(level=level, eos_id=EOS, pad_id=PAD)
+    return mlirl.sequence_rewards(reward_model, *_pairs(mdp), cfg).view(mdp.n_prompts, -1)
+
+
+def _prefix_layers(mdp):
+    """Per depth t: (prompts, mask, responses) of every (state, action) pair in state-major order,
+    the states being the letter prefixes of length t of every prompt, and next_state (S_t, A)."""
+    A, L = len(mdp.action_ids), mdp.L
+    layers = []
+    for t in range(mdp.T):
+        prefixes = list(itertools.product(range(L), repeat=t))
+        seqs, xs = [], []
+        for x in range(mdp.n_prompts):
+            for pre in prefixes:
+                for a in mdp.action_ids:
+                    seqs.append([2 + c for c in pre] + [a])
+                    xs.append(x)
+        prompts, mask = mdp.prompt_tokens(torch.tensor(xs))
+        S = mdp.n_prompts * len(prefixes)
+        child = torch.arange(S)[:, None] * L + torch.arange(L)[None, :]  # x*L^(t+1) + idx*L + c
+        next_state = torch.cat([torch.full((S, 1), -1), child], dim=1)   # EOS ends the response
+        layers.append((prompts, mask, right_pad(seqs, PAD, mdp.T), next_state, S, A))
+    return layers
+
+
+@torch.no_grad()
+def bellman_policy(mdp, ref, reward_model, beta):
+    """Full-prefix TabularPolicy pi*(a|s) from soft_pi.soft_bellman with the token rewards
+    r(s_t, a_t) = reward_model.state_scores[:, t + 1] and pi_ref = ref (any policy)."""
+    ref_logp, reward, next_state, rows = [], [], [], []
+    for t, (p, m, y, nxt, S, A) in enumerate(_prefix_layers(mdp)):
+        ref_logp.append(ref.logprobs(p, m, y)[:, t].view(S, A).double())
+        reward.append(reward_model.state_scores(p, m, y)[:, t + 1].view(S, A).double())
+        next_state.append(nxt)
+        rows.append(mdp.state_ids("full", p, y)[:, t].view(S, A)[:, 0])
+    log_pi, _ = soft_pi.soft_bellman(ref_logp, reward, next_state, beta)
+    policy = TabularPolicy(mdp, "full")
+    for row, lp in zip(rows, log_pi):
+        policy.logits[row[:, None], torch.tensor(mdp.action_ids)[None, :]] = lp
+    return policy
+
+
+def exact_policy_step(policy, ref, reward_model, cfg, *, mdp, steps=200):
+    """MLIRL Eq. 9 exactly (a policy_step for mlirl.mlirl_round): pi* = pi_ref exp(r/beta)/Z over
+    every response. A full table is set to pi* (soft Bellman); any other class moves to its
+    reverse-KL projection argmin KL(pi || pi*) (L-BFGS), i.e. max E_pi[r] - beta KL(pi || pi_ref)."""
+    r = all_rewards(mdp, reward_model, cfg.level).detach()
+    with torch.no_grad():
+        target = soft_pi.trajectory_optimum(trajectory_logprobs(mdp, ref), r, cfg.beta)
+    if getattr(policy, "kind", None) == "full":
+        exact = bellman_policy(mdp, ref, sequence_reward_table(mdp, r), cfg.beta)
+        with torch.no_grad():
+            policy.logits.copy_(exact.logits)
+    else:
+        minimise(policy, lambda: metrics.forward_kl(trajectory_logprobs(mdp, policy), target).mean(), steps)
+    with torch.no_grad():
+        return {"kl_to_target": metrics.forward_kl(trajectory_logprobs(mdp, policy), target).mean().item()}
+
+
+def fit_sft(mdp, policy, demos, steps=200):
+    """SFT to convergence (L-BFGS, exact gradients): the forward-KL projection of the demonstrations'
+    empirical distribution onto the policy class."""
+    prompts, mask, responses = demos
+    return minimise(policy, lambda: sft_loss(policy.logprobs(prompts, mask, responses), responses, EOS), steps)
+
+
+def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accumulate=False,
+                reinit=True, moving=True, rm_steps=20, rm_lr=0.1, policy_steps=200):
+    """ML-IRL with every expectation exact: a tabular reward r(x, y) (one number per response),
+    the reward step = rm_steps Adam steps on the exact expected loss over all pairs
+    (y ~ demo_logd) ≻ (y' ~ pi_k, or the mixture of pi_0..pi_k if accumulate), and the exact
+    policy step. reward_grad "eq10" replaces Eq. 11 by the exact ML gradient of Eq. 6 (Lemma 5.1):
+    grad = E_D[grad r] - E_{pi*_r}[grad r] with pi*_r from the current anchor.
+    Returns a list of per-round metric dicts."""
+    cfg = MLIRLConfig(beta=beta, eos_id=EOS, pad_id=PAD)
+    ref = copy.deepcopy(policy)
+    r = torch.zeros_like(demo_logd)
+    negs, history = [], []
+    for k in range(rounds):
+        with torch.no_grad():
+            logd = trajectory_logprobs(mdp, policy)
+        negs.append(logd.exp())
+        neg = torch.stack(negs).mean(0) if accumulate else negs[-1]
+        r = torch.zeros_like(demo_logd) if reinit else r.detach()
+        r.requires_grad_(True)
+        opt = torch.optim.Adam([r], lr=rm_lr)
+        ref_logd = trajectory_logprobs(mdp, policy if moving else ref).detach()
+        for _ in range(rm_steps):
+            if reward_grad == "eq10":   # -L^ of Eq. 6 up to constants: -(E_D[r] - beta log Z)
+                loss = -((demo_logd.exp() * r).sum(-1) - soft_pi.soft_value(ref_logd, r, beta)).mean()
+            else:                       # Eq. 11 over every pair, weighted d_D(y) * d_neg(y')
+                w = demo_logd.exp()[:, :, None] * neg[:, None, :]
+                loss = mlirl.pair_loss(r[:, :, None], r[:, None, :], w, "bt")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if moving:
+            ref.load_state_dict(policy.state_dict())
+        exact_policy_step(policy, ref, sequence_reward_table(mdp, r.detach()), cfg, mdp=mdp, steps=policy_steps)
+        with torch.no_grad():
+            logd = trajectory_logprobs(mdp, policy)
+        history.append({"round": k + 1, "fkl_demo": metrics.forward_kl(demo_logd, logd).mean().item(),
+                        **metrics.summary(mdp, logd)})
+    return history
+
+
+def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm_epochs=20,
+                    rm_lr=0.1, seed=0):
+    """RLignment's reward-model data choices, evaluated by Best-of-N on pi_SFT samples.
+    pi_init = the uniform policy of class `kind`, pi_SFT = SFT on n_demos demonstrations in that
+    class; each reward model is a zero-initialised TabularScalar trained with the logistic loss
+    (reward = its logit) on n_demos positives vs n_demos negatives of the same prompts; the
+    gold-preference model is Bradley-Terry on pairs of pi_SFT samples labelled by
+    P(y1 ≻ y2) = sigma(gold(y1) - gold(y2)). "ideal" rows are the infinite-data logits
+    log p_pos - log p_neg. Returns {name: [E gold of Best-of-n for n in ns]}, exact in n."""
+    g = torch.Generator().manual_seed(seed)
+    demos = mdp.demonstrations(n_demos, g)
+    p, m, _ = demos
+    init, sft = TabularPolicy(mdp, kind), TabularPolicy(mdp, kind)
+    fit_sft(mdp, sft, demos)
+    init_s = (p, m, init.sample(p, m, mdp.T, EOS, PAD, generator=g)[0])
+    sft_s = (p, m, sft.sample(p, m, mdp.T, EOS, PAD, generator=g)[0])
+    cfg = MLIRLConfig(rm_loss="bce", rm_epochs=rm_epochs, rm_lr=rm_lr, eos_id=EOS, pad_id=PAD)
+    rewards = {}
+    for name in ("init-sft", "init-demo", "sft-demo"):
+        rm = TabularScalar(mdp)
+        mlirl.reward_step(rm, mlirl.rlignment_pairs(name, demos, init_s, sft_s), cfg, g)
+        rewards[name] = all_rewards(mdp, rm).detach()
+    gold = mdp.gold_reward()
+    x, y1, y2 = mdp.prompt_index(p), sft_s[2], sft.sample(p, m, mdp.T, EOS, PAD, generator=g)[0]
+    first = torch.rand(len(x), generator=g, dtype=gold.dtype) < torch.sigmoid(
+        gold[x, mdp.response_ids(y1)] - gold[x, mdp.response_ids(y2)])
+    chosen, rejected = torch.where(first[:, None], y1, y2), torch.where(first[:, None], y2, y1)
+    rm = TabularScalar(mdp)
+    mlirl.reward_step(rm, mlirl.make_pairs(p, m, chosen, rejected), replace(cfg, rm_loss="bt"), g)
+    rewards["gold-pref BT"] = all_rewards(mdp, rm).detach()
+    with torch.no_grad():
+        init_logd, sft_logd = trajectory_logprobs(mdp, init), trajectory_logprobs(mdp, sft)
+    exp = mdp.expert_logprob
+    rewards.update({"ideal init-sft": sft_logd - init_logd, "ideal init-demo": exp - init_logd,
+                    "ideal sft-demo": exp - sft_logd, "ideal gold": gold})
+    return {name: [(soft_pi.best_of_n_logprobs(sft_logd, r, n).exp() * gold).sum(-1).mean().item()
+                   for n in ns] for name, r in rewards.items()}
+
+
+VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
+    "Eq.10 gradient, fixed ref": dict(reward_grad="eq10", reinit=False, moving=False),
+    "BT, reinit, moving ref": dict(),
+    "BT, reinit, moving ref, accumulate (authors)": dict(accumulate=True),
+    "BT, persistent reward, fixed ref": dict(reinit=False, moving=False),
+}
+KEYS = ("fkl_demo", "fkl", "rkl", "tv", "entropy", "gold_reward")
+
+
+def _row(name, d):
+    return f"  {name:46s} " + " ".join(f"{d[k]:9.4f}" for k in KEYS)
+
+
+def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref",
+                                                              "BT, reinit, moving ref, accumulate (authors)")):
+    """The tiny GPT (toy/gpt.py): SFT to convergence, then ML-IRL rounds from the SFT policy (exact
+    pairs, tabular reward, exact policy step = reverse-KL projection onto the GPT class)."""
+    from toy.gpt import tiny_gpt
+    demos = mdp.demonstrations(n_demos, torch.Generator().manual_seed(seed))
+    d = mdp.empirical_logprob(demos[0], demos[2])
+    sft = tiny_gpt(mdp, seed=0)
+    fit_sft(mdp, sft, demos, steps=500)
+    with torch.no_grad():
+        ls = trajectory_logprobs(mdp, sft)
+    print(f" tiny GPT, {n_demos} demonstrations")
+    print(_row("SFT", {"fkl_demo": metrics.forward_kl(d, ls).mean().item(), **metrics.summary(mdp, ls)}))
+    for name in variants:
+        for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
+            print(_row(f"{name} r{row['round']}", row))
+
+
+def main(rounds=8, seed=1):
+    torch.set_num_threads(1)
+    mdp = ToyMDP(ToyConfig())
+    if "--gpt" in sys.argv:
+        for n in (60, 600):
+            gpt_vs_sft(mdp, n)
+        return
+    print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert))")
+    for n in (30, 300, 3000):
+        demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
+        d = mdp.empirical_logprob(demos[0], demos[2])
+        print(f"\n== {n} demonstrations; empirical distribution = the full-class SFT / ML policy")
+        print(_row("empirical", {"fkl_demo": 0.0, **metrics.summary(mdp, d)}))
+        for kind in ("full", "position", "markov"):
+            sft = TabularPolicy(mdp, kind)
+            fit_sft(mdp, sft, demos)
+            with torch.no_grad():
+                ls = trajectory_logprobs(mdp, sft)
+            print(f" {kind} table")
+            print(_row("SFT", {"fkl_demo": metrics.forward_kl(d, ls).mean().item(), **metrics.summary(mdp, ls)}))
+            for name, kw in VARIANTS.items():
+                h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds, **kw)
+                print(_row(f"{name} r{rounds}", h[-1]))
+                if kind == "full" and n == 30:
+                    for row in h[:-1]:
+                        print(_row(f"   round {row['round']}", row))
+    print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
+    for kind in ("markov", "position", "full"):
+        print(f" {kind} policy class, 300 demonstrations")
+        for name, v in best_of_n_table(mdp, kind).items():
+            print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+
+
+if __name__ == "__main__":
+    main()
