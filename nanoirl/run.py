@@ -268,12 +268,13 @@ class Logger:
             print(f"step {step}/{self.total} | {hms(elapsed)} | eta {hms(eta)} | {values}", flush=True)
 
 
-def plot_metrics(out):
-    """Draw one small panel per numeric metric of out/metrics.jsonl into out/metrics.png."""
+def plot_metrics(out, names=None, filename=PLOT, xlabel="step"):
+    """Draw one small panel per numeric metric of out/metrics.jsonl (or per metric in `names`)
+    into out/metrics.png (or out/filename)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe on a headless machine
     rows = [json.loads(line) for line in (Path(out) / METRICS).read_text().splitlines() if line]
     is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    names = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "step"
+    names = [k for k in names or dict.fromkeys(k for r in rows for k in r) if k != "step"
              and any(is_num(r.get(k)) for r in rows)]
     if not names:
         return None
@@ -284,11 +285,12 @@ def plot_metrics(out):
         steps, values = zip(*[(r["step"], r[name]) for r in rows if is_num(r.get(name))])
         ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes[len(names):]:
         ax.axis("off")
-    fig.savefig(Path(out) / PLOT, dpi=100)
-    return Path(out) / PLOT
+    fig.savefig(Path(out) / filename, dpi=100)
+    return Path(out) / filename
 
 
 def summary(out):

@@ -186,3 +186,16 @@ class Tokenizer:
             from nanoirl.hub import resolve  # only names need the hub (and its download code)
             path = resolve(str(name_or_path), ["tokenizer.json"]) / "tokenizer.json"
         return cls(path)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 2..257 with EOS 0 and pad 1, as Pythia numbers them. Only for dry
+    runs of randomly initialised models (--model random:pythia-...) when no tokenizer.json is at
+    hand: the token counts differ from Pythia's, the shapes and the code paths do not."""
+    eos_id, pad_id, vocab_size = 0, 1, 258
+
+    def encode(self, text):
+        return [b + 2 for b in unicodedata.normalize("NFC", text).encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(int(i) - 2 for i in ids if 2 <= int(i) < 258).decode("utf-8", errors="replace")

@@ -86,3 +86,23 @@ def summary(mdp, logd):
         "modes_covered": (mode_mass(mdp, logd) > 0.05).float().sum(-1).mean().item(),
         "outside_support": outside_support(mdp, logd).mean().item(),
     }
+
+
+def win_rate(mdp, logd, logd_other):
+    """(n_prompts,) P(g(y) > g(y')) + P(g(y) = g(y')) / 2 with y ~ d, y' ~ d_other, judged by the
+    gold reward g: exact. Against the demonstrations' empirical distribution this is MLIRL Fig. 2c."""
+    g = mdp.gold_reward()
+    wins = (g[:, :, None] > g[:, None, :]).double() + 0.5 * (g[:, :, None] == g[:, None, :]).double()
+    return torch.einsum("xi,xij,xj->x", logd.exp(), wins, logd_other.exp())
+
+
+def pair_accuracy(mdp, rewards):
+    """(n_prompts,) how often a reward r (n_prompts, N) orders a pair as the gold reward does, over
+    held-out pairs y, y' drawn independently from half expert, half uniform (ties in r count half,
+    pairs the gold reward ties are left out). Exact. MLIRL Fig. 2a on the toy."""
+    g = mdp.gold_reward()
+    p = 0.5 * mdp.expert_logprob.exp() + 0.5 / g.shape[1]
+    w = p[:, :, None] * p[:, None, :] * (g[:, :, None] > g[:, None, :])   # ordered pairs, y better
+    right = (rewards[:, :, None] > rewards[:, None, :]).double() \
+        + 0.5 * (rewards[:, :, None] == rewards[:, None, :]).double()
+    return (w * right).sum((1, 2)) / w.sum((1, 2))

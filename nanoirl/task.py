@@ -1,0 +1,175 @@
+"""
+What a script trains on, behind one small interface, so that train_sft.py, train_airl.py and
+train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
+
+  task = load_task(args, device, dtype)
+  task.policy                 the policy to train (nanoirl/policy.py interface)
+  task.demos                  (prompts, prompt_mask, responses): the training demonstrations
+  task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
+  task.autocast()             bf16 autocast on CUDA with --dtype bfloat16, else nothing: weights
+                              stay fp32 (at lr 3e-6 a bf16 weight cannot absorb most updates)
+  task.new_scalar()           a reward / value / discriminator model: a fresh table on
+                              toy-tabular; the policy's transformer plus a new head on a GPT
+                              (TL;DR PPO and MLIRL initialise reward and value models from SFT)
+  task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
+                              rate against the demonstrations); sampled on text (length, EOS rate;
+                              gold reward and win rate against held-out demonstrations with
+                              --gold-model)
+  task.reward_accuracy(rm)    pair accuracy of a reward model: exact on the toy (pairs labelled by
+                              the gold reward), on the --eval-pairs JSONL on text
+"""
+import contextlib
+
+import torch
+
+from nanoirl import data, mlirl
+from nanoirl.model import GPT, ScalarGPT
+from nanoirl.policy import ends_with_eos, sequence_lengths
+from nanoirl.reward import accuracy
+from nanoirl.run import RunError
+
+
+def add_task_args(parser):
+    g = parser.add_argument_group("task")
+    g.add_argument("--n-demos", type=int, default=60,
+                   help="toy: number of expert demonstrations (the low-demonstration regime matters)")
+    g.add_argument("--policy-class", default="full", choices=["full", "position", "markov"],
+                   help="toy-tabular: full-prefix table, or a restricted class where forward and "
+                        "reverse KL have different optima")
+    g.add_argument("--eval-size", type=int, default=64,
+                   help="text: demonstrations held out for evaluation")
+    g.add_argument("--eval-pairs", default=None,
+                   help='text: {"prompt", "chosen", "rejected"} JSONL for reward-model accuracy')
+    g.add_argument("--gold-model", default=None,
+                   help="text: a reward-model checkpoint (ScalarGPT) that judges samples: gold "
+                        "reward and win rate against the held-out demonstrations")
+
+
+def load_task(args, device, dtype):
+    return (ToyTask if args.model.startswith("toy-") else TextTask)(args, device, dtype)
+
+
+class ToyTask:
+    def __init__(self, args, device, dtype):
+        from toy.gpt import tiny_gpt
+        from toy.mdp import ToyMDP
+        from toy.tabular import TabularPolicy
+        self.args, self.mdp = args, ToyMDP()
+        torch.set_num_threads(1)  # toy tensors are tiny: a second thread only adds overhead (~10x)
+        self.dtype = torch.float64 if args.dtype == "auto" else dtype  # exact numbers on the toy
+        self.amp = None
+        self.eos_id, self.pad_id, self.response_len = self.mdp.eos_id, self.mdp.pad_id, self.mdp.T
+        g = torch.Generator().manual_seed(args.seed)
+        self.demos = self.mdp.demonstrations(args.n_demos, g)
+        self.demo_logd = self.mdp.empirical_logprob(self.demos[0], self.demos[2])
+        if args.model == "toy-tabular":
+            self.policy = TabularPolicy(self.mdp, args.policy_class, dtype=self.dtype)
+        else:
+            self.policy = tiny_gpt(self.mdp, seed=args.seed, dtype=self.dtype)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def new_scalar(self):
+        from toy.tabular import TabularScalar
+        if isinstance(self.policy, GPT):
+            return scalar_from_policy(self.policy)
+        return TabularScalar(self.mdp, dtype=self.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, policy):
+        from toy import metrics
+        logd = self.mdp.trajectory_logprobs(policy)
+        return {**metrics.summary(self.mdp, logd),
+                "fkl_demos": metrics.forward_kl(self.demo_logd, logd).mean().item(),
+                "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item()}
+
+    @torch.no_grad()
+    def reward_accuracy(self, reward_model, level="sequence"):
+        from toy import metrics
+        from toy.irl import all_rewards
+        return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, reward_model, level)).mean().item()
+
+
+class TextTask:
+    def __init__(self, args, device, dtype):
+        from nanoirl.tokenizer import ByteTokenizer, Tokenizer
+        if args.data is None:
+            raise RunError(f"--model {args.model} needs --data: a demonstrations JSONL "
+                           "(python -m nanoirl.data fake.jsonl writes TL;DR-shaped random text)")
+        self.args, self.device = args, device
+        self.amp = dtype if device.type == "cuda" and dtype == torch.bfloat16 else None
+        name = args.model.removeprefix("random:")
+        try:
+            self.tok = Tokenizer.from_pretrained(name)
+        except (FileNotFoundError, ValueError) as e:
+            if not args.model.startswith("random:"):
+                raise RunError(f"--model {args.model}: {e}") from None
+            print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
+                  "the random-init dry run uses UTF-8 bytes as tokens")
+            self.tok = ByteTokenizer()
+        self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
+        examples = data.load_demonstrations(args.data)
+        if len(examples) <= args.eval_size:
+            raise RunError(f"--data {args.data}: {len(examples)} examples, need more than "
+                           f"--eval-size {args.eval_size} (held out for evaluation)")
+        tok = lambda ex: data.tokenize(ex, self.tok, args.max_prompt_len, args.max_response_len)
+        d, e = tok(examples[args.eval_size:]), tok(examples[:args.eval_size])
+        self.demos = tuple(d[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
+        self.eval = tuple(e[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
+        self.pairs = None
+        if args.eval_pairs:
+            p = tok(data.load_preferences(args.eval_pairs))
+            self.pairs = {k: v.to(device) for k, v in p.items()}
+        try:  # fp32 master weights; compute in bf16 under autocast
+            weights = torch.float32 if self.amp else dtype
+            self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
+            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--model {args.model}: {e}") from None
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp)
+
+    def new_scalar(self):
+        return scalar_from_policy(self.policy)
+
+    @torch.no_grad()
+    def evaluate(self, policy, batch_size=16):
+        p, m, demos = self.eval
+        ys = []
+        with self.autocast():
+            for i in range(0, len(p), batch_size):
+                ys.append(policy.sample(p[i:i + batch_size], m[i:i + batch_size], self.response_len,
+                                        self.eos_id, self.pad_id, temperature=0.7)[0])
+        y = torch.cat(ys)
+        out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
+               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}
+        if self.gold:
+            cfg = mlirl.MLIRLConfig(eos_id=self.eos_id, pad_id=self.pad_id)
+            with self.autocast():
+                g_y = mlirl.sequence_rewards(self.gold, p, m, y, cfg).float()
+                g_d = mlirl.sequence_rewards(self.gold, p, m, demos, cfg).float()
+            out.update(gold_reward=g_y.mean().item(), win_rate=accuracy(g_y, g_d))
+        return out
+
+    @torch.no_grad()
+    def reward_accuracy(self, reward_model, level="sequence"):
+        if self.pairs is None:
+            return None
+        cfg = mlirl.MLIRLConfig(level=level, eos_id=self.eos_id, pad_id=self.pad_id)
+        p, m = self.pairs["prompts"], self.pairs["prompt_mask"]
+        with self.autocast():
+            r_c = mlirl.sequence_rewards(reward_model, p, m, self.pairs["chosen"], cfg)
+            r_r = mlirl.sequence_rewards(reward_model, p, m, self.pairs["rejected"], cfg)
+        return accuracy(r_c.float(), r_r.float())
+
+
+def scalar_from_policy(policy):
+    """A ScalarGPT whose transformer is a copy of the policy's and whose head is new."""
+    p = next(policy.parameters())
+    scalar = ScalarGPT(policy.config).to(device=p.device, dtype=p.dtype)
+    scalar.gpt_neox.load_state_dict(policy.gpt_neox.state_dict())
+    return scalar

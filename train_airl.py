@@ -1,0 +1,127 @@
+"""
+Adversarial imitation: a discriminator tells demonstrations from policy samples, and PPO trains
+the policy on a reward read from its logit h (Sun24 Sec. 3.4.3-3.4.4 and Appendix B;
+nanoirl/airl.py, gail.py, fdiv.py). The divergence picks the reward:
+
+  reverse-kl  AIRL    r = h = log D - log(1 - D)         mode-seeking      Sun24 Eq. (17), (19)
+  js          GAIL    r = -log(1 - D) (or log D)         in between        Eq. (21)-(23)
+  forward-kl  FAIRL   r = e^h - 1 (or published -h e^h)  mass-covering     App. B
+  alpha       alpha-IRL  r = (e^((1-a) h) - 1) / (1 - a)                   App. B, Eq. (28)-(30)
+
+    python train_airl.py                                  # toy MDP, full table, reverse KL
+    python train_airl.py --policy-class position --divergence js --level token
+    python train_airl.py --model toy-gpt --divergence forward-kl
+    python train_airl.py --model out/sft/policy --data tldr.jsonl --out out/airl-1b
+
+Each step: sample a rollout from the policy (rewards from the current discriminator), take
+--disc-steps discriminator steps on demonstrations (label 1) vs those samples (label 0), then a
+PPO update. On the toy every --eval-every steps adds the exact divergences to the expert.
+"""
+import argparse
+import copy
+
+import torch
+
+from nanoirl import data, fdiv, gail, ppo, reward, run
+from nanoirl.model import GPT
+from nanoirl.task import add_task_args, load_task
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+run.add_common_args(parser, out="out/airl")
+add_task_args(parser)
+g = parser.add_argument_group("adversarial imitation")
+g.add_argument("--divergence", default="reverse-kl", choices=["reverse-kl", "js", "forward-kl", "alpha"],
+               help="which divergence the reward minimises (Sun24 Appendix B)")
+g.add_argument("--alpha", type=float, default=0.5, help="alpha of the alpha-divergence")
+g.add_argument("--level", default="sequence", choices=["sequence", "token"],
+               help="discriminator per response (trajectory, Eq. 19-20) or per token (state-action, Eq. 17-18)")
+g.add_argument("--gail-reward", default="-log(1-D)", choices=["-log(1-D)", "log D"],
+               help="js only: the GAIL reward convention (nanoirl/gail.py explains the difference)")
+g.add_argument("--fairl-reward", default="gradient", choices=["gradient", "published"],
+               help="forward-kl only: e^h - 1, whose gradient is the forward KL's, or the published -h e^h")
+g.add_argument("--steps", type=int, default=150, help="iterations (rollout, discriminator, PPO)")
+g.add_argument("--disc-steps", type=int, default=5, help="discriminator steps per iteration")
+g.add_argument("--disc-lr", type=float, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
+g.add_argument("--eval-every", type=int, default=25, help="evaluate every this many iterations")
+g = parser.add_argument_group("PPO policy step (nanoirl/ppo.py)")
+g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--beta", type=float, default=0.0,
+               help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
+g.add_argument("--num-minibatches", type=int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward/backward")
+g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
+
+
+def reward_map(args):
+    """The divergence's reward as a function of the discriminator logit h."""
+    if args.divergence == "js":
+        return lambda h: gail.gail_reward(h, args.gail_reward)
+    if args.divergence == "forward-kl" and args.fairl_reward == "published":
+        return fdiv.fairl_reward
+    kind = {"reverse-kl": "rkl", "forward-kl": "fkl", "alpha": "alpha"}[args.divergence]
+    return lambda h: fdiv.f_reward(h, kind, args.alpha)
+
+
+def main(args):
+    out = run.prepare_out(args)
+    device, dtype = run.device_and_dtype(args)
+    run.seed_everything(args.seed)
+    task = load_task(args, device, dtype)
+    policy, toy = task.policy, args.model.startswith("toy-")
+    kind = 0 if toy and not isinstance(policy, GPT) else 1 if toy else 2   # table, toy GPT, text
+    pick = lambda flag, *options: flag if flag is not None else options[kind]
+    cfg = ppo.PPOConfig(
+        beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-3, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
+        micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
+        response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
+        missing_eos_penalty=None if toy else -1.0,
+        autocast_dtype=task.amp and str(task.amp).removeprefix("torch."))
+    batch_size = pick(args.rollout_batch_size, 256, 256, 64)
+    ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)
+    opt = ppo.make_optimizer(policy, value, cfg)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    state = {"policy": policy, "value": value, "disc": disc, "opt": opt, "disc_opt": disc_opt, "gen": gen}
+    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = run.Logger(out, args.steps, start, args.log_every)
+    demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
+    batches = data.iterate_batches(demos, batch_size, args.seed, start)
+    to_reward = reward_map(args)
+
+    def reward_fn(p, m, y):  # (B, R) rewards on the tokens PPO sees
+        h, _ = reward.scores(disc, p, m, y, task.eos_id, args.level)
+        return reward.token_rewards(to_reward(h.double() if toy else h.float()), y, task.eos_id, args.level)
+
+    for step in range(start, args.steps):
+        b = next(batches)
+        ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
+        for _ in range(args.disc_steps):  # Sun24 Eq. (18) / (20): expert label 1, policy label 0
+            with task.autocast():
+                h_e, m_e = reward.scores(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id, args.level)
+                h_p, m_p = reward.scores(disc, b["prompts"], b["prompt_mask"], ro["responses"], task.eos_id, args.level)
+            d_loss = reward.discriminator_loss(h_e.float(), m_e, h_p.float(), m_p)
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+        metrics = {"disc_loss": d_loss.item(),
+                   "disc_accuracy": 0.5 * ((h_e > 0)[m_e].float().mean() + (h_p < 0)[m_p].float().mean()).item(),
+                   **ppo.update(policy, value, opt, ro, cfg, gen)}
+        run.check_finite(metrics, step, out)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            metrics.update(task.evaluate(policy))
+        log(step, metrics)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            run.save_checkpoint(out, step + 1, state, args)
+
+    if isinstance(policy, GPT):
+        policy.save_pretrained(out / "policy")
+        disc.save_pretrained(out / "discriminator")
+    run.plot_metrics(out)
+    print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
+    run.summary(out)
+
+
+if __name__ == "__main__":
+    run.one_line_errors()
+    main(parser.parse_args())

@@ -1,0 +1,184 @@
+"""
+Maximum-likelihood IRL (MLIRL Algorithm 1; nanoirl/mlirl.py): learn a reward from demonstrations
+alone. Round 0 is SFT; every later round pairs each demonstration with a sample of the current
+policy (demonstration ≻ sample), fits a Bradley-Terry reward to the pairs (Eq. 11) and takes a
+KL-regularised policy step on it, pi_{k+1} ∝ pi_k exp(r / beta) (Eq. 9): PPO, exact soft policy
+iteration (toy only) or Best-of-N.
+
+    python train_mlirl.py                            # toy MDP, tiny GPT, PPO: exact evaluation
+    python train_mlirl.py --model toy-tabular --policy-class markov --policy-step soft-pi
+    python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
+    python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
+    python train_mlirl.py --model random:pythia-70m --data fake.jsonl --rounds 1 --sft-steps 2 \
+        --ppo-iterations 2 --rollout-batch-size 8        # dry run on random weights
+
+Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and the reward model's
+held-out pair accuracy; mlirl_fig2.png draws MLIRL Fig. 2 from it: (a) reward accuracy, (b) gold
+reward of the policy's samples, (c) win rate against the demonstrations, over rounds.
+"""
+import argparse
+import copy
+import json
+
+import torch
+
+from nanoirl import data, mlirl, ppo, run, sft
+from nanoirl.model import GPT
+from nanoirl.task import add_task_args, load_task
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
+add_task_args(parser)
+g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults follow the authors' pipeline)")
+g.add_argument("--rounds", type=int, default=4, help="IRL rounds after round 0 (SFT)")
+g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon"],
+               help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only) or Best-of-N SFT (Sec. 6.2)")
+g.add_argument("--pairs", default="mlirl", choices=["mlirl", "init-sft", "init-demo", "sft-demo"],
+               help="reward-model data: demonstration ≻ current sample (MLIRL Eq. 11), or one of "
+                    "RLignment's fixed sets built from pi_init, pi_SFT and the demonstrations")
+g.add_argument("--beta", type=float, default=None,
+               help="KL coefficient of the policy step (default: 1 on the toy as in MLIRL Eq. 5b, "
+                    "0.05 on text as in Table 4)")
+g.add_argument("--level", default="sequence", choices=["sequence", "token"],
+               help="reward per response (read at the last token) or per token")
+g.add_argument("--no-accumulate", action="store_true", help="use only this round's pairs")
+g.add_argument("--no-reinit", action="store_true", help="keep training one reward model across rounds")
+g.add_argument("--fixed-reference", action="store_true",
+               help="anchor every policy step at the SFT policy instead of the previous round's")
+g.add_argument("--sample-temperature", type=float, default=1.0,
+               help="temperature of the policy samples in the pairs (Eq. 11: 1; the authors' code: ~0)")
+g = parser.add_argument_group("reward model")
+g.add_argument("--rm-epochs", type=int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
+g.add_argument("--rm-lr", type=float, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--rm-batch-size", type=int, default=64, help="pairs per reward-model step")
+g = parser.add_argument_group("policy steps")
+g.add_argument("--sft-steps", type=int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
+g.add_argument("--sft-lr", type=float, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
+g.add_argument("--batch-size", type=int, default=32, help="demonstrations per SFT / Best-of-N step")
+g.add_argument("--ppo-iterations", type=int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
+g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=float, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--num-minibatches", type=int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward/backward (gradients accumulate)")
+g.add_argument("--temperature", type=float, default=None,
+               help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
+g.add_argument("--bon-n", type=int, default=8, help="Best-of-N: samples per prompt")
+g.add_argument("--bon-steps", type=int, default=50, help="Best-of-N: SFT steps per round")
+
+
+def fill_defaults(args, toy, gpt):
+    """Flags left at None take the toy's or the text defaults (text: MLIRL Appendix A)."""
+    pick = lambda table, toy_gpt, text: table if toy and not gpt else toy_gpt if toy else text
+    defaults = {"beta": (1.0, 1.0, 0.05), "rm_epochs": (20, 20, 1), "rm_lr": (0.05, 1e-3, 3e-6),
+                "sft_lr": (0.1, 3e-3, 1e-5), "ppo_iterations": (40, 40, 100),
+                "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-3, 3e-6),
+                "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7)}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, pick(*v))
+
+
+def main(args):
+    out = run.prepare_out(args)
+    device, dtype = run.device_and_dtype(args)
+    run.seed_everything(args.seed)
+    task = load_task(args, device, dtype)
+    toy, policy = args.model.startswith("toy-"), task.policy
+    fill_defaults(args, toy, isinstance(policy, GPT))
+    if args.policy_step == "soft-pi" and not toy:
+        raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
+    cfg = mlirl.MLIRLConfig(
+        beta=args.beta, level=args.level, accumulate_pairs=not args.no_accumulate and args.pairs == "mlirl",
+        reinit_reward=not args.no_reinit, moving_reference=not args.fixed_reference,
+        sample_temperature=args.sample_temperature, response_length=task.response_len,
+        rm_epochs=args.rm_epochs, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr,
+        eos_id=task.eos_id, pad_id=task.pad_id)
+    ppo_cfg = ppo.PPOConfig(
+        lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=args.micro_batch_size,
+        temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
+        pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0,
+        autocast_dtype=task.amp and str(task.amp).removeprefix("torch."))
+    gen = torch.Generator(device).manual_seed(args.seed)
+    init, ref = copy.deepcopy(policy), copy.deepcopy(policy)   # pi_init (RLignment), the anchor
+    prompts, prompt_mask = task.demos[0], task.demos[1]
+
+    # ---- round 0: SFT. The checkpoint after it holds the reward model's initialisation ----
+    if args.resume:  # the scalar models only need their shapes here: the checkpoint fills them
+        reward_model, value = task.new_scalar(), task.new_scalar()
+        state = {"policy": policy, "ref": ref, "init": init, "reward_model": reward_model,
+                 "value": value, "gen": gen}
+        ckpt = run.load_checkpoint(out, state, args)
+        start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
+    else:
+        opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
+        batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed)
+        for step in range(args.sft_steps):
+            b = next(batches)
+            loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
+                                micro_batch_size=args.micro_batch_size, autocast=task.autocast)
+            run.check_finite({"sft_loss": loss}, step, out)
+            if step % 50 == 0 or step + 1 == args.sft_steps:
+                print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
+        ref.load_state_dict(policy.state_dict())
+        reward_model, value = task.new_scalar(), task.new_scalar()  # from the SFT policy on a GPT
+        state = {"policy": policy, "ref": ref, "init": init, "reward_model": reward_model,
+                 "value": value, "gen": gen}
+        reward_init, pairs, start = copy.deepcopy(reward_model.state_dict()), None, 0
+        if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
+            with torch.no_grad(), task.autocast():
+                sample = lambda pi: (prompts, prompt_mask, pi.sample(
+                    prompts, prompt_mask, task.response_len, task.eos_id, task.pad_id,
+                    args.sample_temperature, generator=gen)[0])
+                pairs = mlirl.rlignment_pairs(args.pairs, task.demos, sample(init), sample(policy))
+    log = run.Logger(out, args.rounds + 1, start)
+    if start == 0:
+        log(0, task.evaluate(policy))
+        start = 1
+        run.save_checkpoint(out, start, state, args, reward_init=reward_init, pairs=pairs)
+
+    def policy_step(policy, ref, reward_model, cfg):
+        if args.policy_step == "soft-pi":
+            from toy.irl import exact_policy_step
+            return exact_policy_step(policy, ref, reward_model, cfg, mdp=task.mdp)
+        if args.policy_step == "bon":
+            opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
+            return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=prompts,
+                                         prompt_mask=prompt_mask, n=args.bon_n, steps=args.bon_steps,
+                                         batch_size=args.batch_size, generator=gen)
+        value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
+        opt = ppo.make_optimizer(policy, value, ppo_cfg)
+        show = lambda i, s: (i % 10 == 0 or i + 1 == args.ppo_iterations) and print(
+            f"  ppo {i}/{args.ppo_iterations} | " + " | ".join(f"{k} {v:.4g}" for k, v in s.items()), flush=True)
+        return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, optimizer=opt,
+                                     prompts=prompts, prompt_mask=prompt_mask, ppo_cfg=ppo_cfg,
+                                     iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
+                                     generator=gen, progress=show)
+
+    # ---- rounds 1..K: reward step (Eq. 11), then policy step (Eq. 9) ----
+    for k in range(start, args.rounds + 1):
+        with task.autocast():
+            pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
+                                             reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
+        stats = {k_: v for k_, v in stats.items() if isinstance(v, (int, float))}
+        acc = task.reward_accuracy(reward_model, args.level)
+        metrics = {**stats, **({"rm_accuracy_heldout": acc} if acc is not None else {}),
+                   **task.evaluate(policy)}
+        run.check_finite(metrics, k, out)
+        log(k, metrics)
+        run.save_checkpoint(out, k + 1, state, args, reward_init=reward_init, pairs=pairs)
+
+    if isinstance(policy, GPT):
+        policy.save_pretrained(out / "policy")
+        reward_model.save_pretrained(out / "reward_model")
+    run.plot_metrics(out, xlabel="round")
+    run.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
+    if toy:  # the headline number: exact forward KL to the true expert, before and after ML-IRL
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> ML-IRL {rows[-1]['fkl']:.4f} "
+              f"(gold reward {rows[0]['gold_reward']:.4f} -> {rows[-1]['gold_reward']:.4f})")
+    run.summary(out)
+
+
+if __name__ == "__main__":
+    run.one_line_errors()
+    main(parser.parse_args())

@@ -1,0 +1,79 @@
+"""
+Supervised fine-tuning: behaviour cloning, which is forward-KL imitation of the demonstrations
+(Sun24 Eq. 7 = Eq. 13-14; nanoirl/sft.py). Round 0 of ML-IRL and the starting point of AIRL.
+
+    python train_sft.py                                    # toy MDP, full table, exact evaluation
+    python train_sft.py --model toy-tabular --policy-class position   # a restricted class
+    python train_sft.py --model toy-gpt --lr 3e-3          # the tiny GPT on the toy
+    python train_sft.py --occupancy                        # Sun24 Eq. 8-12: position re-weighting
+    python train_sft.py --model pythia-1b --data tldr.jsonl --out out/sft-1b
+    python train_sft.py --model random:pythia-70m --data fake.jsonl --steps 3   # dry run
+
+The run directory (--out) gets config.json, metrics.jsonl, metrics.png, ckpt.pt and, for a GPT,
+policy/ (a Hugging Face GPT-NeoX checkpoint that the other scripts take as --model).
+"""
+import argparse
+
+import torch
+
+from nanoirl import data, run, sft
+from nanoirl.model import GPT
+from nanoirl.task import add_task_args, load_task
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+run.add_common_args(parser, out="out/sft")
+add_task_args(parser)
+g = parser.add_argument_group("SFT")
+g.add_argument("--steps", type=int, default=300, help="optimiser steps")
+g.add_argument("--batch-size", type=int, default=32, help="demonstrations per step")
+g.add_argument("--micro-batch-size", type=int, default=None,
+               help="split each batch into micro-batches of this size (gradients accumulate)")
+g.add_argument("--lr", type=float, default=None,
+               help="AdamW learning rate, decayed linearly to 0 "
+                    "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")
+g.add_argument("--occupancy", action="store_true",
+               help="minimise the occupancy-measure cross-entropy: token t of an n-token "
+                    "response weighted n - t (Sun24 Eq. 12, index corrected; nanoirl/sft.py)")
+g.add_argument("--eval-every", type=int, default=50, help="evaluate every this many steps")
+
+
+def main(args):
+    out = run.prepare_out(args)
+    device, dtype = run.device_and_dtype(args)
+    run.seed_everything(args.seed)
+    task = load_task(args, device, dtype)
+    policy = task.policy
+    lr = args.lr or (1e-5 if isinstance(policy, GPT) and not args.model.startswith("toy") else
+                     3e-3 if isinstance(policy, GPT) else 0.1)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, eps=1e-5, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / args.steps)
+    state = {"policy": policy, "opt": opt, "sched": sched}
+    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = run.Logger(out, args.steps, start, args.log_every)
+    demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
+    batches = data.iterate_batches(demos, args.batch_size, args.seed, start)
+    loss_fn = sft.occupancy_sft_loss if args.occupancy else sft.sft_loss
+
+    for step in range(start, args.steps):
+        b = next(batches)
+        loss = sft.sft_step(policy, opt, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
+                            loss_fn, args.micro_batch_size, task.autocast)
+        metrics = {"loss": loss}
+        run.check_finite(metrics, step, out)
+        sched.step()
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            metrics.update(task.evaluate(policy))
+        log(step, metrics)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            run.save_checkpoint(out, step + 1, state, args)
+
+    if isinstance(policy, GPT):
+        policy.save_pretrained(out / "policy")
+    run.plot_metrics(out)
+    print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
+    run.summary(out)
+
+
+if __name__ == "__main__":
+    run.one_line_errors()
+    main(parser.parse_args())
