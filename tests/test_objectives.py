@@ -28,8 +28,8 @@ from toy import metrics
 from toy.gpt import tiny_gpt, tiny_scalar_gpt
 from toy.mdp import EOS, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
-from toy.train import (expected_reward, full_table_policy, minimise, occupancy, optimal_discriminator_logit,
-                       train_adversarial_exact, train_adversarial_sampled, trajectory_logprobs)
+from toy.train import (expected_reward, full_table_policy, minimise, optimal_discriminator_logit,
+                       train_adversarial_exact, train_adversarial_sampled)
 
 F_KINDS = ["rkl", "js", "fkl", "alpha"]
 
@@ -84,7 +84,7 @@ def test_sft_gradient_is_trajectory_forward_kl_gradient(mdp, which):
     emp = mdp.empirical_logprob(prompts, responses)
     token_lp = policy.logprobs(prompts, mask, responses)
     g_sft = grad(policy, sft_loss(token_lp, responses, EOS))
-    g_kl = grad(policy, metrics.forward_kl(emp, trajectory_logprobs(mdp, policy)).mean())
+    g_kl = grad(policy, metrics.forward_kl(emp, mdp.trajectory_logprobs(policy)).mean())
     assert rel_err(g_sft, g_kl) < 1e-10                                  # observed ~1e-16
     n_tokens = response_mask(responses, EOS).sum()                       # per-token mean: / mean length
     assert torch.allclose(sft_loss(token_lp, responses, EOS, per_token=True) * n_tokens / len(responses),
@@ -97,9 +97,9 @@ def test_occupancy_forward_kl_gradient_is_position_weighted_nll(mdp, which):
     an n-token response weighted n - t. The paper's (K - k)/K weights give another gradient."""
     policy = tiny_gpt(mdp, seed=1) if which == "gpt" else random_policy(mdp)
     prompts, mask, responses = mdp.demonstrations(30, torch.Generator().manual_seed(1))
-    rho_emp = occupancy(mdp, mdp.empirical_logprob(prompts, responses))
+    rho_emp = mdp.occupancy(mdp.empirical_logprob(prompts, responses))
     keep = rho_emp > 0
-    rho_pi = occupancy(mdp, trajectory_logprobs(mdp, policy))
+    rho_pi = mdp.occupancy(mdp.trajectory_logprobs(policy))
     occ_kl = (rho_emp[keep] * (rho_emp[keep].log() - rho_pi[keep].log())).sum() / mdp.n_prompts
     token_lp = policy.logprobs(prompts, mask, responses)
     g_kl = grad(policy, occ_kl)
@@ -115,14 +115,14 @@ def test_occupancy_nll_alone_prefers_longer_responses(mdp):
     the fully expressive table it does NOT return the expert but a longer-response policy; adding
     the length term E_pi|y| (generalised KL between measures) restores the expert. Also: the
     normalised-occupancy KL has gradient grad(CE) / E_exp|y| + grad log E_pi|y|, exactly."""
-    rho_e = occupancy(mdp, mdp.expert_logprob)
+    rho_e = mdp.occupancy(mdp.expert_logprob)
     keep = rho_e > 0
 
     def cross_entropy(policy):
-        return -(rho_e[keep] * occupancy(mdp, trajectory_logprobs(mdp, policy))[keep].log()).sum()
+        return -(rho_e[keep] * mdp.occupancy(mdp.trajectory_logprobs(policy))[keep].log()).sum()
 
     policy = random_policy(mdp, "position")
-    rho_pi = occupancy(mdp, trajectory_logprobs(mdp, policy))
+    rho_pi = mdp.occupancy(mdp.trajectory_logprobs(policy))
     z_e, z_pi = rho_e.sum(), rho_pi.sum()
     normalised_kl = metrics.forward_kl((rho_e[keep] / z_e).log(), (rho_pi[keep] / z_pi).log())
     assert rel_err(grad(policy, normalised_kl), grad(policy, cross_entropy(policy) / z_e + z_pi.log())) < 1e-8
@@ -133,13 +133,13 @@ def test_occupancy_nll_alone_prefers_longer_responses(mdp):
     d_e = mdp.expert_logprob.reshape(-1, 1).exp()
     expert = full_table_policy(mdp, d_e * response_mask(responses, EOS))
     ce_min = full_table_policy(mdp, d_e * occupancy_weights(responses, EOS))
-    assert torch.allclose(trajectory_logprobs(mdp, expert), mdp.expert_logprob, atol=1e-12)
-    with_length = lambda p: cross_entropy(p) + occupancy(mdp, trajectory_logprobs(mdp, p)).sum()
+    assert torch.allclose(mdp.trajectory_logprobs(expert), mdp.expert_logprob, atol=1e-12)
+    with_length = lambda p: cross_entropy(p) + mdp.occupancy(mdp.trajectory_logprobs(p)).sum()
     assert grad(expert, with_length(expert)).abs().max() < 1e-10       # the expert is stationary ...
     assert grad(expert, cross_entropy(expert)).abs().max() > 0.01      # ... for CE + E|y|, not CE
     assert grad(ce_min, cross_entropy(ce_min)).abs().max() < 1e-10
-    length = lambda p: occupancy(mdp, trajectory_logprobs(mdp, p)).sum(-1).mean().item()   # E|y|
-    q_ce = trajectory_logprobs(mdp, ce_min).detach()
+    length = lambda p: mdp.occupancy(mdp.trajectory_logprobs(p)).sum(-1).mean().item()   # E|y|
+    q_ce = mdp.trajectory_logprobs(ce_min).detach()
     assert length(ce_min) > length(expert) + 0.1                         # 4.11 vs 3.99 tokens
     assert metrics.forward_kl(mdp.expert_logprob, q_ce).mean() > 0.01     # 0.019
 
@@ -151,14 +151,14 @@ def test_f_reward_gives_exact_divergence_gradient(mdp, kind, level):
     """fdiv.f_reward(h*) held fixed: grad E_pi[r] = -grad D_f(p || pi), on trajectories and on the
     unnormalised occupancy measures (f~ with the f'(1) shift). Sun24 Eq. (30), sign confirmed."""
     policy = random_policy(mdp, seed=2)
-    logd = trajectory_logprobs(mdp, policy)
+    logd = mdp.trajectory_logprobs(policy)
     with torch.no_grad():
         r = f_reward(optimal_discriminator_logit(mdp, logd, mdp.expert_logprob, level), kind)
     surrogate = -expected_reward(mdp, logd, r, level).mean()
     if level == "sequence":
         div = f_divergence(mdp.expert_logprob, logd, kind).mean()
     else:
-        rho_e, rho = occupancy(mdp, mdp.expert_logprob), occupancy(mdp, logd)
+        rho_e, rho = mdp.occupancy(mdp.expert_logprob), mdp.occupancy(logd)
         keep = rho_e > 0
         div = f_divergence(rho_e[keep].log(), rho[keep].log(), kind) / mdp.n_prompts
     assert rel_err(grad(policy, surrogate), grad(policy, div)) < 1e-8
@@ -177,7 +177,7 @@ def test_airl_and_gail_rewards_are_the_f_rewards():
 def test_gail_log_d_reward_descends_kl_of_mixture(mdp):
     """GAIL with r = log D*: grad E_pi[log D*] = -2 grad KL(m || p), m = (p + pi)/2, not -2 grad JS."""
     policy = random_policy(mdp, seed=3)
-    logd = trajectory_logprobs(mdp, policy)
+    logd = mdp.trajectory_logprobs(policy)
     with torch.no_grad():
         r = gail_reward(optimal_logit(mdp.expert_logprob, logd), "log D")
     g = grad(policy, -expected_reward(mdp, logd, r, "sequence").mean())
@@ -189,7 +189,7 @@ def test_fairl_published_reward_ascends_squared_log_ratio(mdp):
     """FAIRL's r = -h e^h held fixed: grad E_pi[r] = +grad 1/2 E_p[h*^2]: the policy step climbs
     a functional that is 0 at the expert, instead of descending KL(p || pi)."""
     policy = random_policy(mdp, seed=4)
-    logd = trajectory_logprobs(mdp, policy)
+    logd = mdp.trajectory_logprobs(policy)
     with torch.no_grad():
         r = fairl_reward(optimal_logit(mdp.expert_logprob, logd))
     g = grad(policy, -expected_reward(mdp, logd, r, "sequence").mean())
@@ -248,7 +248,7 @@ def test_scalar_gpt_discriminator_learns_and_bounds_js(mdp):
     torch.manual_seed(0)
     train_adversarial_sampled(mdp, policy, disc, airl_reward, steps=1, lr=0.0, batch=128,
                               disc_steps=30, disc_lr=3e-3, generator=torch.Generator().manual_seed(0))
-    logd = trajectory_logprobs(mdp, policy).detach()
+    logd = mdp.trajectory_logprobs(policy).detach()
     with torch.no_grad():
         h, _ = scores(disc, *mdp.all_pairs(), EOS, "sequence")
     h = h.view(mdp.n_prompts, -1)
@@ -280,8 +280,8 @@ def minimisers(mdp):
     out = {}
     for name, div in DIVERGENCES.items():
         policy = TabularPolicy(mdp, "position")
-        minimise(policy, lambda: div(mdp.expert_logprob, trajectory_logprobs(mdp, policy)).mean(), steps=300)
-        out[name] = trajectory_logprobs(mdp, policy).detach()
+        minimise(policy, lambda: div(mdp.expert_logprob, mdp.trajectory_logprobs(policy)).mean(), steps=300)
+        out[name] = mdp.trajectory_logprobs(policy).detach()
     return out
 
 
@@ -294,7 +294,7 @@ def test_adversarial_exact_reaches_its_own_minimiser(mdp, minimisers, name):
     reward_fn, target = REWARDS[name]
     policy = TabularPolicy(mdp, "position")
     train_adversarial_exact(mdp, policy, reward_fn, steps=400, lr=0.1)
-    q, e = trajectory_logprobs(mdp, policy).detach(), mdp.expert_logprob
+    q, e = mdp.trajectory_logprobs(policy).detach(), mdp.expert_logprob
     div = DIVERGENCES[target]
     assert metrics.tv(q, minimisers[target]).mean() < 0.01
     assert abs(div(e, q).mean() - div(e, minimisers[target]).mean()) < 5e-3
@@ -308,18 +308,18 @@ def test_fairl_published_reward_runs_away_from_the_expert(mdp, minimisers):
     and, started next to the minimiser of 1/2 E_p[h^2] (a fixed point), the policy leaves it."""
     e = mdp.expert_logprob
     policy = TabularPolicy(mdp, "position")
-    start = metrics.forward_kl(e, trajectory_logprobs(mdp, policy)).mean().item()
+    start = metrics.forward_kl(e, mdp.trajectory_logprobs(policy)).mean().item()
     train_adversarial_exact(mdp, policy, fairl_reward, steps=150, lr=0.1)
-    assert metrics.forward_kl(e, trajectory_logprobs(mdp, policy)).mean() > start + 15
+    assert metrics.forward_kl(e, mdp.trajectory_logprobs(policy)).mean() > start + 15
 
     policy = TabularPolicy(mdp, "position")
-    minimise(policy, lambda: half_squared_log_ratio(e, trajectory_logprobs(mdp, policy)).mean(), steps=300)
-    fixed = trajectory_logprobs(mdp, policy).detach()
+    minimise(policy, lambda: half_squared_log_ratio(e, mdp.trajectory_logprobs(policy)).mean(), steps=300)
+    fixed = mdp.trajectory_logprobs(policy).detach()
     with torch.no_grad():
         policy.logits.add_(1e-3 * torch.randn(policy.logits.shape, dtype=torch.float64,
                                                generator=torch.Generator().manual_seed(0)))
     train_adversarial_exact(mdp, policy, fairl_reward, steps=100, lr=0.02)
-    q = trajectory_logprobs(mdp, policy).detach()
+    q = mdp.trajectory_logprobs(policy).detach()
     assert half_squared_log_ratio(e, q).mean() > half_squared_log_ratio(e, fixed).mean() + 1.0
     assert metrics.tv(q, fixed).mean() > 0.1
 
@@ -328,16 +328,16 @@ def test_token_level_airl_reaches_occupancy_reverse_kl_minimiser(mdp):
     """Token level (Sun24 Eq. 17-18): r = h*(s_t, a_t) on every token descends the reverse KL
     between the unnormalised occupancy measures (a different projection from the trajectory one)
     to the same local minimiser that L-BFGS reaches from the same uniform init."""
-    rho_e = occupancy(mdp, mdp.expert_logprob)
+    rho_e = mdp.occupancy(mdp.expert_logprob)
     keep = rho_e > 0
 
     def occ_rkl(policy):
-        return f_divergence(rho_e[keep].log(), occupancy(mdp, trajectory_logprobs(mdp, policy))[keep].log(), "rkl")
+        return f_divergence(rho_e[keep].log(), mdp.occupancy(mdp.trajectory_logprobs(policy))[keep].log(), "rkl")
 
     adversarial, direct = TabularPolicy(mdp, "position"), TabularPolicy(mdp, "position")
     train_adversarial_exact(mdp, adversarial, airl_reward, level="token", steps=400, lr=0.1)
     minimise(direct, lambda: occ_rkl(direct), steps=300)
-    q_adv, q_dir = (trajectory_logprobs(mdp, p).detach() for p in (adversarial, direct))
+    q_adv, q_dir = (mdp.trajectory_logprobs(p).detach() for p in (adversarial, direct))
     with torch.no_grad():
         assert abs(occ_rkl(adversarial) - occ_rkl(direct)) / mdp.n_prompts < 5e-3
     assert metrics.tv(q_adv, q_dir).mean() < 0.02
@@ -356,9 +356,9 @@ def test_adversarial_with_learned_discriminator(mdp, minimisers, name, target, t
     train_adversarial_sampled(mdp, policy, disc, reward_fn, steps=200, lr=0.05, batch=512, disc_steps=3,
                               generator=torch.Generator().manual_seed(0))
     div, e = DIVERGENCES[target], mdp.expert_logprob
-    q = trajectory_logprobs(mdp, policy).detach()
-    minimise(policy, lambda: div(e, trajectory_logprobs(mdp, policy)).mean(), steps=100)
-    polished = trajectory_logprobs(mdp, policy).detach()
+    q = mdp.trajectory_logprobs(policy).detach()
+    minimise(policy, lambda: div(e, mdp.trajectory_logprobs(policy)).mean(), steps=100)
+    polished = mdp.trajectory_logprobs(policy).detach()
     assert metrics.tv(q, polished).mean() < 0.05
     assert div(e, q).mean() - div(e, polished).mean() < 0.02
     assert div(e, q).mean() - div(e, minimisers[target]).mean() < tol
@@ -378,5 +378,5 @@ def test_forward_kl_covers_modes_reverse_kl_seeks_one(mdp, minimisers):
     assert torch.all(top > 0.9) and torch.all(m_r.sum(-1) - top < 0.01)
     assert metrics.outside_support(mdp, fkl).mean() > 0.2 > 0.01 > metrics.outside_support(mdp, rkl).mean()
     s_f, s_r = metrics.summary(mdp, fkl), metrics.summary(mdp, rkl)
-    assert s_f["entropy"] > s_r["entropy"] + 2 and s_f["fkl"] < s_r["fkl"] and s_r["rkl"] < s_f["rkl"]
+    assert s_f["traj_entropy"] > s_r["traj_entropy"] + 2 and s_f["fkl"] < s_r["fkl"] and s_r["rkl"] < s_f["rkl"]
     assert s_f["modes_covered"] < 1 <= s_r["modes_covered"]

@@ -13,7 +13,6 @@ from nanoirl.policy import response_mask
 from toy import irl, metrics
 from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
-from toy.train import trajectory_logprobs
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +116,8 @@ def _run_ppo(mdp, policy, ref, value, beta, iters, batch, lr, value_lr, seed=0):
         stats = ppo.update(policy, value, opt, ro, cfg, generator=g)
         sched.step()
     with torch.no_grad():
-        star = soft_pi.trajectory_optimum(trajectory_logprobs(mdp, ref), r, beta)
-        return metrics.forward_kl(trajectory_logprobs(mdp, policy), star), stats
+        star = soft_pi.trajectory_optimum(mdp.trajectory_logprobs(ref), r, beta)
+        return metrics.forward_kl(mdp.trajectory_logprobs(policy), star), stats
 
 
 def test_ppo_full_table_reaches_the_exact_optimum():

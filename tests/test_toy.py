@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from nanoirl.fdiv import f_divergence
-from nanoirl.policy import response_mask
+from nanoirl.policy import left_pad, response_mask
 from toy import metrics
 from toy.gpt import tiny_gpt
 from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy
-from toy.train import full_table_policy, occupancy, sample_responses, trajectory_logprobs
+from toy.train import full_table_policy
 
 KINDS = ["full", "position", "markov"]
 
@@ -53,11 +53,23 @@ def test_enumeration_is_every_response_once(mdp):
         assert r[n - 1] == EOS or n == T
 
 
+def test_all_pairs_are_built_once_prompt_major(mdp):
+    """all_pairs() is enumerated once in ToyMDP.__init__ and shared: the same tensors on every
+    call, row x * N + j = (prompt x, response j), and pair_states = state_ids("full") on them."""
+    prompts, mask, responses = mdp.all_pairs()
+    assert all(a is b for a, b in zip(mdp.all_pairs(), (prompts, mask, responses)))
+    N = len(mdp.responses)
+    x = torch.arange(mdp.n_prompts).repeat_interleave(N)
+    ref_prompts, ref_mask = left_pad([[2 + mdp.L + i] for i in x.tolist()], PAD)  # one token per prompt
+    assert torch.equal(prompts, ref_prompts) and torch.equal(mask, ref_mask)
+    assert torch.equal(mdp.prompt_index(prompts), x) and torch.equal(responses, mdp.responses.repeat(mdp.n_prompts, 1))
+    assert torch.equal(mdp.pair_states, mdp.state_ids("full", prompts, responses))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_tabular_trajectory_distribution_sums_to_one(mdp, kind):
     logd = mdp.trajectory_logprobs(random_policy(mdp, kind))
     assert torch.allclose(logd.exp().sum(-1), torch.ones(mdp.n_prompts, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(trajectory_logprobs(mdp, random_policy(mdp, kind)), logd)  # cached copy
 
 
 def test_gpt_trajectory_distribution_sums_to_one(mdp):
@@ -79,7 +91,7 @@ def test_full_table_represents_the_expert_exactly(mdp):
     responses = mdp.all_pairs()[2]
     weights = mdp.expert_logprob.reshape(-1, 1).exp() * response_mask(responses, EOS)
     exact = full_table_policy(mdp, weights)
-    assert torch.allclose(trajectory_logprobs(mdp, exact), mdp.expert_logprob, atol=1e-12)
+    assert torch.allclose(mdp.trajectory_logprobs(exact), mdp.expert_logprob, atol=1e-12)
 
 
 # ---- occupancy measure ------------------------------------------------------------------------------
@@ -91,7 +103,6 @@ def test_occupancy_sums_to_expected_length(mdp, kind):
     expected = [sum(math.exp(logd[x, j]) * lengths[j].item() for j in range(len(lengths)))
                 for x in range(mdp.n_prompts)]
     assert torch.allclose(rho.sum(-1), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(occupancy(mdp, logd), rho)                              # cached copy
 
 
 def test_occupancy_equals_brute_force_prefix_count(mdp):
@@ -111,6 +122,7 @@ def test_occupancy_equals_brute_force_prefix_count(mdp):
         x = row // len(mdp.responses)
         for t in range(int(response_mask(torch.tensor([r]), EOS).sum())):
             assert abs(rho.view(-1)[sa[row, t]].item() - prefix_mass[(x, tuple(r[:t + 1]))]) < 1e-12
+            assert sa[row, t] // rho.shape[1] == x       # rho[x]: prompt x's state-action pairs only
     assert abs(rho.sum().item() - sum(prefix_mass.values())) < 1e-10
 
 
@@ -122,13 +134,24 @@ def test_samples_follow_the_enumerated_distribution(mdp, which):
     logd = mdp.trajectory_logprobs(policy).detach()
     x = torch.arange(6000) % mdp.n_prompts
     if which == "enumerated":
-        responses = sample_responses(mdp, logd, x, g)
+        responses = mdp.sample(logd, x, g)
     else:
         prompts, mask = mdp.prompt_tokens(x)
         responses, _ = policy.sample(prompts, mask, mdp.T, EOS, PAD, generator=g)
     freq = mdp.empirical_logprob(mdp.prompt_tokens(x)[0], responses).exp()
     p, n = logd.exp(), len(x) // mdp.n_prompts          # every response within 5 sigma (+ 2 counts)
     assert torch.all((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 2 / n)
+
+
+def test_enumerated_sampler_is_seeded_and_skips_zero_mass(mdp):
+    """mdp.sample: the same generator seed gives the same draws, and a response of probability 0
+    (here: every response no demonstration holds) is never drawn."""
+    prompts, _, demos = mdp.demonstrations(30, torch.Generator().manual_seed(0))
+    emp = mdp.empirical_logprob(prompts, demos)
+    x = torch.arange(3000) % mdp.n_prompts
+    a, b = (mdp.sample(emp, x, torch.Generator().manual_seed(7)) for _ in range(2))
+    assert torch.equal(a, b)
+    assert torch.all(emp[x, mdp.response_ids(a)] > -float("inf"))
 
 
 # ---- divergences ------------------------------------------------------------------------------------
@@ -168,7 +191,7 @@ def test_divergences_equal_brute_force_and_vanish_on_identical(mdp):
         assert fn(q, q).abs().max() < 1e-12
     for kind in ("fkl", "rkl", "js", "alpha"):
         assert f_divergence(q, q, kind).abs().max() < 1e-12
-        rho = occupancy(mdp, q).log()                  # between measures: zero on identical too
+        rho = mdp.occupancy(q).log()                  # between measures: zero on identical too
         assert f_divergence(rho, rho, kind).abs().max() < 1e-12
 
 

@@ -27,15 +27,15 @@ from nanoirl.sft import sft_loss
 from toy import metrics
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
-from toy.train import _pairs, minimise, trajectory_logprobs
+from toy.train import minimise
 
 
 def sequence_reward_table(mdp, r):
     """TabularScalar whose state after a response's last valid token holds r(x, y) (n_prompts, N)
     and every other state 0: read at the sequence level it is r, at the token level it puts r on
     the last token."""
-    prompts, _, responses = _pairs(mdp)
-    rows = mdp.state_ids("full", prompts, responses).gather(1, sequence_lengths(responses, EOS)[:, None])
+    responses = mdp.all_pairs()[2]
+    rows = mdp.pair_states.gather(1, sequence_lengths(responses, EOS)[:, None])
     table = TabularScalar(mdp, dtype=r.dtype)
     with torch.no_grad():
         table.table[rows.squeeze(1)] = r.reshape(-1)
@@ -45,7 +45,7 @@ def sequence_reward_table(mdp, r):
 def all_rewards(mdp, reward_model, level="sequence"):
     """(n_prompts, N) r(x, y) of every response (token level: the sum of its token rewards)."""
     cfg = MLIRLConfig(level=level, eos_id=EOS, pad_id=PAD)
-    return mlirl.sequence_rewards(reward_model, *_pairs(mdp), cfg).view(mdp.n_prompts, -1)
+    return mlirl.sequence_rewards(reward_model, *mdp.all_pairs(), cfg).view(mdp.n_prompts, -1)
 
 
 def _prefix_layers(mdp):
@@ -92,15 +92,15 @@ def exact_policy_step(policy, ref, reward_model, cfg, *, mdp, steps=200):
     reverse-KL projection argmin KL(pi || pi*) (L-BFGS), i.e. max E_pi[r] - beta KL(pi || pi_ref)."""
     r = all_rewards(mdp, reward_model, cfg.level).detach()
     with torch.no_grad():
-        target = soft_pi.trajectory_optimum(trajectory_logprobs(mdp, ref), r, cfg.beta)
+        target = soft_pi.trajectory_optimum(mdp.trajectory_logprobs(ref), r, cfg.beta)
     if getattr(policy, "kind", None) == "full":
         exact = bellman_policy(mdp, ref, sequence_reward_table(mdp, r), cfg.beta)
         with torch.no_grad():
             policy.logits.copy_(exact.logits)
     else:
-        minimise(policy, lambda: metrics.forward_kl(trajectory_logprobs(mdp, policy), target).mean(), steps)
+        minimise(policy, lambda: metrics.forward_kl(mdp.trajectory_logprobs(policy), target).mean(), steps)
     with torch.no_grad():
-        return {"kl_to_target": metrics.forward_kl(trajectory_logprobs(mdp, policy), target).mean().item()}
+        return {"kl_to_target": metrics.forward_kl(mdp.trajectory_logprobs(policy), target).mean().item()}
 
 
 def fit_sft(mdp, policy, demos, steps=200):
@@ -108,6 +108,11 @@ def fit_sft(mdp, policy, demos, steps=200):
     empirical distribution onto the policy class."""
     prompts, mask, responses = demos
     return minimise(policy, lambda: sft_loss(policy.logprobs(prompts, mask, responses), responses, EOS), steps)
+
+
+def _demo_summary(mdp, demo_logd, logd):
+    """metrics.summary of log d plus fkl_demo = KL(D || pi), D the demonstrations' empirical law."""
+    return {"fkl_demo": metrics.forward_kl(demo_logd, logd).mean().item(), **metrics.summary(mdp, logd)}
 
 
 def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accumulate=False,
@@ -124,13 +129,13 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
     negs, history = [], []
     for k in range(rounds):
         with torch.no_grad():
-            logd = trajectory_logprobs(mdp, policy)
+            logd = mdp.trajectory_logprobs(policy)
         negs.append(logd.exp())
         neg = torch.stack(negs).mean(0) if accumulate else negs[-1]
         r = torch.zeros_like(demo_logd) if reinit else r.detach()
         r.requires_grad_(True)
         opt = torch.optim.Adam([r], lr=rm_lr)
-        ref_logd = trajectory_logprobs(mdp, policy if moving else ref).detach()
+        ref_logd = mdp.trajectory_logprobs(policy if moving else ref).detach()
         for _ in range(rm_steps):
             if reward_grad == "eq10":   # -L^ of Eq. 6 up to constants: -(E_D[r] - beta log Z)
                 loss = -((demo_logd.exp() * r).sum(-1) - soft_pi.soft_value(ref_logd, r, beta)).mean()
@@ -144,9 +149,8 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
             ref.load_state_dict(policy.state_dict())
         exact_policy_step(policy, ref, sequence_reward_table(mdp, r.detach()), cfg, mdp=mdp, steps=policy_steps)
         with torch.no_grad():
-            logd = trajectory_logprobs(mdp, policy)
-        history.append({"round": k + 1, "fkl_demo": metrics.forward_kl(demo_logd, logd).mean().item(),
-                        **metrics.summary(mdp, logd)})
+            logd = mdp.trajectory_logprobs(policy)
+        history.append({"round": k + 1, **_demo_summary(mdp, demo_logd, logd)})
     return history
 
 
@@ -181,7 +185,7 @@ def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm
     mlirl.reward_step(rm, mlirl.make_pairs(p, m, chosen, rejected), replace(cfg, rm_loss="bt"), g)
     rewards["gold-pref BT"] = all_rewards(mdp, rm).detach()
     with torch.no_grad():
-        init_logd, sft_logd = trajectory_logprobs(mdp, init), trajectory_logprobs(mdp, sft)
+        init_logd, sft_logd = mdp.trajectory_logprobs(init), mdp.trajectory_logprobs(sft)
     exp = mdp.expert_logprob
     rewards.update({"ideal init-sft": sft_logd - init_logd, "ideal init-demo": exp - init_logd,
                     "ideal sft-demo": exp - sft_logd, "ideal gold": gold})
@@ -195,7 +199,7 @@ VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
     "BT, reinit, moving ref, accumulate (authors)": dict(accumulate=True),
     "BT, persistent reward, fixed ref": dict(reinit=False, moving=False),
 }
-KEYS = ("fkl_demo", "fkl", "rkl", "tv", "entropy", "gold_reward")
+KEYS = ("fkl_demo", "fkl", "rkl", "tv", "traj_entropy", "gold_reward")
 
 
 def _row(name, d):
@@ -212,9 +216,9 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
     sft = tiny_gpt(mdp, seed=0)
     fit_sft(mdp, sft, demos, steps=500)
     with torch.no_grad():
-        ls = trajectory_logprobs(mdp, sft)
+        ls = mdp.trajectory_logprobs(sft)
     print(f" tiny GPT, {n_demos} demonstrations")
-    print(_row("SFT", {"fkl_demo": metrics.forward_kl(d, ls).mean().item(), **metrics.summary(mdp, ls)}))
+    print(_row("SFT", _demo_summary(mdp, d, ls)))
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
             print(_row(f"{name} r{row['round']}", row))
@@ -237,9 +241,9 @@ def main(rounds=8, seed=1):
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
             with torch.no_grad():
-                ls = trajectory_logprobs(mdp, sft)
+                ls = mdp.trajectory_logprobs(sft)
             print(f" {kind} table")
-            print(_row("SFT", {"fkl_demo": metrics.forward_kl(d, ls).mean().item(), **metrics.summary(mdp, ls)}))
+            print(_row("SFT", _demo_summary(mdp, d, ls)))
             for name, kw in VARIANTS.items():
                 h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds, **kw)
                 print(_row(f"{name} r{rounds}", h[-1]))

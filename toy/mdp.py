@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoirl.policy import left_pad, right_pad, sequence_logprob
+from nanoirl.policy import right_pad, sequence_logprob
 
 EOS, PAD = 0, 1
 
@@ -53,6 +53,11 @@ class ToyMDP:
         self.responses = self._enumerate()                         # (N, T): every response
         self.index = {tuple(r): i for i, r in enumerate(self.responses.tolist())}
         self.modes, self.support, self.expert_logprob = self._make_expert()  # (n_prompts, N)
+        # every (prompt, response) pair, enumerated once: all_pairs, trajectory_logprobs and
+        # occupancy read these; pair_states[i, t] is the full-table row of state s_t of pair i
+        x = torch.arange(self.n_prompts).repeat_interleave(len(self.responses))
+        self._pairs = (*self.prompt_tokens(x), self.responses.repeat(self.n_prompts, 1))
+        self.pair_states = self.state_ids("full", self._pairs[0], self._pairs[2])  # (n_prompts * N, T + 1)
 
     # ---- text <-> tokens ------------------------------------------------------------------------
     def letter(self, i):
@@ -71,8 +76,9 @@ class ToyMDP:
         return [EOS if ch == "." else 2 + "abcdefghijklmnopqrstuvwxyz".index(ch) for ch in text]
 
     def prompt_tokens(self, x):
-        """Prompt index tensor (B,) -> (prompts (B, 1), prompt_mask (B, 1))."""
-        return left_pad([[2 + self.L + int(i)] for i in x], PAD)
+        """Prompt index tensor (B,) -> (prompts (B, 1), prompt_mask (B, 1)): one token per prompt."""
+        prompts = (2 + self.L + torch.as_tensor(x, dtype=torch.long)).view(-1, 1)
+        return prompts, torch.ones_like(prompts, dtype=torch.bool)
 
     def prompt_index(self, prompts):
         return prompts[:, -1] - (2 + self.L)
@@ -88,11 +94,10 @@ class ToyMDP:
         return right_pad(seqs, PAD, self.T)
 
     def all_pairs(self):
-        """Every (prompt, response) pair, prompt-major: row x * N + j is (x, responses[j])."""
-        N = len(self.responses)
-        x = torch.arange(self.n_prompts).repeat_interleave(N)
-        prompts, mask = self.prompt_tokens(x)
-        return prompts, mask, self.responses.repeat(self.n_prompts, 1)
+        """Every (prompt, response) pair, prompt-major: row x * N + j is (x, responses[j]).
+        Returns (prompts, prompt_mask, responses), built once in __init__ and shared by every
+        caller: read them, never modify them in place (clone first)."""
+        return self._pairs
 
     def response_ids(self, responses):
         """(B, T) response tokens -> (B,) index into self.responses."""
@@ -146,15 +151,17 @@ class ToyMDP:
     def occupancy(self, logd):
         """Exact rho^pi(s, a | x) from log d^pi(y|x) (n_prompts, N): (n_prompts, S * V) where a
         state-action pair is (full-table state row, action token). Sun24 Eq. (4) divided by p(x):
-        each response adds d(y|x) to every (s_t, y_t) it visits, so rho sums to E[|y|]."""
-        prompts, mask, responses = self.all_pairs()
-        states = self.state_ids("full", prompts, responses)[:, :-1]           # (B, T)
-        sa = states * self.vocab_size + responses                              # (B, T)
-        valid = (responses != PAD)
+        each response adds d(y|x) to every (s_t, y_t) it visits, so rho sums to E[|y|].
+        Differentiable."""
+        responses = self.all_pairs()[2]
+        sa = self.pair_states[:, :-1] * self.vocab_size + responses            # (B, T) flat (s_t, y_t)
+        valid = responses != PAD
         w = logd.reshape(-1, 1).exp().expand_as(sa)
-        S = self.n_rows("full") * self.vocab_size
-        rho = torch.zeros(S, dtype=w.dtype).index_add(0, sa[valid], w[valid])
-        return rho.view(self.n_prompts, -1)  # rows of other prompts are zero; kept for simplicity
+        rho = torch.zeros(self.n_rows("full") * self.vocab_size, dtype=w.dtype)
+        rho = rho.index_add(0, sa[valid], w[valid])
+        # the full table numbers prompt x's states x * 2 n_tree .. (x + 1) * 2 n_tree - 1, so the
+        # flat array splits into one chunk per prompt, holding that prompt's state-action pairs only
+        return rho.view(self.n_prompts, -1)
 
     # ---- the expert -----------------------------------------------------------------------------
     def _make_expert(self):
@@ -196,8 +203,13 @@ class ToyMDP:
         return self.expert_logprob
 
     def sample(self, logd, x, generator=None):
-        """Sample one response per prompt index in x (B,) from log d (n_prompts, N)."""
-        j = torch.multinomial(logd[x].exp(), 1, generator=generator).squeeze(1)
+        """One response per prompt index in x (B,) drawn from d = exp(log d) (n_prompts, N), by
+        inverting its CDF: u ~ U[0, sum_j d_j), then the first j with cdf_j > u (a response of
+        probability 0 is never drawn). One uniform per sample, where torch.multinomial would draw
+        one random number per table entry."""
+        cdf = logd.exp().cumsum(-1)[x]                                          # (B, N)
+        u = torch.rand(len(x), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+        j = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
         return self.responses[j]
 
     def demonstrations(self, n, generator=None):

@@ -74,14 +74,15 @@ def outside_support(mdp, logd):
 
 
 def summary(mdp, logd):
-    """Every exact number the toy reports for a policy, averaged over prompts."""
+    """Every exact number the toy reports for a policy, averaged over prompts. traj_entropy is
+    the exact entropy of d^pi(y|x), nats per response (not PPO's per-token "entropy")."""
     e = mdp.expert_logprob
     return {
         "fkl": forward_kl(e, logd).mean().item(),
         "rkl": reverse_kl(e, logd).mean().item(),
         "js": js(e, logd).mean().item(),
         "tv": tv(e, logd).mean().item(),
-        "entropy": entropy(logd).mean().item(),
+        "traj_entropy": entropy(logd).mean().item(),
         "gold_reward": (logd.exp() * mdp.gold_reward()).sum(-1).mean().item(),
         "modes_covered": (mode_mass(mdp, logd) > 0.05).float().sum(-1).mean().item(),
         "outside_support": outside_support(mdp, logd).mean().item(),

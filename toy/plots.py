@@ -31,8 +31,7 @@ from nanoirl.gail import gail_reward
 from toy import metrics
 from toy.mdp import ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
-from toy.train import (train_adversarial_exact, train_adversarial_sampled, train_sft_exact,
-                       trajectory_logprobs)
+from toy.train import train_adversarial_exact, train_adversarial_sampled, train_sft_exact
 
 # label -> (how the policy learns, line style); all from the uniform position-only policy
 OBJECTIVES = {
@@ -44,7 +43,8 @@ OBJECTIVES = {
     "FAIRL r=e^h-1 (= SFT grad)": ("adv", functools.partial(f_reward, kind="fkl"), "--"),
     "FAIRL r=-h e^h (published)": ("adv", fairl_reward, "-."),
 }
-KEYS = ["fkl", "rkl", "js", "tv", "entropy", "gold_reward", "modes_covered", "outside_support"]
+KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
+PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
 
 
 def mode_profile(mdp, logd):
@@ -65,7 +65,7 @@ def run_objectives(mdp, steps, lr):
             history = train_sft_exact(mdp, policy, steps=steps, lr=lr, log_every=10)
         else:
             history = train_adversarial_exact(mdp, policy, reward_fn, steps=steps, lr=lr, log_every=10)
-        out[label] = history, trajectory_logprobs(mdp, policy).detach()
+        out[label] = history, mdp.trajectory_logprobs(policy).detach()
     return out
 
 
@@ -91,7 +91,7 @@ def run_low_demo(mdp, ns, steps, lr, seeds=2):
         for method, train in runs.items():
             policy = TabularPolicy(mdp, "position")
             train(policy)
-            s = metrics.summary(mdp, trajectory_logprobs(mdp, policy).detach())
+            s = metrics.summary(mdp, mdp.trajectory_logprobs(policy).detach())
             rows.append({"figure": "low_demo", "n_demos": n, "seed": seed, "method": method, **s})
     return rows
 
@@ -147,7 +147,7 @@ def plot_modes(mdp, results, path):
 
 def plot_training(results, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    for ax, key, name in zip(axes, ["fkl", "rkl", "js"], ["KL(expert || pi)", "KL(pi || expert)", "JS(expert, pi)"]):
+    for ax, (key, name) in zip(axes, PANELS):
         for label, (history, _) in results.items():
             style = OBJECTIVES[label][2]
             ax.plot([s for s, _ in history], [m[key] for _, m in history], style, label=label, lw=1.5)
@@ -165,7 +165,7 @@ def plot_low_demo(rows, results, path):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     infinite = {"SFT": "SFT (forward KL)", "AIRL, learned D": "AIRL r=h (reverse KL)",
                 "GAIL, learned D": "GAIL r=-log(1-D) (JS)"}
-    for ax, key, name in zip(axes, ["fkl", "rkl", "js"], ["KL(expert || pi)", "KL(pi || expert)", "JS(expert, pi)"]):
+    for ax, (key, name) in zip(axes, PANELS):
         for i, method in enumerate(methods):
             pts = [(r["n_demos"], r[key]) for r in rows if r["method"] == method]
             line, = ax.plot(*zip(*pts), "o-", label=method, color=f"C{i}")

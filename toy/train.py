@@ -15,59 +15,18 @@ They are small on purpose: the PPO versions and the train scripts build on them.
 
 The policy gradient with a reward r held fixed is that of E_pi[r] = sum_y d_pi(y|x) r(x, y)
 (sequence level) or sum_(s,a) rho_pi(s, a) r(s, a) (token level): we differentiate that sum
-exactly, which is what PPO estimates from samples. Helpers: trajectory_logprobs and occupancy
-(cached versions of ToyMDP's), sample_responses, expected_reward, optimal_discriminator_logit,
-full_table_policy (closed-form weighted-NLL minimiser in the fully expressive class).
+exactly, which is what PPO estimates from samples (d_pi and rho_pi come from ToyMDP's
+trajectory_logprobs and occupancy). Helpers: expected_reward, optimal_discriminator_logit,
+full_table_policy (closed-form weighted-NLL minimiser in the fully expressive class), and
+policy_loop (the Adam loop the three trainers share).
 """
-import functools
-
 import torch
 
 from nanoirl.fdiv import optimal_logit
-from nanoirl.policy import sequence_logprob
 from nanoirl.reward import discriminator_loss, scores
 from toy import metrics
 from toy.mdp import EOS, PAD
 from toy.tabular import TabularPolicy
-
-
-# ---- exact enumeration, cached (the prompts are rebuilt in Python on every mdp.all_pairs call) ----
-@functools.cache
-def _pairs(mdp):
-    return mdp.all_pairs()
-
-
-@functools.cache
-def _state_actions(mdp):
-    """Index of every (full-table state, action) pair each enumerated response visits."""
-    prompts, mask, responses = _pairs(mdp)
-    states = mdp.state_ids("full", prompts, responses)[:, :-1]
-    return states * mdp.vocab_size + responses, responses != PAD
-
-
-def trajectory_logprobs(mdp, policy):
-    """mdp.trajectory_logprobs(policy) with the enumeration cached: (n_prompts, N) log d_pi(y|x)."""
-    prompts, mask, responses = _pairs(mdp)
-    token_lp = policy.logprobs(prompts, mask, responses)
-    return sequence_logprob(token_lp, responses, EOS).view(mdp.n_prompts, -1)
-
-
-def occupancy(mdp, logd):
-    """mdp.occupancy(logd) with the enumeration cached: (n_prompts, S*V) rho(s, a | x), which sums
-    to E[|y|] per prompt. Differentiable."""
-    sa, valid = _state_actions(mdp)
-    w = logd.reshape(-1, 1).exp().expand_as(sa)
-    S = mdp.n_rows("full") * mdp.vocab_size
-    return torch.zeros(S, dtype=w.dtype).index_add(0, sa[valid], w[valid]).view(mdp.n_prompts, -1)
-
-
-def sample_responses(mdp, logd, x, generator=None):
-    """One response per prompt index in x (B,) drawn from d (n_prompts, N) by inverting its CDF:
-    the same distribution as mdp.sample, without a slow multinomial call per batch."""
-    cdf = logd.exp().cumsum(-1)[x]                                          # (B, N)
-    u = torch.rand(len(x), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
-    j = torch.searchsorted(cdf, u).squeeze(1).clamp_max(cdf.shape[1] - 1)
-    return mdp.responses[j]
 
 
 def expected_reward(mdp, logd, r, level):
@@ -76,7 +35,7 @@ def expected_reward(mdp, logd, r, level):
     policy gradient."""
     if level == "sequence":
         return (logd.exp() * r).sum(-1)
-    return (occupancy(mdp, logd) * r).sum(-1)
+    return (mdp.occupancy(logd) * r).sum(-1)
 
 
 def optimal_discriminator_logit(mdp, logd, target_logprob, level):
@@ -84,7 +43,7 @@ def optimal_discriminator_logit(mdp, logd, target_logprob, level):
     (sequence) or every state-action pair (token: log-occupancies; unreached pairs get 0)."""
     if level == "sequence":
         return optimal_logit(target_logprob, logd)
-    return optimal_logit(occupancy(mdp, target_logprob).log(), occupancy(mdp, logd).log())
+    return optimal_logit(mdp.occupancy(target_logprob).log(), mdp.occupancy(logd).log())
 
 
 def full_table_policy(mdp, token_weights):
@@ -92,8 +51,8 @@ def full_table_policy(mdp, token_weights):
     the enumerated responses whose token at s is a: token_weights (n_prompts * N, T), row-aligned
     with mdp.all_pairs(). Weights d(y|x) on every token give back d exactly; this is also the
     closed-form minimiser of any weighted NLL sum_y sum_t w_yt (-log pi(y_t|s_t)) in that class."""
-    prompts, mask, responses = _pairs(mdp)
-    rows = mdp.state_ids("full", prompts, responses)[:, :-1]
+    responses = mdp.all_pairs()[2]
+    rows = mdp.pair_states[:, :-1]
     keep = (token_weights > 0) & (responses != PAD)
     c = torch.zeros(mdp.n_rows("full"), mdp.vocab_size, dtype=torch.float64)
     c.index_put_((rows[keep], responses[keep]), token_weights[keep].double(), accumulate=True)
@@ -129,25 +88,34 @@ def minimise(policy, loss_fn, steps=100, lr=1.0, method="lbfgs"):
         return loss_fn().item()
 
 
-def train_sft_exact(mdp, policy, target_logprob=None, steps=300, lr=0.05, log_every=0):
-    """SFT with exact expectations: Adam on E_{y~target}[-log d_pi(y|x)] = KL(target || d_pi) +
-    const (Sun24 Eq. 13-14), target = the expert (infinitely many demonstrations) or the empirical
-    distribution of a demonstration set (then the gradient is exactly sft.sft_loss's on that set).
-    Returns the history like the adversarial loops."""
-    target = mdp.expert_logprob if target_logprob is None else target_logprob
+def policy_loop(mdp, policy, step_loss, steps, lr, log_every=0):
+    """The loop the trainers below share: `steps` Adam steps, each on the loss
+    step_loss(log d_pi) with d_pi (n_prompts, N) enumerated exactly from the current policy.
+    Returns [(step, metrics.summary(mdp, log d_pi)), ...] every log_every steps and at the end
+    (empty when log_every = 0)."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     history = []
     for step in range(steps + 1):
-        logd = trajectory_logprobs(mdp, policy)
+        logd = mdp.trajectory_logprobs(policy)
         if log_every and (step % log_every == 0 or step == steps):
             history.append((step, metrics.summary(mdp, logd.detach())))
         if step == steps:
             break
-        loss = -torch.where(target > -float("inf"), target.exp() * logd, 0.0).sum(-1).mean()
+        loss = step_loss(logd)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return history
+
+
+def train_sft_exact(mdp, policy, target_logprob=None, steps=300, lr=0.05, log_every=0):
+    """SFT with exact expectations: Adam on E_{y~target}[-log d_pi(y|x)] = KL(target || d_pi) +
+    const (Sun24 Eq. 13-14), target = the expert (infinitely many demonstrations) or the empirical
+    distribution of a demonstration set (then the gradient is exactly sft.sft_loss's on that set).
+    Returns the history of policy_loop."""
+    target = mdp.expert_logprob if target_logprob is None else target_logprob
+    nll = lambda logd: -torch.where(target > -float("inf"), target.exp() * logd, 0.0).sum(-1).mean()
+    return policy_loop(mdp, policy, nll, steps, lr, log_every)
 
 
 def train_adversarial_exact(mdp, policy, reward_fn, level="sequence", steps=300, lr=0.05,
@@ -155,23 +123,14 @@ def train_adversarial_exact(mdp, policy, reward_fn, level="sequence", steps=300,
     """Adversarial imitation with the exact optimal discriminator: each step sets h = h*(pi)
     (Sun24 Eq. 16, against the expert or any target distribution, e.g. an empirical one),
     gives the policy r = reward_fn(h) held fixed, and takes one Adam step on -E_pi[r].
-    Returns [(step, metrics.summary(...)), ...] every log_every steps (and at the end)."""
+    Returns the history of policy_loop."""
     target = mdp.expert_logprob if target_logprob is None else target_logprob
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    history = []
-    for step in range(steps + 1):
-        logd = trajectory_logprobs(mdp, policy)
-        if log_every and (step % log_every == 0 or step == steps):
-            history.append((step, metrics.summary(mdp, logd.detach())))
-        if step == steps:
-            break
+
+    def step_loss(logd):
         with torch.no_grad():
             r = reward_fn(optimal_discriminator_logit(mdp, logd, target, level))
-        loss = -expected_reward(mdp, logd, r, level).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return history
+        return -expected_reward(mdp, logd, r, level).mean()
+    return policy_loop(mdp, policy, step_loss, steps, lr, log_every)
 
 
 def train_adversarial_sampled(mdp, policy, disc, reward_fn, level="sequence", steps=300, lr=0.05,
@@ -181,39 +140,29 @@ def train_adversarial_sampled(mdp, policy, disc, reward_fn, level="sequence", st
     Adam steps of the logistic loss (expert label 1; reward.discriminator_loss) on `batch`
     demonstrations (drawn from the fixed set `demos`, or fresh from the expert when None) against
     `batch` fresh samples of pi; then one policy step on the exact E_pi[reward_fn(h)], h read
-    from disc (reward.scores) on every enumerated response. Returns the history as above."""
+    from disc (reward.scores) on every enumerated response. Returns the history of policy_loop."""
     prompts_x, mask_x = mdp.prompt_tokens(torch.arange(mdp.n_prompts))
-    pairs = _pairs(mdp)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
     opt_d = torch.optim.Adam(disc.parameters(), lr=disc_lr, weight_decay=weight_decay)
-    history = []
-    for step in range(steps + 1):
-        logd = trajectory_logprobs(mdp, policy)
-        if log_every and (step % log_every == 0 or step == steps):
-            history.append((step, metrics.summary(mdp, logd.detach())))
-        if step == steps:
-            break
+
+    def step_loss(logd):
         for _ in range(disc_steps):
             x = torch.randint(mdp.n_prompts, (batch,), generator=generator)
             if demos is None:
-                expert = prompts_x[x], mask_x[x], sample_responses(mdp, mdp.expert_logprob, x, generator)
+                expert = prompts_x[x], mask_x[x], mdp.sample(mdp.expert_logprob, x, generator)
             else:
                 i = torch.randint(len(demos[2]), (batch,), generator=generator)
                 expert = demos[0][i], demos[1][i], demos[2][i]
-            own = prompts_x[x], mask_x[x], sample_responses(mdp, logd.detach(), x, generator)
+            own = prompts_x[x], mask_x[x], mdp.sample(logd.detach(), x, generator)
             loss = discriminator_loss(*scores(disc, *expert, EOS, level), *scores(disc, *own, EOS, level))
             opt_d.zero_grad()
             loss.backward()
             opt_d.step()
         with torch.no_grad():
-            h, valid = scores(disc, *pairs, EOS, level)
+            h, valid = scores(disc, *mdp.all_pairs(), EOS, level)
             r = reward_fn(h)
         if level == "sequence":
-            loss = -expected_reward(mdp, logd, r.view(mdp.n_prompts, -1), level).mean()
-        else:  # per-token rewards summed along each enumerated response, weighted by d_pi(y|x)
-            r = torch.where(valid, r, 0.0).sum(-1).view(mdp.n_prompts, -1)
-            loss = -expected_reward(mdp, logd, r, "sequence").mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return history
+            return -expected_reward(mdp, logd, r.view(mdp.n_prompts, -1), level).mean()
+        # token level: per-token rewards summed along each enumerated response, weighted by d_pi(y|x)
+        r = torch.where(valid, r, 0.0).sum(-1).view(mdp.n_prompts, -1)
+        return -expected_reward(mdp, logd, r, "sequence").mean()
+    return policy_loop(mdp, policy, step_loss, steps, lr, log_every)
