@@ -1,0 +1,126 @@
+"""
+bench.py on CPU with tiny shapes: the formulas against hand counts and known figures, the fairness
+of the comparison (transformers' twin computes the same logits, generate samples at plain
+temperature), and every section end to end with every JSON field. Timings are never asserted.
+"""
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+import bench
+from nanoirl.model import CONFIGS, GPTConfig
+
+try:
+    import transformers
+except ImportError:
+    transformers = None
+needs_hf = pytest.mark.skipif(transformers is None, reason="transformers (the reference) not installed")
+
+
+def test_train_flops_match_a_hand_count():
+    cfg = GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32)  # d 32, MLP 128
+    L, d, V, T = 2, 32, 64, 10
+    matmul = L * 2 * (d * 3 * d + d * d + d * 4 * d + 4 * d * d) + 2 * d * V  # forward, per token
+    attention = L * (2 * T * d + 2 * T * d)                                    # QK^T and AV, forward
+    small = L * (3 * d + d + 4 * d + d + 4 * d) + 2 * d                         # biases and LayerNorms
+    assert bench.train_flops_per_token(cfg, T) == 3 * (matmul + attention) + 6 * small == 172800
+    # pythia-1b: 1,011,781,632 parameters; 805,736,448 without either embedding (Pythia paper)
+    total, n = bench.n_params(CONFIGS["pythia-1b"])
+    assert (total, n - 50304 * 2048) == (1_011_781_632, 805_736_448)
+
+
+def test_sampling_floor_on_hand_numbers():
+    cfg = GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=1, n_embd=4, intermediate_size=8)
+    N = (4 * 12 + 12) + (4 * 4 + 4) + (4 * 8 + 8) + (8 * 4 + 4) + 3 * 2 * 4 + 8 * 4  # layer, 3 LNs, head
+    assert bench.n_params(cfg)[1] == N == 212
+    B, P, R = 2, 3, 3
+    prefill_flops = 2 * (N - 32) * B * P + 2 * 32 * B + 2 * 1 * 4 * B * P * P  # 2160 + 128 + 144
+    # decode steps see S = 4 and 5 positions: bytes 2 (212 + 16 S), FLOPs 848 + 32 S
+    memory_bound = bench.sampling_floor(cfg, B, P, R, bandwidth=100, rate=1000)
+    assert memory_bound == pytest.approx((2432 / 1000, 552 / 100 + 584 / 100))
+    compute_bound = bench.sampling_floor(cfg, B, P, R, bandwidth=100, rate=100)
+    assert compute_bound == pytest.approx((prefill_flops / 100, 976 / 100 + 1008 / 100))
+    # DESIGN.md: on an H100 (790 TFLOP/s, 3.0 TB/s) the 64 x 512 + 53 rollout floor is about 0.2 s
+    assert 0.15 < sum(bench.sampling_floor(CONFIGS["pythia-1b"], 64, 512, 53, 3.0e12, 790e12)) < 0.25
+
+
+@needs_hf
+def test_hf_twin_computes_our_logits_and_parity_catches_a_difference():
+    cfg = bench.CONFIGS["tiny"]
+    ours = bench.random_gpt(cfg, "cpu")
+    with torch.no_grad():  # biases 0 and LayerNorms (1, 0) would hide a wrong mapping
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf = bench.hf_twin(ours).eval()
+    p, pm = bench.prompts_batch(cfg, 4, 40, "cpu")
+    assert not pm.all()  # left padding is exercised
+    assert bench.parity(ours, hf, p, pm, torch.device("cpu"))["parity_fp32"] <= 1e-4
+    with torch.no_grad():
+        hf.gpt_neox.layers[1].post_attention_layernorm.bias.add_(0.01)
+    with pytest.raises(SystemExit, match="not the same model"):
+        bench.parity(ours, hf, p, pm, torch.device("cpu"))
+
+
+@needs_hf
+def test_generate_samples_at_plain_temperature():
+    """With HF_SAMPLING the scores generate samples from are the raw logits / 0.7: no top-k 50."""
+    cfg = bench.CONFIGS["tiny"]
+    hf = bench.hf_twin(bench.random_gpt(cfg, "cpu")).eval()
+    p, pm = bench.prompts_batch(cfg, 3, 20, "cpu")
+    out = hf.generate(input_ids=p, attention_mask=pm, temperature=0.7, max_new_tokens=4, eos_token_id=None,
+                      pad_token_id=bench.PAD, output_scores=True, output_logits=True,
+                      return_dict_in_generate=True, **bench.HF_SAMPLING)
+    assert len(out.scores) == out.sequences.shape[1] - 20 >= 1
+    for scores, logits in zip(out.scores, out.logits):
+        assert torch.isfinite(scores).all()
+        torch.testing.assert_close(scores, logits / 0.7)
+
+
+SMALL = ["--config", "tiny", "--device", "cpu", "--batch", "2", "--sample-batch", "3", "--prompt-len", "12",
+         "--response-len", "5", "--ppo-grid", "2x5,4x3", "--toy-grid", "3x3", "--warmup", "0", "--repeats", "1"]
+
+
+def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
+    out = bench.main(bench.parser.parse_args(SMALL + ["--json", str(tmp_path / "b.json")]))
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(out))
+    assert {"config", "args", "hardware", "numerics", "torch", "transformers", "formulas", "table",
+            "train", "sample", "ppo", "toy"} <= out.keys()
+    hw = out["hardware"]
+    assert hw["matmul_flops_per_s"] > 0 and hw["copy_bytes_per_s"] > 0 and hw["device"] == "cpu"
+    sides = ["ours", "hf"] if transformers else ["ours"]
+    t = out["train"]
+    assert t["seq_len"] == 17 and t["flops_per_token"] == bench.train_flops_per_token(bench.CONFIGS["tiny"], 17)
+    for side in sides:
+        r = t[side]
+        assert r["tokens_per_s"] == pytest.approx(2 * 17 / r["step_s"]) and 0 < r["mfu"] < math.inf
+        assert r["mfu"] == pytest.approx(t["flops_per_token"] * r["tokens_per_s"] / hw["matmul_flops_per_s"])
+    s = out["sample"]
+    assert s["floor_s"] == pytest.approx(s["floor_prefill_s"] + s["floor_decode_s"]) and s["floor_s"] > 0
+    for side in sides:  # both sampled every new token of every row: the same amount of work
+        assert s[side]["new_tokens"] == 5 and s[side]["tokens_per_s"] == pytest.approx(15 / s[side]["s"])
+    if transformers:
+        assert t["parity_fp32"] <= 1e-4 and s["parity_fp32"] <= 1e-4
+        assert t["parity_amp"] == t["parity_fp32"]  # no autocast on CPU
+    assert [(p["batch"], p["response_len"]) for p in out["ppo"]["grid"]] == [(2, 5), (4, 3)]
+    for p in out["ppo"]["grid"]:
+        assert p["s"] == pytest.approx(p["rollout_s"] + p["update_s"]) and p["rollout_s"] > 0 < p["update_s"]
+    assert out["ppo"]["static_gb"] == pytest.approx(40 * bench.n_params(bench.CONFIGS["tiny"])[0] / 1e9)
+    (toy,) = out["toy"]["grid"]
+    assert toy["trajectories"] == 3 * (1 + 3 + 9 + 27)  # 3 prompts x (k < 3 letters + EOS, or 3 letters)
+    assert all(toy[k] > 0 for k in ("enumerate_s", "eval_table_s", "eval_gpt_s"))
+    rows = out["table"]
+    assert len(rows) == 3 + 2 + 3 + 1 and all(r.keys() == rows[0].keys() for r in rows)
+    assert all(r["met"] in (None, True, False) for r in rows)
+    printed = capsys.readouterr().out
+    assert all(r["metric"] in printed for r in rows) and "fp32 throughout" in printed
+
+
+def test_without_transformers_its_columns_are_skipped(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    out = bench.main(bench.parser.parse_args(SMALL + ["--sections", "train,sample"]))
+    assert "transformers is not installed" in capsys.readouterr().out
+    assert out["transformers"] is None and "hf" not in out["train"] and "hf" not in out["sample"]
+    assert all(r["transformers"] is None for r in out["table"]) and out["sample"]["ours"]["new_tokens"] == 5
