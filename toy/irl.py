@@ -11,11 +11,13 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
 
-Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for the tiny GPT.
+Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for the tiny GPT; a part:
+    python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL rounds, ~20 s
+    python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
 """
+import argparse
 import copy
 import itertools
-import sys
 from dataclasses import replace
 
 import torch
@@ -224,20 +226,47 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
             print(_row(f"{name} r{row['round']}", row))
 
 
-def main(rounds=8, seed=1):
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon"],
+                        help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table")
+    parser.add_argument("--demos", default="30,300,3000", help="numbers of demonstrations (mlirl table)")
+    parser.add_argument("--classes", default="full,position,markov",
+                        help="policy classes, comma-separated, from full, position, markov")
+    parser.add_argument("--rounds", type=int, default=8, help="ML-IRL rounds per variant")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the demonstration sets (mlirl table)")
+    parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")
+    args = parser.parse_args()
+    classes = [c.strip() for c in args.classes.split(",")]
+    if not classes or any(c not in ("full", "position", "markov") for c in classes):
+        parser.error(f"--classes {args.classes}: use a comma-separated list of full, position, markov")
     torch.set_num_threads(1)
     mdp = ToyMDP(ToyConfig())
-    if "--gpt" in sys.argv:
+    if args.gpt:
         for n in (60, 600):
             gpt_vs_sft(mdp, n)
         return
+    ns = [int(n) for n in args.demos.split(",")]
+    if args.table in ("all", "mlirl"):
+        mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
+    if args.table in ("all", "bon"):
+        print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
+        for kind in [c for c in ("markov", "position", "full") if c in classes]:
+            print(f" {kind} policy class, 300 demonstrations")
+            for name, v in best_of_n_table(mdp, kind).items():
+                print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+
+
+def mlirl_table(mdp, ns, classes, rounds, seed):
+    """SFT against each ML-IRL variant after `rounds` rounds, per number of demonstrations and
+    policy class; every round is shown for the full table at the smallest number."""
     print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert))")
-    for n in (30, 300, 3000):
+    for n in ns:
         demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
         d = mdp.empirical_logprob(demos[0], demos[2])
         print(f"\n== {n} demonstrations; empirical distribution = the full-class SFT / ML policy")
         print(_row("empirical", {"fkl_demo": 0.0, **metrics.summary(mdp, d)}))
-        for kind in ("full", "position", "markov"):
+        for kind in classes:
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
             with torch.no_grad():
@@ -247,14 +276,9 @@ def main(rounds=8, seed=1):
             for name, kw in VARIANTS.items():
                 h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds, **kw)
                 print(_row(f"{name} r{rounds}", h[-1]))
-                if kind == "full" and n == 30:
+                if kind == "full" and n == min(ns):
                     for row in h[:-1]:
                         print(_row(f"   round {row['round']}", row))
-    print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
-    for kind in ("markov", "position", "full"):
-        print(f" {kind} policy class, 300 demonstrations")
-        for name, v in best_of_n_table(mdp, kind).items():
-            print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 The toy figures, from exact enumeration:
 
     python -m toy.plots                  # -> figures/*.png and figures/results.jsonl, < 1 min on 2 CPUs
+    python -m toy.plots --figures modes,training   # (a) and (b) only, ~10 s: no (c), no results.jsonl
 
   modes.png     (a) the expert vs the policy each objective learns in the position-only class
                     pi(y_t | x, t): mass-covering (SFT = forward KL) against mode-seeking (reverse KL)
@@ -45,6 +46,7 @@ OBJECTIVES = {
 }
 KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
 PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
+FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures
 
 
 def mode_profile(mdp, logd):
@@ -181,6 +183,15 @@ def plot_low_demo(rows, results, path):
     plt.close(fig)
 
 
+def figure_list(value):
+    """argparse type of --figures: comma-separated names from FIGURES."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{value!r}: use a comma-separated list of {', '.join(FIGURES)}")
+    return names
+
+
 def table(rows, first):
     head = f"{first:<30}" + "".join(f"{k:>16}" for k in KEYS)
     return "\n".join([head] + [f"{name:<30}" + "".join(f"{r[k]:>16.4f}" for k in KEYS) for name, r in rows])
@@ -193,6 +204,9 @@ def main():
     parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the policy")
     parser.add_argument("--demos", default="3,12,48,192,768", help="N values for (c), multiples of 3")
     parser.add_argument("--seeds", type=int, default=2, help="demonstration sets per N in (c)")
+    parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
+                        help="which figures to draw, comma-separated, from " + ",".join(FIGURES) +
+                             "; results.jsonl is written only when all three are drawn")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: one thread is the fastest
     out = Path(args.out)
@@ -200,28 +214,34 @@ def main():
     t0 = time.time()
     mdp = ToyMDP()
 
-    results = run_objectives(mdp, args.steps, args.lr)
-    plot_modes(mdp, results, out / "modes.png")
-    plot_training(results, out / "training.png")
+    results = run_objectives(mdp, args.steps, args.lr)  # (c) draws their N = infinity lines too
+    if "modes" in args.figures:
+        plot_modes(mdp, results, out / "modes.png")
+    if "training" in args.figures:
+        plot_training(results, out / "training.png")
     final = [(label, history[-1][1]) for label, (history, _) in results.items()]
     print(table([("expert", metrics.summary(mdp, mdp.expert_logprob))] + final, "(a) position-only class"))
     print("mode masses (largest, 2nd, 3rd, rest of support, outside), mean over prompts:")
     for label, (_, q) in results.items():
         print(f"  {label:<30}" + " ".join(f"{v:.3f}" for v in mode_profile(mdp, q)))
 
-    low = run_low_demo(mdp, [int(n) for n in args.demos.split(",")], steps=150, lr=args.lr, seeds=args.seeds)
-    plot_low_demo(seed_means(low), results, out / "low_demo.png")
-    print(table([(f"N={r['n_demos']:<5} {r['method']}", r) for r in seed_means(low)],
-                f"(c) mean of {args.seeds} demo sets"))
+    if "low_demo" in args.figures:
+        low = run_low_demo(mdp, [int(n) for n in args.demos.split(",")], steps=150, lr=args.lr, seeds=args.seeds)
+        plot_low_demo(seed_means(low), results, out / "low_demo.png")
+        print(table([(f"N={r['n_demos']:<5} {r['method']}", r) for r in seed_means(low)],
+                    f"(c) mean of {args.seeds} demo sets"))
 
-    with open(out / "results.jsonl", "w") as f:
-        for label, (history, q) in results.items():
-            for step, s in history:
-                f.write(json.dumps({"figure": "training", "objective": label, "step": step, **s}) + "\n")
-            f.write(json.dumps({"figure": "modes", "objective": label, "mode_profile": mode_profile(mdp, q)}) + "\n")
-        for r in low:
-            f.write(json.dumps(r) + "\n")
-    print(f"wrote {out}/modes.png, training.png, low_demo.png, results.jsonl in {time.time() - t0:.0f}s")
+    written = [f"{name}.png" for name in FIGURES if name in args.figures]
+    if len(written) == len(FIGURES):  # a partial run never overwrites the full run's numbers
+        with open(out / "results.jsonl", "w") as f:
+            for label, (history, q) in results.items():
+                for step, s in history:
+                    f.write(json.dumps({"figure": "training", "objective": label, "step": step, **s}) + "\n")
+                f.write(json.dumps({"figure": "modes", "objective": label, "mode_profile": mode_profile(mdp, q)}) + "\n")
+            for r in low:
+                f.write(json.dumps(r) + "\n")
+        written.append("results.jsonl")
+    print(f"wrote {out}/{', '.join(written)} in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
