@@ -64,10 +64,10 @@ def reward_map(args):
 
 
 def main(args):
-    out = run.prepare_out(args)
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)
+    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    out = run.prepare_out(args)
     policy, toy = task.policy, args.model.startswith("toy-")
     kind = 0 if toy and not isinstance(policy, GPT) else 1 if toy else 2   # table, toy GPT, text
     pick = lambda flag, *options: flag if flag is not None else options[kind]
@@ -101,22 +101,24 @@ def main(args):
                 h_e, m_e = reward.scores(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id, args.level)
                 h_p, m_p = reward.scores(disc, b["prompts"], b["prompt_mask"], ro["responses"], task.eos_id, args.level)
             d_loss = reward.discriminator_loss(h_e.float(), m_e, h_p.float(), m_p)
+            run.check_finite({"disc_loss": d_loss}, step, out)  # before the step: never apply a NaN
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             disc_opt.step()
         metrics = {"disc_loss": d_loss.item(),
                    "disc_accuracy": 0.5 * ((h_e > 0)[m_e].float().mean() + (h_p < 0)[m_p].float().mean()).item(),
                    **ppo.update(policy, value, opt, ro, cfg, gen)}
-        run.check_finite(metrics, step, out)
+        run.check_finite(metrics, step, out)  # before evaluating: sampling from NaN weights fails
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             metrics.update(task.evaluate(policy))
+            run.check_finite(metrics, step, out)
         log(step, metrics)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save_checkpoint(out, step + 1, state, args)
 
     if isinstance(policy, GPT):
-        policy.save_pretrained(out / "policy")
-        disc.save_pretrained(out / "discriminator")
+        task.save(policy, out / "policy")
+        task.save(disc, out / "discriminator")
     run.plot_metrics(out)
     print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
     run.summary(out)

@@ -79,14 +79,14 @@ def fill_defaults(args, toy, gpt):
 
 
 def main(args):
-    out = run.prepare_out(args)
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)
+    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     toy, policy = args.model.startswith("toy-"), task.policy
     fill_defaults(args, toy, isinstance(policy, GPT))
     if args.policy_step == "soft-pi" and not toy:
         raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
+    out = run.prepare_out(args)
     cfg = mlirl.MLIRLConfig(
         beta=args.beta, level=args.level, accumulate_pairs=not args.no_accumulate and args.pairs == "mlirl",
         reinit_reward=not args.no_reinit, moving_reference=not args.fixed_reference,
@@ -147,8 +147,11 @@ def main(args):
                                          batch_size=args.batch_size, generator=gen)
         value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
         opt = ppo.make_optimizer(policy, value, ppo_cfg)
-        show = lambda i, s: (i % 10 == 0 or i + 1 == args.ppo_iterations) and print(
-            f"  ppo {i}/{args.ppo_iterations} | " + " | ".join(f"{k} {v:.4g}" for k, v in s.items()), flush=True)
+        def show(i, s):  # after each PPO update: progress, and stop on a NaN before the next rollout
+            if i % 10 == 0 or i + 1 == args.ppo_iterations:
+                print(f"  ppo {i}/{args.ppo_iterations} | " + " | ".join(f"{n} {v:.4g}" for n, v in s.items()),
+                      flush=True)
+            run.check_finite(s, f"{k} (PPO iteration {i})", out)  # k: the round being trained
         return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, optimizer=opt,
                                      prompts=prompts, prompt_mask=prompt_mask, ppo_cfg=ppo_cfg,
                                      iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
@@ -168,8 +171,8 @@ def main(args):
         run.save_checkpoint(out, k + 1, state, args, reward_init=reward_init, pairs=pairs)
 
     if isinstance(policy, GPT):
-        policy.save_pretrained(out / "policy")
-        reward_model.save_pretrained(out / "reward_model")
+        task.save(policy, out / "policy")
+        task.save(reward_model, out / "reward_model")
     run.plot_metrics(out, xlabel="round")
     run.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
     if toy:  # the headline number: exact forward KL to the true expert, before and after ML-IRL

@@ -38,10 +38,10 @@ g.add_argument("--eval-every", type=int, default=50, help="evaluate every this m
 
 
 def main(args):
-    out = run.prepare_out(args)
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)
+    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    out = run.prepare_out(args)
     policy = task.policy
     lr = args.lr or (1e-5 if isinstance(policy, GPT) and not args.model.startswith("toy") else
                      3e-3 if isinstance(policy, GPT) else 0.1)
@@ -59,16 +59,17 @@ def main(args):
         loss = sft.sft_step(policy, opt, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
                             loss_fn, args.micro_batch_size, task.autocast)
         metrics = {"loss": loss}
-        run.check_finite(metrics, step, out)
+        run.check_finite(metrics, step, out)  # sft_step took no optimiser step on a bad loss
         sched.step()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             metrics.update(task.evaluate(policy))
+            run.check_finite(metrics, step, out)  # a finite loss can still take a step to NaN weights
         log(step, metrics)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save_checkpoint(out, step + 1, state, args)
 
     if isinstance(policy, GPT):
-        policy.save_pretrained(out / "policy")
+        task.save(policy, out / "policy")
     run.plot_metrics(out)
     print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
     run.summary(out)

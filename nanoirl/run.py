@@ -173,7 +173,13 @@ def set_rng_states(rng):
 def save_checkpoint(out, step, state, args, **extra):
     """Write the one checkpoint dict to out/ckpt.pt atomically and return its path.
     state: name -> anything with state_dict() (models, optimizers, LR schedulers) or a
-    torch.Generator; extra: more tensors or plain values to keep (e.g. MLIRL's pairs)."""
+    torch.Generator; extra: more tensors or plain values to keep (e.g. MLIRL's pairs).
+    A model holding a NaN or inf weight is refused (an update can overflow after a finite loss):
+    ckpt.pt stays the last good checkpoint."""
+    for name, v in state.items():
+        if isinstance(v, torch.nn.Module) and not all(
+                t.isfinite().all() for t in v.state_dict().values() if t.is_floating_point()):
+            raise RunError(f"{name} has non-finite weights after step {step - 1}; {last_good(out)}")
     ckpt = {"step": step, "config": plain_config(args), "rng": rng_states(), **extra,
             "state": {k: v.get_state() if isinstance(v, torch.Generator) else v.state_dict()
                       for k, v in state.items()}}
@@ -224,9 +230,12 @@ def check_finite(metrics, step, out):
     for name, v in metrics.items():
         v = number(v)
         if isinstance(v, float) and not math.isfinite(v):
-            ckpt = Path(out) / CKPT
-            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-            raise RunError(f"{name} is {v} at step {step}; {kept}")
+            raise RunError(f"{name} is {v} at step {step}; {last_good(out)}")
+
+
+def last_good(out):
+    ckpt = Path(out) / CKPT
+    return f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
 
 
 def truncate_metrics(path, start):
@@ -298,6 +307,7 @@ def summary(out):
     kinds = {CONFIG: "config", METRICS: "metrics", ".png": "plot", ".pt": "checkpoint"}
     print(f"run directory {Path(out)}")
     for p in sorted(Path(out).iterdir()):
-        if p.suffix != ".tmp":
-            kind = kinds.get(p.name) or kinds.get(p.suffix, "file")
-            print(f"  {kind:<10} {p}  ({p.stat().st_size / 1e6:.2f} MB)")
+        if p.suffix != ".tmp":  # a directory is a saved model (policy/, reward_model/, ...)
+            kind = "model" if p.is_dir() else kinds.get(p.name) or kinds.get(p.suffix, "file")
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            print(f"  {kind:<10} {p}  ({size / 1e6:.2f} MB)")

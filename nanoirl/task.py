@@ -17,12 +17,16 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               --gold-model)
   task.reward_accuracy(rm)    pair accuracy of a reward model: exact on the toy (pairs labelled by
                               the gold reward), on the --eval-pairs JSONL on text
+  task.save(model, dir)       a GPT as a Hugging Face checkpoint; on text with its tokenizer.json,
+                              so that the directory works as the next script's --model
 """
 import contextlib
+import shutil
+from pathlib import Path
 
 import torch
 
-from nanoirl import data, mlirl
+from nanoirl import data, hub, mlirl
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -46,7 +50,13 @@ def add_task_args(parser):
 
 
 def load_task(args, device, dtype):
-    return (ToyTask if args.model.startswith("toy-") else TextTask)(args, device, dtype)
+    if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
+        given = [f for f in ("data", "eval_pairs", "gold_model") if getattr(args, f)]
+        if given:
+            raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
+                           "is the toy MDP, whose expert and gold reward are built in")
+        return ToyTask(args, device, dtype)
+    return TextTask(args, device, dtype)
 
 
 class ToyTask:
@@ -69,6 +79,9 @@ class ToyTask:
 
     def autocast(self):
         return contextlib.nullcontext()
+
+    def save(self, model, directory):
+        model.save_pretrained(directory)
 
     def new_scalar(self):
         from toy.tabular import TabularScalar
@@ -102,12 +115,16 @@ class TextTask:
         name = args.model.removeprefix("random:")
         try:
             self.tok = Tokenizer.from_pretrained(name)
+            path = Path(name)  # where it read tokenizer.json, for save() to copy
+            if not path.exists():
+                path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
+            self.tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
         except (FileNotFoundError, ValueError) as e:
             if not args.model.startswith("random:"):
                 raise RunError(f"--model {args.model}: {e}") from None
             print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
                   "the random-init dry run uses UTF-8 bytes as tokens")
-            self.tok = ByteTokenizer()
+            self.tok, self.tokenizer_json = ByteTokenizer(), None
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
         examples = data.load_demonstrations(args.data)
         if len(examples) <= args.eval_size:
@@ -132,6 +149,13 @@ class TextTask:
         if self.amp is None:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp)
+
+    def save(self, model, directory):
+        """model.save_pretrained(directory) and a copy of the tokenizer.json (a byte-token dry run
+        has none), so that the directory works as --model of the next script."""
+        model.save_pretrained(directory)
+        if self.tokenizer_json:
+            shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
 
     def new_scalar(self):
         return scalar_from_policy(self.policy)

@@ -1,0 +1,533 @@
+"""
+train_sft.py, train_airl.py and train_mlirl.py as a user runs them: subprocesses from the repository
+root on the CPU, each in its own run directory, with HF_HUB_OFFLINE=1 and an empty Hugging Face
+cache (nothing is downloaded; a random Pythia falls back to byte tokens).
+
+  run directory  config.json holds the flags, metrics.jsonl one line per step with the shared
+                 names, the plots decode as PNG, ckpt.pt and a GPT's policy/ hold the final
+                 weights; the toy's logged exact metrics equal a recomputation from those weights,
+                 and the printed lines repeat the logged numbers and name every file
+  exact resume   killed with SIGKILL mid-run and resumed: the same metrics.jsonl bytes, weights,
+                 optimiser and RNG states as an uninterrupted run
+  bad input      exit status 1 (argparse: 2), the last line of stderr "error: ..." naming the
+                 file:line or the flag, no traceback, and the run directory left as it was
+  NaN guard      a non-finite loss or weight stops the run, and ckpt.pt is the last good one
+  text dry run   each script end to end on a randomly initialised Pythia-70m (smoke tests)
+
+Independent processes run side by side: most of their time is Python and torch start-up.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanoirl import data
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
+SEED = 3
+N_DEMOS = 60  # the toy's default --n-demos
+
+# the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py)
+PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
+TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support",
+            "fkl_demos", "win_rate"}
+TEXT_EVAL = {"length", "eos_rate"}
+MLIRL_ROUND = {"rm_loss", "rm_accuracy", "pairs"}
+
+
+def metric_names(script, step, n_rows, evals, eval_every=2, heldout=True):
+    """The names of metrics.jsonl row `step`: the script's training numbers, plus the evaluation on
+    evaluation steps (every eval_every steps and the last; every round of ML-IRL)."""
+    if script == "train_mlirl.py":
+        heldout = {"rm_accuracy_heldout"} if heldout else set()  # only with --eval-pairs on text
+        return evals if step == 0 else MLIRL_ROUND | heldout | PPO | evals
+    train = {"loss"} if script == "train_sft.py" else {"disc_loss", "disc_accuracy"} | PPO
+    return train | evals if (step + 1) % eval_every == 0 or step + 1 == n_rows else train
+
+
+# ---- running a script ----------------------------------------------------------------------------
+class Run:
+    """One script started as a subprocess in the repository root. Its stdout and stderr go to
+    files (a pipe nobody reads could fill and stall it); wait() returns self with returncode,
+    stdout and stderr. out: the run directory, tmp/name unless given."""
+
+    def __init__(self, tmp, name, script, *flags, out=None):
+        self.out = Path(out or tmp / name)
+        cache = tmp / "hf-cache"  # empty: no tokenizer, no weights
+        cache.mkdir(exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+               "OMP_NUM_THREADS": "1"}  # torch's second thread slows small work (conftest.py)
+        self.logs = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
+        with open(self.logs[0], "w") as o, open(self.logs[1], "w") as e:
+            argv = [sys.executable, script, *map(str, flags), "--out", str(self.out)]
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=o, stderr=e)
+
+    def wait(self, timeout=600):
+        self.returncode = self.proc.wait(timeout)
+        self.stdout, self.stderr = (p.read_text() for p in self.logs)
+        return self
+
+
+def run_all(runs):
+    """Wait for runs started side by side: {key: Run} -> {key: finished Run}."""
+    return {k: r.wait() for k, r in runs.items()}
+
+
+def rows_of(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(path):
+    """Every byte under path: None if it does not exist (then nothing may appear there)."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_same(a, b, where="ckpt"):
+    """Nested checkpoint contents equal exactly: tensors bit for bit, everything else by ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_png(path):
+    from matplotlib.image import imread
+    image = imread(path)  # decodes every pixel: a truncated or corrupt file raises
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.ndim == 3 and min(image.shape[:2]) >= 100 and image.std() > 0, f"{path}: blank or tiny"
+
+
+def assert_summary(stdout, out):
+    """The closing lines say where everything is: 'run directory <out>' and one line per entry
+    '  <kind> <path>  (<size> MB)', a directory (a saved model) sized by its files."""
+    lines = stdout.splitlines()
+    entries = sorted(out.iterdir())
+    assert lines[-len(entries) - 1] == f"run directory {out}"
+    for line, p in zip(lines[-len(entries):], entries):
+        kind = "model" if p.is_dir() else {"config.json": "config", "metrics.jsonl": "metrics"}.get(
+            p.name) or {".png": "plot", ".pt": "checkpoint"}[p.suffix]
+        size = sum(f.stat().st_size for f in p.rglob("*")) if p.is_dir() else p.stat().st_size
+        assert size > 0 and line == f"  {kind:<10} {p}  ({size / 1e6:.2f} MB)", line
+
+
+# ---- the toy: the run directory and its numbers --------------------------------------------------
+TOY_FLAGS = {  # a few steps; evaluation and checkpoint steps fall inside, the last step does both
+    "train_sft.py": ["--steps", 4, "--eval-every", 2, "--ckpt-every", 3],
+    "train_airl.py": ["--steps", 3, "--eval-every", 2, "--ckpt-every", 2, "--rollout-batch-size", 32,
+                      "--disc-steps", 2],
+    "train_mlirl.py": ["--rounds", 2, "--sft-steps", 3, "--ppo-iterations", 2, "--rollout-batch-size", 32,
+                       "--rm-epochs", 2],
+}
+TOY_ROWS = {"train_sft.py": 4, "train_airl.py": 3, "train_mlirl.py": 3}  # steps; rounds + 1 (SFT)
+SAVED_MODELS = {"train_sft.py": {"policy"}, "train_airl.py": {"policy", "discriminator"},
+                "train_mlirl.py": {"policy", "reward_model"}}
+TOY = [(s, m) for s in SCRIPTS for m in ("toy-tabular", "toy-gpt")]
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy")
+    return run_all({(s, m): Run(tmp, f"{s[:-3]}-{m}", s, "--model", m, "--device", "cpu", "--seed", SEED,
+                                *TOY_FLAGS[s]) for s, m in TOY})
+
+
+def toy_policy(mdp, model, state):
+    """A fresh policy of the kind --model builds, holding the weights `state`."""
+    from toy.gpt import tiny_gpt
+    from toy.tabular import TabularPolicy
+    policy = TabularPolicy(mdp, "full") if model == "toy-tabular" else tiny_gpt(mdp)
+    policy.load_state_dict(state)
+    return policy
+
+
+def toy_scalar(mdp, model, state):
+    from nanoirl.model import ScalarGPT
+    from toy.gpt import tiny_config
+    from toy.tabular import TabularScalar
+    scalar = TabularScalar(mdp) if model == "toy-tabular" else ScalarGPT(tiny_config(mdp)).double()
+    scalar.load_state_dict(state)
+    return scalar
+
+
+@pytest.mark.parametrize("script,model", TOY)
+def test_toy_run_directory(toy_runs, script, model):
+    """config.json = the flags, one metrics.jsonl line per step with the shared names, the plots,
+    ckpt.pt at the last step with the same config, a GPT's saved models equal to the checkpoint's,
+    and the closing lines naming every file."""
+    r = toy_runs[script, model]
+    assert r.returncode == 0, r.stderr
+    out = r.out
+    config = json.loads((out / "config.json").read_text())
+    flags = TOY_FLAGS[script]
+    given = {"model": model, "device": "cpu", "seed": SEED, "out": str(out),
+             **{flags[i][2:].replace("-", "_"): flags[i + 1] for i in range(0, len(flags), 2)}}
+    assert {k: config[k] for k in given} == given
+
+    rows, n = rows_of(out), TOY_ROWS[script]
+    assert [row["step"] for row in rows] == list(range(n))
+    for row in rows:
+        assert set(row) - {"step"} == metric_names(script, row["step"], n, TOY_EVAL), row["step"]
+        assert all(math.isfinite(v) for v in row.values())
+
+    plots = {"metrics.png"} | ({"mlirl_fig2.png"} if script == "train_mlirl.py" else set())
+    models = SAVED_MODELS[script] if model == "toy-gpt" else set()
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "ckpt.pt"} | plots | models
+    for name in plots:
+        assert_png(out / name)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == n and ckpt["config"] == config
+
+    if model == "toy-gpt":  # Hugging Face GPT-NeoX checkpoints of the final weights
+        from nanoirl.model import GPT, ScalarGPT
+        key = {"policy": "policy", "discriminator": "disc", "reward_model": "reward_model"}
+        for name in models:
+            cls = GPT if name == "policy" else ScalarGPT
+            saved = cls.from_pretrained(out / name, dtype=torch.float64).state_dict()
+            assert_same(saved, ckpt["state"][key[name]], name)
+    assert "Traceback" not in r.stderr
+    assert_summary(r.stdout, out)
+
+
+@pytest.mark.parametrize("script,model", TOY)
+def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
+    """The last logged exact evaluation, recomputed from ckpt.pt's weights in a fresh policy: the
+    forward KL to the expert written out by hand, gold reward, win rate against the
+    demonstrations (and ML-IRL's held-out pair accuracy of the saved reward model); the printed
+    final numbers are the logged ones."""
+    from toy import metrics
+    from toy.irl import all_rewards
+    from toy.mdp import ToyMDP
+    r = toy_runs[script, model]
+    assert r.returncode == 0, r.stderr
+    rows, mdp = rows_of(r.out), ToyMDP()
+    ckpt = torch.load(r.out / "ckpt.pt", weights_only=True)
+    policy = toy_policy(mdp, model, ckpt["state"]["policy"])
+    with torch.no_grad():
+        logd = mdp.trajectory_logprobs(policy)                        # log d_pi(y|x), (prompts, N)
+    log_e = mdp.expert_logprob                                        # full support: no 0 log 0
+    fkl = (log_e.exp() * (log_e - logd)).sum(-1).mean().item()        # KL(d_expert || d_pi)
+    gold = (logd.exp() * mdp.gold_reward()).sum(-1).mean().item()
+    prompts, _, responses = mdp.demonstrations(N_DEMOS, torch.Generator().manual_seed(SEED))
+    win = metrics.win_rate(mdp, logd, mdp.empirical_logprob(prompts, responses)).mean().item()
+    last = rows[-1]
+    assert (fkl, gold, win) == pytest.approx((last["fkl"], last["gold_reward"], last["win_rate"]), rel=1e-12)
+
+    if model == "toy-gpt":  # policy/ holds the same policy (the toy's action set is not saved)
+        from nanoirl.model import GPT
+        saved = GPT.from_pretrained(r.out / "policy", dtype=torch.float64)
+        saved.set_allowed_tokens(mdp.action_ids)
+        with torch.no_grad():
+            assert torch.equal(mdp.trajectory_logprobs(saved), logd)
+    if script == "train_mlirl.py":
+        rm = toy_scalar(mdp, model, ckpt["state"]["reward_model"])
+        with torch.no_grad():
+            acc = metrics.pair_accuracy(mdp, all_rewards(mdp, rm, "sequence")).mean().item()
+        assert acc == pytest.approx(last["rm_accuracy_heldout"], rel=1e-12)
+        assert (f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> ML-IRL {last['fkl']:.4f} "
+                f"(gold reward {rows[0]['gold_reward']:.4f} -> {last['gold_reward']:.4f})") in r.stdout
+    else:
+        final = next(line for line in r.stdout.splitlines() if line.startswith("final: "))
+        assert final == "final: " + ", ".join(f"{k} {last[k]:.4g}" for k in last if k in TOY_EVAL)
+
+
+# ---- exact resume after SIGKILL -------------------------------------------------------------------
+RESUME = {  # flags (--ckpt-every 2 or one checkpoint per round), kill once this many lines are logged
+    "train_sft.py": (["--steps", 24, "--eval-every", 5, "--ckpt-every", 2], 9),
+    "train_airl.py": (["--steps", 10, "--eval-every", 5, "--ckpt-every", 2, "--rollout-batch-size", 32,
+                       "--disc-steps", 2], 5),
+    "train_mlirl.py": (["--rounds", 4, "--sft-steps", 10, "--ppo-iterations", 3, "--rollout-batch-size", 32,
+                        "--rm-epochs", 2], 3),
+}
+
+
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory):
+    """Per script, side by side: an uninterrupted run, and a run killed with SIGKILL once its
+    checkpoint exists and kill_after lines are logged, then resumed with --resume.
+    {script: (uninterrupted, killed, resumed, steps done in the checkpoint at the kill)}."""
+    tmp = tmp_path_factory.mktemp("resume")
+    flags = {s: ["--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *RESUME[s][0]] for s in SCRIPTS}
+    whole = {s: Run(tmp, f"{s[:-3]}-whole", s, *flags[s]) for s in SCRIPTS}
+    cut = {s: Run(tmp, f"{s[:-3]}-cut", s, *flags[s]) for s in SCRIPTS}
+    resumed, done = {}, {}
+    while len(resumed) < len(SCRIPTS):
+        for s in set(SCRIPTS) - set(resumed):
+            metrics, ckpt = cut[s].out / "metrics.jsonl", cut[s].out / "ckpt.pt"
+            if cut[s].proc.poll() is None and not (
+                    ckpt.exists() and metrics.exists() and metrics.read_text().count("\n") >= RESUME[s][1]):
+                continue
+            if cut[s].proc.poll() is None:  # else it ended by itself: the test says so
+                os.kill(cut[s].proc.pid, signal.SIGKILL)
+            cut[s].wait()
+            done[s] = torch.load(ckpt, weights_only=True)["step"] if ckpt.exists() else None
+            resumed[s] = Run(tmp, f"{s[:-3]}-resumed", s, *flags[s], "--resume", out=cut[s].out)
+        time.sleep(0.01)
+    return {s: (whole[s].wait(), cut[s], resumed[s].wait(), done[s]) for s in SCRIPTS}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_killed_run_resumes_exactly(resume_runs, script):
+    """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
+    on resume) and resumed with --resume ends with the metrics.jsonl bytes, weights, optimiser
+    states, RNG states and (ML-IRL) pairs of an uninterrupted run."""
+    whole, cut, resumed, done = resume_runs[script]
+    assert cut.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    assert whole.returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
+    n = len(rows_of(whole.out))
+    assert 0 < done < n
+    first = next(line for line in resumed.stdout.splitlines() if line.startswith("step "))
+    assert first.startswith(f"step {done}/{n} |")  # it went on from the checkpoint, not from 0
+    assert (cut.out / "metrics.jsonl").read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
+    a, b = (torch.load(out / "ckpt.pt", weights_only=True) for out in (whole.out, cut.out))
+    assert a["step"] == b["step"] == n
+    assert_same({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
+
+
+# ---- bad input: one line, the file:line or the flag, nothing lost ---------------------------------
+TEXT = ["--model", "random:pythia-70m", "--max-prompt-len", 16, "--max-response-len", 4, "--eval-size", 1,
+        "--device", "cpu"]
+BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "prompt-too-long",
+       "missing-data-file", "unknown-model", "out-under-a-file", "out-is-a-file", "out-exists",
+       "resume-without-checkpoint", "resume-and-force", "resume-with-bad-data", "force-with-bad-data",
+       "toy-with-data"]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, toy_runs):
+    """Every case of BAD, started side by side: {case: (Run, expected start of stderr's last line,
+    snapshot of --out before)}."""
+    tmp = tmp_path_factory.mktemp("bad")
+
+    def jsonl(name, *lines):  # a dict is a record, a str a raw line
+        path = tmp / f"{name}.jsonl"
+        path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+        return path
+
+    def finished_run(name):  # a copy of a finished run, plus a file of the user's
+        out = tmp / name
+        shutil.copytree(toy_runs["train_sft.py", "toy-tabular"].out, out)
+        (out / "notes.txt").write_text("mine")
+        return out
+
+    ok = {"prompt": "hello there", "response": " hi"}
+    tldr = {"subreddit": "tifu", "title": "", "post": "a b", "summary": "c"}
+    malformed = jsonl("malformed", ok, '{"prompt": "a", "response": ', ok)
+    no_summary = jsonl("no-summary", tldr, tldr, {k: v for k, v in tldr.items() if k != "summary"})
+    empty_prompt = jsonl("empty-prompt", ok, {"prompt": "  ", "response": " x"})
+    empty_response = jsonl("empty-response", ok, ok, ok, {"prompt": "x", "response": ""})
+    long_prompt = jsonl("long-prompt", ok, ok, {"prompt": "x" * 20, "response": " y"})
+    afile = tmp / "afile"
+    afile.write_text("not a directory")
+    empty_dir = tmp / "empty"
+    empty_dir.mkdir()
+    cases = {  # case: (script, flags, --out, expected start of the last line of stderr)
+        "malformed-json": ("train_sft.py", [*TEXT, "--data", malformed], None,
+                           f"error: {malformed}:2: malformed JSON ("),
+        "missing-field": ("train_airl.py", [*TEXT, "--data", no_summary], None,
+                          f"error: {no_summary}:3: missing field 'summary' (the tldr layout"),
+        "empty-prompt": ("train_mlirl.py", [*TEXT, "--data", empty_prompt], None,
+                         f"error: {empty_prompt}:2: field 'prompt' is empty"),
+        "empty-response": ("train_sft.py", [*TEXT, "--data", empty_response], None,
+                           f"error: {empty_response}:4: field 'response' is empty"),
+        "prompt-too-long": ("train_airl.py", [*TEXT, "--data", long_prompt], None,
+                            f"error: {long_prompt}:3: prompt has 20 tokens, more than --max-prompt-len 16"),
+        "missing-data-file": ("train_mlirl.py", [*TEXT, "--data", tmp / "none.jsonl"], None,
+                              f"train_mlirl.py: error: argument --data: no such file: {tmp / 'none.jsonl'}"),
+        "unknown-model": ("train_mlirl.py", ["--model", "pythia-7b"], None,
+                          "train_mlirl.py: error: argument --model: unknown model 'pythia-7b'; use toy-tabular"),
+        "out-under-a-file": ("train_sft.py", [], afile / "run",
+                             f"error: --out {afile / 'run'} is not writable: Not a directory"),
+        "out-is-a-file": ("train_airl.py", [], afile, f"error: --out {afile} is a file, not a directory"),
+        "out-exists": ("train_mlirl.py", [], finished_run("exists"),
+                       f"error: --out {tmp / 'exists'} already holds ckpt.pt, config.json, metrics.jsonl, ...; "
+                       "pass --resume to continue that run or --force to start over"),
+        "resume-without-checkpoint": ("train_sft.py", ["--resume"], empty_dir,
+                                      f"error: --resume: there is no checkpoint {empty_dir / 'ckpt.pt'}"),
+        "resume-and-force": ("train_airl.py", ["--resume", "--force"], None,
+                             "train_airl.py: error: argument --force: not allowed with argument --resume"),
+        "resume-with-bad-data": ("train_sft.py", [*TEXT, "--data", malformed, "--resume"], finished_run("resume"),
+                                 f"error: {malformed}:2: malformed JSON ("),
+        "force-with-bad-data": ("train_airl.py", [*TEXT, "--data", empty_prompt, "--force"], finished_run("force"),
+                                f"error: {empty_prompt}:2: field 'prompt' is empty"),
+        "toy-with-data": ("train_sft.py", ["--model", "toy-tabular", "--data", malformed], None,
+                          "error: --data is for text models; --model toy-tabular is the toy MDP"),
+    }
+    assert list(cases) == BAD
+    before = {case: snapshot(out or tmp / case) for case, (_, _, out, _) in cases.items()}
+    runs = run_all({case: Run(tmp, case, script, *flags, out=out) for case, (script, flags, out, _) in cases.items()})
+    return {case: (runs[case], cases[case][3], before[case]) for case in cases}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_a_one_line_error(bad_runs, case):
+    """Exit status 1 with one line 'error: ...' on stderr (argparse: status 2 and its usage
+    error naming the flag), no traceback; --out byte-identical, or still absent: a bad data file
+    stops the run before --out is touched, even with --resume or --force."""
+    r, expected, before = bad_runs[case]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr and last.startswith(expected), r.stderr
+    if expected.startswith("error: "):
+        assert r.returncode == 1 and r.stderr.count("\n") == 1  # the one line, nothing else
+    else:
+        assert r.returncode == 2 and r.stderr.startswith("usage: ")
+    assert snapshot(r.out) == before
+
+
+# ---- the NaN guard -------------------------------------------------------------------------------
+NAN = {  # script, flags, the error; then the checkpoint step left on disk (None: none) and the rows logged
+    # lr inf: step 0's loss is finite and its update makes every weight NaN or inf
+    "sft-loss": ("train_sft.py", ["--lr", "inf", "--steps", 6, "--ckpt-every", 2, "--eval-every", 100],
+                 "error: loss is nan at step 1; no checkpoint was written yet", None, 1),
+    "sft-weights": ("train_sft.py", ["--lr", "inf", "--steps", 6, "--ckpt-every", 1, "--eval-every", 100],
+                    "error: policy has non-finite weights after step 0; no checkpoint was written yet", None, 1),
+    "airl-disc": ("train_airl.py", ["--disc-lr", "inf", "--disc-steps", 2, "--steps", 4, "--rollout-batch-size", 32],
+                  "error: disc_loss is nan at step 0; no checkpoint was written yet", None, 0),
+    "mlirl-ppo": ("train_mlirl.py", ["--ppo-lr", "inf", "--rounds", 3, "--sft-steps", 5, "--ppo-iterations", 2,
+                                     "--rollout-batch-size", 32],
+                  "error: pg_loss is nan at step 1 (PPO iteration 0); the last good checkpoint is {ckpt}", 1, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def nan_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nan")
+    return run_all({case: Run(tmp, case, script, "--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *flags)
+                    for case, (script, flags, *_) in NAN.items()})
+
+
+@pytest.mark.parametrize("case", NAN)
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(nan_runs, case):
+    """An infinite learning rate makes the weights non-finite after one step. The run stops with
+    one line at the first non-finite loss (checked before the optimiser step) or weight (checked
+    before a checkpoint is written); nothing non-finite is logged, and ckpt.pt is the last good
+    checkpoint: the one whose policy has the last logged evaluation."""
+    _, _, error, kept, n_rows = NAN[case]
+    r = nan_runs[case]
+    assert r.returncode == 1 and r.stderr.strip() == error.format(ckpt=r.out / "ckpt.pt"), r.stderr
+    rows = rows_of(r.out)
+    assert [row["step"] for row in rows] == list(range(n_rows))
+    assert all(math.isfinite(v) for row in rows for v in row.values())
+    if kept is None:
+        assert not (r.out / "ckpt.pt").exists()
+        return
+    from toy import metrics
+    from toy.mdp import ToyMDP
+    ckpt = torch.load(r.out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == kept
+    mdp = ToyMDP()
+    with torch.no_grad():
+        logd = mdp.trajectory_logprobs(toy_policy(mdp, "toy-tabular", ckpt["state"]["policy"]))
+    assert metrics.forward_kl(mdp.expert_logprob, logd).mean().item() == pytest.approx(rows[-1]["fkl"], rel=1e-12)
+
+
+# ---- text dry runs (smoke tests) -----------------------------------------------------------------
+TEXT_FLAGS = {  # the fewest steps that still go through every part of the loop
+    "train_sft.py": ["--steps", 2, "--batch-size", 2],
+    "train_airl.py": ["--steps", 1, "--rollout-batch-size", 2, "--disc-steps", 1],
+    "train_mlirl.py": ["--rounds", 1, "--sft-steps", 1, "--batch-size", 2, "--ppo-iterations", 1,
+                       "--rollout-batch-size", 2, "--rm-batch-size", 6],
+}
+
+
+@pytest.fixture(scope="module")
+def short_tldr(tmp_path_factory):
+    """8 TL;DR records of `python -m nanoirl.data`, cut short: prompts of at most 64 byte tokens."""
+    records = data.fake_tldr(8, seed=0)
+    for r in records:
+        r.update(subreddit="tifu", title="", post=" ".join(r["post"].split()[:2]),
+                 summary=" ".join(r["summary"].split()[:2]))
+    path = tmp_path_factory.mktemp("text") / "fake.jsonl"
+    data.write_jsonl(path, records)
+    return path
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_text_dry_run(tmp_path, short_tldr, script):
+    """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens
+    (what a user runs on a GPU with pythia-1b): metrics.jsonl with the shared names, ckpt.pt at
+    the last step, policy/ loadable and equal to the checkpoint's policy, nothing downloaded.
+    One at a time: each holds gigabytes (side by side they take longer)."""
+    from nanoirl.model import GPT
+    r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
+            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED, *TEXT_FLAGS[script])
+    try:
+        assert r.wait().returncode == 0, r.stderr
+        assert "the random-init dry run uses UTF-8 bytes as tokens" in r.stdout
+        assert not any((tmp_path / "hf-cache").iterdir())  # nothing was downloaded
+        rows = rows_of(r.out)
+        n = len(rows)
+        assert n == {"train_sft.py": 2, "train_airl.py": 1, "train_mlirl.py": 2}[script]
+        for row in rows:
+            assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
+        ckpt = torch.load(r.out / "ckpt.pt", weights_only=True, mmap=True)  # 1-2 GB: mapped, not read
+        assert ckpt["step"] == n
+        policy = GPT.from_pretrained(r.out / "policy")
+        assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
+        assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
+        assert_summary(r.stdout, r.out)
+    finally:
+        shutil.rmtree(r.out, ignore_errors=True)  # the checkpoints take gigabytes
+
+
+# ---- a local checkpoint, and policy/ as the next script's --model ---------------------------------
+def byte_level_tokenizer_json(path):
+    """A tokenizer.json shaped like Pythia's with no merges: <|endoftext|> 0, <|padding|> 1, the
+    243 bytes of UTF-8 text at ids 2..244, NFC, GPT-2's byte-level pre-tokenizer and decoder."""
+    from nanoirl.tokenizer import NOT_IN_UTF8, byte_to_unicode
+    chars = [c for b, c in sorted(byte_to_unicode().items()) if b not in NOT_IN_UTF8]
+    added = [{"id": i, "content": s, "special": True, "normalized": False}
+             for i, s in enumerate(["<|endoftext|>", "<|padding|>"])]
+    spec = {"added_tokens": added, "normalizer": {"type": "NFC"},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": {"<|endoftext|>": 0, "<|padding|>": 1,
+                                               **{c: 2 + i for i, c in enumerate(chars)}}, "merges": []}}
+    path.write_text(json.dumps(spec))
+
+
+def test_saved_policy_is_the_next_scripts_model(tmp_path):
+    """The documented pipeline, offline: a tiny GPT-NeoX and its tokenizer.json in the Hugging Face
+    cache as EleutherAI/pythia-70m (as a user's cached pythia-1b); train_sft.py --model pythia-70m
+    saves policy/, which is then --model of train_airl.py and of train_mlirl.py --sft-steps 0,
+    whose initial policy pi_init is exactly the saved SFT policy."""
+    from nanoirl.model import GPT, GPTConfig
+    snapshot = tmp_path / "hf-cache" / "models--EleutherAI--pythia-70m" / "snapshots" / "abc123"
+    GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+    byte_level_tokenizer_json(snapshot / "tokenizer.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    records = [{"prompt": f"question {i}:", "response": f" answer {i}"} for i in range(6)]
+    data.write_jsonl(tmp_path / "demos.jsonl", records)
+    text = ["--data", tmp_path / "demos.jsonl", "--max-prompt-len", 16, "--max-response-len", 12,
+            "--eval-size", 2, "--device", "cpu", "--dtype", "float64"]
+    sft = Run(tmp_path, "sft", "train_sft.py", "--model", "pythia-70m", *text, "--steps", 3, "--batch-size", 4)
+    assert sft.wait().returncode == 0, sft.stderr
+    policy = sft.out / "policy"
+    nexts = run_all({s: Run(tmp_path, s[:-3], s, "--model", policy, *text, *flags) for s, flags in [
+        ("train_airl.py", ["--steps", 1, "--rollout-batch-size", 4, "--disc-steps", 1]),
+        ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]})
+    for r in nexts.values():
+        assert r.returncode == 0, r.stderr
+    init = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["init"]
+    assert_same(init, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
