@@ -48,6 +48,9 @@ g.add_argument("--fixed-reference", action="store_true",
 g.add_argument("--sample-temperature", type=float, default=1.0,
                help="temperature of the policy samples in the pairs (Eq. 11: 1; the authors' code: ~0)")
 g = parser.add_argument_group("reward model")
+g.add_argument("--rm-loss", default=None, choices=["bt", "bce"],
+               help="Bradley-Terry on pairs (MLIRL Eq. 11) or the logistic discriminator loss, chosen "
+                    "labelled 1 (RLignment); default: bt with --pairs mlirl, bce with RLignment's sets")
 g.add_argument("--rm-epochs", type=int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
 g.add_argument("--rm-lr", type=float, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
 g.add_argument("--rm-batch-size", type=int, default=64, help="pairs per reward-model step")
@@ -91,6 +94,7 @@ def main(args):
         beta=args.beta, level=args.level, accumulate_pairs=not args.no_accumulate and args.pairs == "mlirl",
         reinit_reward=not args.no_reinit, moving_reference=not args.fixed_reference,
         sample_temperature=args.sample_temperature, response_length=task.response_len,
+        rm_loss=args.rm_loss or ("bt" if args.pairs == "mlirl" else "bce"),
         rm_epochs=args.rm_epochs, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr,
         eos_id=task.eos_id, pad_id=task.pad_id)
     ppo_cfg = ppo.PPOConfig(

@@ -148,7 +148,9 @@ class TextTask:
     def autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp)
+        # cache_enabled=False: inside one autocast block the bf16 copies of the weights are cached,
+        # so a block spanning optimizer steps would keep computing with the stale weights
+        return torch.autocast("cuda", dtype=self.amp, cache_enabled=False)
 
     def save(self, model, directory):
         """model.save_pretrained(directory) and a copy of the tokenizer.json (a byte-token dry run

@@ -174,7 +174,7 @@ def test_mlirl_full_table_converges_to_the_ml_policy():
     for n in (30, 300, 3000):
         runs = _ml_runs(n)
         for name in ("Eq.10 gradient, fixed ref", "BT, reinit, moving ref"):
-            fkl = [h["fkl_demo"] for h in runs[name]]
+            fkl = [h["fkl_demos"] for h in runs[name]]
             print(n, name, "KL(D || pi_k):", [round(v, 4) for v in fkl],
                   "TV(exp, pi_K):", round(runs[name][-1]["tv"], 4), "TV(exp, D):", round(runs["empirical_tv"], 4))
             assert fkl[0] > 1.0 and fkl[-1] < 0.01 and fkl[3] < fkl[1] < fkl[0]

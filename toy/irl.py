@@ -113,8 +113,8 @@ def fit_sft(mdp, policy, demos, steps=200):
 
 
 def _demo_summary(mdp, demo_logd, logd):
-    """metrics.summary of log d plus fkl_demo = KL(D || pi), D the demonstrations' empirical law."""
-    return {"fkl_demo": metrics.forward_kl(demo_logd, logd).mean().item(), **metrics.summary(mdp, logd)}
+    """metrics.summary of log d plus fkl_demos = KL(D || pi), D the demonstrations' empirical law."""
+    return {"fkl_demos": metrics.forward_kl(demo_logd, logd).mean().item(), **metrics.summary(mdp, logd)}
 
 
 def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accumulate=False,
@@ -201,7 +201,7 @@ VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
     "BT, reinit, moving ref, accumulate (authors)": dict(accumulate=True),
     "BT, persistent reward, fixed ref": dict(reinit=False, moving=False),
 }
-KEYS = ("fkl_demo", "fkl", "rkl", "tv", "traj_entropy", "gold_reward")
+KEYS = ("fkl_demos", "fkl", "rkl", "tv", "traj_entropy", "gold_reward")
 
 
 def _row(name, d):
@@ -265,7 +265,7 @@ def mlirl_table(mdp, ns, classes, rounds, seed):
         demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
         d = mdp.empirical_logprob(demos[0], demos[2])
         print(f"\n== {n} demonstrations; empirical distribution = the full-class SFT / ML policy")
-        print(_row("empirical", {"fkl_demo": 0.0, **metrics.summary(mdp, d)}))
+        print(_row("empirical", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
         for kind in classes:
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
