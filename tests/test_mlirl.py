@@ -24,19 +24,6 @@ from toy.tabular import TabularPolicy, TabularScalar
 from toy.train import minimise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def mdp():
-    return ToyMDP()
-
-
 def _demos(mdp, n, seed=1):
     demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
     return demos, mdp.empirical_logprob(demos[0], demos[2])

@@ -34,20 +34,6 @@ from toy.train import (expected_reward, full_table_policy, minimise, optimal_dis
 F_KINDS = ["rkl", "js", "fkl", "alpha"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is faster than two fighting over a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def mdp():
-    return ToyMDP()
-
-
 def random_policy(mdp, kind="position", seed=0):
     policy = TabularPolicy(mdp, kind)
     with torch.no_grad():

@@ -15,15 +15,6 @@ from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The toy's tensors are tiny: one thread is ~10x faster than two fighting over them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def brute_force_gae(rewards, values, lengths, gamma, lam):
     """A_t = sum_{l >= 0} (gamma lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t, over the
     n valid tokens only, V_n = 0: nested loops, no recursion."""
