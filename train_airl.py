@@ -45,7 +45,7 @@ g.add_argument("--disc-lr", type=float, default=None, help="discriminator AdamW 
 g.add_argument("--eval-every", type=int, default=25, help="evaluate every this many iterations")
 g = parser.add_argument_group("PPO policy step (nanoirl/ppo.py)")
 g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
 g.add_argument("--beta", type=float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
 g.add_argument("--num-minibatches", type=int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
@@ -72,7 +72,7 @@ def main(args):
     kind = 0 if toy and not isinstance(policy, GPT) else 1 if toy else 2   # table, toy GPT, text
     pick = lambda flag, *options: flag if flag is not None else options[kind]
     cfg = ppo.PPOConfig(
-        beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-3, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
+        beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
         micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0,
