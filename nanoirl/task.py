@@ -6,6 +6,7 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
+  task.pick(table, gpt, text) a flag's default for a toy table, the toy GPT, or text
   task.autocast()             bf16 autocast on CUDA with --dtype bfloat16, else nothing: weights
                               stay fp32 (at lr 3e-6 a bf16 weight cannot absorb most updates)
   task.new_scalar()           a reward / value / discriminator model: a fresh table on
@@ -77,6 +78,9 @@ class ToyTask:
         else:
             self.policy = tiny_gpt(self.mdp, seed=args.seed, dtype=self.dtype)
 
+    def pick(self, table, toy_gpt, text):
+        return toy_gpt if isinstance(self.policy, GPT) else table
+
     def autocast(self):
         return contextlib.nullcontext()
 
@@ -93,8 +97,7 @@ class ToyTask:
     def evaluate(self, policy):
         from toy import metrics
         logd = self.mdp.trajectory_logprobs(policy)
-        return {**metrics.summary(self.mdp, logd),
-                "fkl_demos": metrics.forward_kl(self.demo_logd, logd).mean().item(),
+        return {**metrics.summary(self.mdp, logd, self.demo_logd),
                 "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item()}
 
     @torch.no_grad()
@@ -144,6 +147,9 @@ class TextTask:
             self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
+
+    def pick(self, table, toy_gpt, text):
+        return text
 
     def autocast(self):
         if self.amp is None:

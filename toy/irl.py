@@ -112,11 +112,6 @@ def fit_sft(mdp, policy, demos, steps=200):
     return minimise(policy, lambda: sft_loss(policy.logprobs(prompts, mask, responses), responses, EOS), steps)
 
 
-def _demo_summary(mdp, demo_logd, logd):
-    """metrics.summary of log d plus fkl_demos = KL(D || pi), D the demonstrations' empirical law."""
-    return {"fkl_demos": metrics.forward_kl(demo_logd, logd).mean().item(), **metrics.summary(mdp, logd)}
-
-
 def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accumulate=False,
                 reinit=True, moving=True, rm_steps=20, rm_lr=0.1, policy_steps=200):
     """ML-IRL with every expectation exact: a tabular reward r(x, y) (one number per response),
@@ -152,7 +147,7 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
         exact_policy_step(policy, ref, sequence_reward_table(mdp, r.detach()), cfg, mdp=mdp, steps=policy_steps)
         with torch.no_grad():
             logd = mdp.trajectory_logprobs(policy)
-        history.append({"round": k + 1, **_demo_summary(mdp, demo_logd, logd)})
+        history.append({"round": k + 1, **metrics.summary(mdp, logd, demo_logd)})
     return history
 
 
@@ -220,7 +215,7 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
     with torch.no_grad():
         ls = mdp.trajectory_logprobs(sft)
     print(f" tiny GPT, {n_demos} demonstrations")
-    print(_row("SFT", _demo_summary(mdp, d, ls)))
+    print(_row("SFT", metrics.summary(mdp, ls, d)))
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
             print(_row(f"{name} r{row['round']}", row))
@@ -272,7 +267,7 @@ def mlirl_table(mdp, ns, classes, rounds, seed):
             with torch.no_grad():
                 ls = mdp.trajectory_logprobs(sft)
             print(f" {kind} table")
-            print(_row("SFT", _demo_summary(mdp, d, ls)))
+            print(_row("SFT", metrics.summary(mdp, ls, d)))
             for name, kw in VARIANTS.items():
                 h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds, **kw)
                 print(_row(f"{name} r{rounds}", h[-1]))

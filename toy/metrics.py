@@ -73,11 +73,14 @@ def outside_support(mdp, logd):
     return torch.where(mdp.support, 0.0, logd.exp()).sum(-1)
 
 
-def summary(mdp, logd):
+def summary(mdp, logd, demo_logd=None):
     """Every exact number the toy reports for a policy, averaged over prompts. traj_entropy is
-    the exact entropy of d^pi(y|x), nats per response (not PPO's per-token "entropy")."""
+    the exact entropy of d^pi(y|x), nats per response (not PPO's per-token "entropy"). With the
+    demonstrations' empirical law demo_logd, also fkl_demos = KL(demos || pi)."""
     e = mdp.expert_logprob
+    demos = {} if demo_logd is None else {"fkl_demos": forward_kl(demo_logd, logd).mean().item()}
     return {
+        **demos,
         "fkl": forward_kl(e, logd).mean().item(),
         "rkl": reverse_kl(e, logd).mean().item(),
         "js": js(e, logd).mean().item(),
