@@ -69,8 +69,7 @@ def main(args):
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy, toy = task.policy, args.model.startswith("toy-")
-    kind = 0 if toy and not isinstance(policy, GPT) else 1 if toy else 2   # table, toy GPT, text
-    pick = lambda flag, *options: flag if flag is not None else options[kind]
+    pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
     cfg = ppo.PPOConfig(
         beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
         micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),

@@ -69,16 +69,16 @@ g.add_argument("--bon-n", type=int, default=8, help="Best-of-N: samples per prom
 g.add_argument("--bon-steps", type=int, default=50, help="Best-of-N: SFT steps per round")
 
 
-def fill_defaults(args, toy, gpt):
-    """Flags left at None take the toy's or the text defaults (text: MLIRL Appendix A)."""
-    pick = lambda table, toy_gpt, text: table if toy and not gpt else toy_gpt if toy else text
+def fill_defaults(args, task):
+    """Flags left at None take the toy table's, the toy GPT's or the text defaults (text: MLIRL
+    Appendix A); each tuple is (table, toy GPT, text)."""
     defaults = {"beta": (1.0, 1.0, 0.05), "rm_epochs": (20, 20, 1), "rm_lr": (0.05, 1e-3, 3e-6),
                 "sft_lr": (0.1, 3e-3, 1e-5), "ppo_iterations": (40, 40, 100),
                 "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-4, 3e-6),  # toy GPT: at 1e-3 PPO misses pi* by nats (README)
                 "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7)}
     for k, v in defaults.items():
         if getattr(args, k) is None:
-            setattr(args, k, pick(*v))
+            setattr(args, k, task.pick(*v))
 
 
 def main(args):
@@ -86,7 +86,7 @@ def main(args):
     run.seed_everything(args.seed)
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     toy, policy = args.model.startswith("toy-"), task.policy
-    fill_defaults(args, toy, isinstance(policy, GPT))
+    fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:
         raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
     out = run.prepare_out(args)

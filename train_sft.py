@@ -43,8 +43,7 @@ def main(args):
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy = task.policy
-    lr = args.lr or (1e-5 if isinstance(policy, GPT) and not args.model.startswith("toy") else
-                     3e-3 if isinstance(policy, GPT) else 0.1)
+    lr = args.lr or task.pick(0.1, 3e-3, 1e-5)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, eps=1e-5, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / args.steps)
     state = {"policy": policy, "opt": opt, "sched": sched}
