@@ -10,7 +10,7 @@ It only calls the interface of nanoirl/policy.py, so the same lines train a toy 
 The objective is KL-regularised reward maximisation (MLIRL Eq. 3, Eq. 5b):
     max_pi  E_pi[ sum_t r_t ] - beta * KL(pi || pi_ref)   whose optimum is pi_ref exp(r/beta) / Z.
 
-Implementation details (each names where it lives):
+Implementation details (each names where it lives; 13 is ours, for memory):
  1. Everything after the first EOS is pad and is masked out of every sum and mean; a response
     with no EOS was truncated at max length (policy.sample -> policy.response_mask, `rollout`).
  2. Log-probs are recomputed by a forward pass at the sampling temperature (logits / T) for the
@@ -30,6 +30,8 @@ Implementation details (each names where it lives):
     a 512-sequence minibatch fits on one GPU (`update`).
 12. Only forward passes run under (optional) bf16 autocast; losses are computed in fp32 or
     higher, and backward runs outside autocast, so fp32 master weights absorb lr 3e-6 (`_autocast`).
+13. The policy and the value model each take their own backward and AdamW step per minibatch:
+    the joint loss's gradients, with half the peak memory of activations and gradients (`update`).
 The rollout holds only (B, R) tensors; logits exist one forward chunk at a time.
 
 Metrics (one dict per update):
@@ -164,39 +166,53 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
 
 
 def update(policy, value_model, optimizer, ro, cfg, generator=None):
-    """cfg.num_epochs passes of shuffled minibatches over one rollout; returns the metric dict."""
+    """cfg.num_epochs passes of shuffled minibatches over one rollout; returns the metric dict.
+    Detail 13: the policy loss depends only on the policy's weights and the value loss only on the
+    value model's, so each minibatch takes two passes, the policy's backward and step, then the
+    value model's: the same gradients and AdamW updates as one backward of pg_loss + vf_coef *
+    v_loss, while memory holds one model's activations and gradients at a time, not both."""
     B = len(ro["responses"])
     mb_size = B // cfg.num_minibatches
     micro = cfg.micro_batch_size or mb_size
-    sums, n = {"pg_loss": 0.0, "v_loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}, 0
+    metrics = {"pg_loss": [], "v_loss": [], "approx_kl": [], "clipfrac": []}  # one entry per micro-batch
     for _ in range(cfg.num_epochs):
         b_inds = torch.randperm(B, generator=generator).to(ro["responses"].device)
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
             mb_inds = b_inds[start:start + mb_size]
-            optimizer.zero_grad(set_to_none=True)
-            for m_start in range(0, mb_size, micro):  # detail 11: gradient accumulation
-                i = mb_inds[m_start:m_start + micro]
-                mask, adv, ret = ro["mask"][i], ro["advantages"][i], ro["returns"][i]
-                p, pm, y = ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i]
-                with _autocast(y.device, cfg):  # detail 12: autocast forward passes only
-                    new_logprobs = policy.logprobs(p, pm, y, cfg.temperature)
-                    vpred = value_model.state_scores(p, pm, y)[:, :-1]
-                new_logprobs, vpred = _up(new_logprobs), _up(vpred)
-                logratio = new_logprobs - ro["logprobs"][i]
-                ratio = torch.exp(logratio)
-                pg_losses = -adv * ratio                                    # detail 8
-                pg_losses2 = -adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
-                pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
-                v_old = ro["values"][i]                                     # detail 9
-                v_clipped = v_old + torch.clamp(vpred - v_old, -cfg.cliprange_value, cfg.cliprange_value)
-                v_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask)
-                loss = pg_loss + cfg.vf_coef * v_loss
-                (loss * len(i) / len(mb_inds)).backward()
-                with torch.no_grad():
-                    sums["pg_loss"] += pg_loss.item()
-                    sums["v_loss"] += v_loss.item()
-                    sums["approx_kl"] += masked_mean((ratio - 1) - logratio, mask).item()
-                    sums["clipfrac"] += masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask).item()
-                    n += 1
-            optimizer.step()
-    return {**ro["stats"], **{k: v / n for k, v in sums.items()}}
+            for model, loss_fn in ((policy, policy_loss), (value_model, value_loss)):  # detail 13
+                optimizer.zero_grad(set_to_none=True)
+                for m_start in range(0, mb_size, micro):  # detail 11: gradient accumulation
+                    i = mb_inds[m_start:m_start + micro]
+                    loss, stats = loss_fn(model, ro, i, cfg)
+                    (loss * len(i) / len(mb_inds)).backward()
+                    for k, v in stats.items():
+                        metrics[k].append(v)
+                optimizer.step()
+    return {**ro["stats"], **{k: sum(v) / len(v) for k, v in metrics.items()}}
+
+
+def policy_loss(policy, ro, i, cfg):
+    """Detail 8 on the rollout rows i: (clipped surrogate loss, its float metrics)."""
+    mask, adv = ro["mask"][i], ro["advantages"][i]
+    with _autocast(mask.device, cfg):  # detail 12: autocast forward passes only
+        new_logprobs = _up(policy.logprobs(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i],
+                                           cfg.temperature))
+    logratio = new_logprobs - ro["logprobs"][i]
+    ratio = torch.exp(logratio)
+    pg_losses = -adv * ratio
+    pg_losses2 = -adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
+    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    with torch.no_grad():
+        stats = {"pg_loss": pg_loss.item(), "approx_kl": masked_mean((ratio - 1) - logratio, mask).item(),
+                 "clipfrac": masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask).item()}
+    return pg_loss, stats
+
+
+def value_loss(value_model, ro, i, cfg):
+    """Detail 9 on the rollout rows i: (vf_coef * clipped value loss, {"v_loss": without vf_coef})."""
+    mask, ret, v_old = ro["mask"][i], ro["returns"][i], ro["values"][i]
+    with _autocast(mask.device, cfg):
+        vpred = _up(value_model.state_scores(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i])[:, :-1])
+    v_clipped = v_old + torch.clamp(vpred - v_old, -cfg.cliprange_value, cfg.cliprange_value)
+    v_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask)
+    return cfg.vf_coef * v_loss, {"v_loss": v_loss.item()}
