@@ -103,17 +103,22 @@ def main(args):
         pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0,
         autocast_dtype=task.amp and str(task.amp).removeprefix("torch."))
     gen = torch.Generator(device).manual_seed(args.seed)
-    init, ref = copy.deepcopy(policy), copy.deepcopy(policy)   # pi_init (RLignment), the anchor
     prompts, prompt_mask = task.demos[0], task.demos[1]
 
+    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts
+        with torch.no_grad(), task.autocast():
+            return prompts, prompt_mask, pi.sample(prompts, prompt_mask, task.response_len, task.eos_id,
+                                                   task.pad_id, args.sample_temperature, generator=gen)[0]
+
     # ---- round 0: SFT. The checkpoint after it holds the reward model's initialisation ----
-    if args.resume:  # the scalar models only need their shapes here: the checkpoint fills them
-        reward_model, value = task.new_scalar(), task.new_scalar()
-        state = {"policy": policy, "ref": ref, "init": init, "reward_model": reward_model,
-                 "value": value, "gen": gen}
+    if args.resume:  # the other models only need their shapes here: the checkpoint fills them
+        ref, reward_model, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
+        state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
         ckpt = run.load_checkpoint(out, state, args)
         start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
     else:
+        # RLignment's pi_init is the policy before SFT: its samples are drawn now, and no copy is kept
+        init_samples = sample(policy) if args.pairs.startswith("init-") else None
         opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
         batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed)
         for step in range(args.sft_steps):
@@ -123,17 +128,15 @@ def main(args):
             run.check_finite({"sft_loss": loss}, step, out)
             if step % 50 == 0 or step + 1 == args.sft_steps:
                 print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
-        ref.load_state_dict(policy.state_dict())
+        del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
+        ref = copy.deepcopy(policy)  # the KL anchor pi_ref, from the SFT policy
         reward_model, value = task.new_scalar(), task.new_scalar()  # from the SFT policy on a GPT
-        state = {"policy": policy, "ref": ref, "init": init, "reward_model": reward_model,
-                 "value": value, "gen": gen}
-        reward_init, pairs, start = copy.deepcopy(reward_model.state_dict()), None, 0
+        state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
+        # the reward model's initial weights, kept on the CPU: read once a round, when it is re-initialised
+        reward_init = {k: v.to("cpu", copy=True) for k, v in reward_model.state_dict().items()}
+        pairs, start = None, 0
         if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
-            with torch.no_grad(), task.autocast():
-                sample = lambda pi: (prompts, prompt_mask, pi.sample(
-                    prompts, prompt_mask, task.response_len, task.eos_id, task.pad_id,
-                    args.sample_temperature, generator=gen)[0])
-                pairs = mlirl.rlignment_pairs(args.pairs, task.demos, sample(init), sample(policy))
+            pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
     log = run.Logger(out, args.rounds + 1, start)
     if start == 0:
         log(0, task.evaluate(policy))

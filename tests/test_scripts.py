@@ -251,6 +251,26 @@ def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
         assert final == "final: " + ", ".join(f"{k} {last[k]:.4g}" for k in last if k in TOY_EVAL)
 
 
+def test_rlignment_pairs_come_from_the_policy_before_sft(tmp_path):
+    """train_mlirl.py --pairs init-demo (RLignment): the reward model's pairs are every
+    demonstration ≻ a sample of pi_init, the policy before SFT. The run draws those samples first
+    from its generator (seeded with --seed), so they are reproduced here from a fresh tiny GPT of
+    that seed; a sample of the SFT policy would differ."""
+    from toy.gpt import tiny_gpt
+    from toy.mdp import ToyMDP
+    r = Run(tmp_path, "init-demo", "train_mlirl.py", "--pairs", "init-demo", "--rounds", 1, "--seed", SEED,
+            "--sft-steps", 20, "--ppo-iterations", 1, "--rollout-batch-size", 16, "--rm-epochs", 1).wait()
+    assert r.returncode == 0, r.stderr
+    mdp = ToyMDP()
+    pairs = torch.load(r.out / "ckpt.pt", weights_only=True)["pairs"]
+    prompts, mask, demos = mdp.demonstrations(N_DEMOS, torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        init = tiny_gpt(mdp, seed=SEED).sample(prompts, mask, mdp.T, mdp.eos_id, mdp.pad_id, 1.0,
+                                               generator=torch.Generator().manual_seed(SEED))[0]
+    assert torch.equal(pairs["prompts"], prompts) and torch.equal(pairs["chosen"], demos)
+    assert torch.equal(pairs["rejected"], init)
+
+
 def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_path):
     """Round 1 of `python train_mlirl.py` (toy GPT, every default but --rounds): the PPO step must
     land on the target it approximates, pi* ∝ pi_ref exp(r / beta) (MLIRL Eq. 12), with pi_ref the
@@ -537,7 +557,7 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     """The documented pipeline, offline: a tiny GPT-NeoX and its tokenizer.json in the Hugging Face
     cache as EleutherAI/pythia-70m (as a user's cached pythia-1b); train_sft.py --model pythia-70m
     saves policy/, which is then --model of train_airl.py and of train_mlirl.py --sft-steps 0,
-    whose initial policy pi_init is exactly the saved SFT policy."""
+    whose reference policy pi_ref (round 1's anchor) is exactly the saved SFT policy."""
     from nanoirl.model import GPT, GPTConfig
     snapshot = tmp_path / "hf-cache" / "models--EleutherAI--pythia-70m" / "snapshots" / "abc123"
     GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
@@ -556,5 +576,5 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
         ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]})
     for r in nexts.values():
         assert r.returncode == 0, r.stderr
-    init = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["init"]
-    assert_same(init, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
+    ref = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["ref"]
+    assert_same(ref, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
