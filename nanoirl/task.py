@@ -56,8 +56,14 @@ def load_task(args, device, dtype):
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
-        return ToyTask(args, device, dtype)
-    return TextTask(args, device, dtype)
+        task = ToyTask(args, device, dtype)
+    else:
+        task = TextTask(args, device, dtype)
+    if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
+        if not isinstance(task.policy, GPT):
+            raise RunError(f"--grad-checkpoint is for GPT models, not --model {args.model}")
+        task.policy.gradient_checkpointing = True
+    return task
 
 
 class ToyTask:
@@ -204,4 +210,5 @@ def scalar_from_policy(policy):
     p = next(policy.parameters())
     scalar = ScalarGPT(policy.config).to(device=p.device, dtype=p.dtype)
     scalar.gpt_neox.load_state_dict(policy.gpt_neox.state_dict())
+    scalar.gradient_checkpointing = policy.gradient_checkpointing
     return scalar

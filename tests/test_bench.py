@@ -32,6 +32,21 @@ def test_train_flops_match_a_hand_count():
     assert (total, n - 50304 * 2048) == (1_011_781_632, 805_736_448)
 
 
+def test_ppo_state_on_hand_numbers():
+    """Published parameter counts (Pythia paper): 1b 1,011,781,632 and 2.8b 2,775,208,960; a
+    ScalarGPT swaps the 50304 x d head for Linear(d, 1). Bytes: 20 per policy weight (weight, two
+    moments, reference, gradient) and 16 per scalar-model weight (value: weight, two moments;
+    reward: weight). 2.8b cannot meet the 80 GB target this way: 97.8 GB before any activation."""
+    for name, P, d, gb in (("pythia-1b", 1_011_781_632, 2048, 34.78), ("pythia-2.8b", 2_775_208_960, 2560, 97.85)):
+        S = P - 50304 * d + d + 1
+        state = bench.ppo_state_gb(CONFIGS[name])
+        assert sum(state.values()) * 1e9 == pytest.approx(20 * P + 16 * S, rel=1e-12)
+        assert sum(state.values()) == pytest.approx(gb, abs=0.005)
+        with torch.device("meta"):
+            from nanoirl.model import ScalarGPT
+            assert sum(p.numel() for p in ScalarGPT(CONFIGS[name]).parameters()) == S
+
+
 def test_sampling_floor_on_hand_numbers():
     cfg = GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=1, n_embd=4, intermediate_size=8)
     N = (4 * 12 + 12) + (4 * 4 + 4) + (4 * 8 + 8) + (8 * 4 + 4) + 3 * 2 * 4 + 8 * 4  # layer, 3 LNs, head
@@ -107,12 +122,12 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     assert [(p["batch"], p["response_len"]) for p in out["ppo"]["grid"]] == [(2, 5), (4, 3)]
     for p in out["ppo"]["grid"]:
         assert p["s"] == pytest.approx(p["rollout_s"] + p["update_s"]) and p["rollout_s"] > 0 < p["update_s"]
-    assert out["ppo"]["static_gb"] == pytest.approx(40 * bench.n_params(bench.CONFIGS["tiny"])[0] / 1e9)
+    assert out["ppo"]["static_gb"] == pytest.approx(sum(bench.ppo_state_gb(bench.CONFIGS["tiny"]).values()))
     (toy,) = out["toy"]["grid"]
     assert toy["trajectories"] == 3 * (1 + 3 + 9 + 27)  # 3 prompts x (k < 3 letters + EOS, or 3 letters)
     assert all(toy[k] > 0 for k in ("enumerate_s", "eval_table_s", "eval_gpt_s"))
     rows = out["table"]
-    assert len(rows) == 3 + 2 + 3 + 1 and all(r.keys() == rows[0].keys() for r in rows)
+    assert len(rows) == 3 + 2 + 1 + 2 + 1 and all(r.keys() == rows[0].keys() for r in rows)
     assert all(r["met"] in (None, True, False) for r in rows)
     printed = capsys.readouterr().out
     assert all(r["metric"] in printed for r in rows) and "fp32 throughout" in printed

@@ -578,3 +578,31 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
         assert r.returncode == 0, r.stderr
     ref = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["ref"]
     assert_same(ref, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
+
+
+def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
+    """--grad-checkpoint recomputes each layer in backward: each script on a tiny local GPT-NeoX
+    (fp64, text path) logs the same metrics.jsonl bytes and ends with the same weights with and
+    without it. On the toy table it is an error, not a flag silently ignored."""
+    from nanoirl.model import GPT, GPTConfig
+    model = tmp_path / "tiny"
+    GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(model)
+    byte_level_tokenizer_json(model / "tokenizer.json")
+    text = ["--model", model, "--data", short_tldr, "--max-prompt-len", 64, "--max-response-len", 8,
+            "--eval-size", 2, "--device", "cpu", "--dtype", "float64", "--seed", SEED]
+    runs = run_all({(s, c): Run(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
+                    for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))})
+    for s in SCRIPTS:
+        plain, ckpt = runs[s, "plain"], runs[s, "ckpt"]
+        assert plain.returncode == ckpt.returncode == 0, plain.stderr + ckpt.stderr
+        assert (plain.out / "metrics.jsonl").read_bytes() == (ckpt.out / "metrics.jsonl").read_bytes(), s
+        a, b = (torch.load(r.out / "ckpt.pt", weights_only=True)["state"] for r in (plain, ckpt))
+        assert_same(a, b, s)
+    import train_mlirl
+    from nanoirl.task import load_task
+    task = load_task(train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
+                     torch.float64)  # the flag reaches the policy and the scalar models made from it
+    assert task.policy.gradient_checkpointing and task.new_scalar().gradient_checkpointing
+    r = Run(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
+    assert r.returncode == 1 and not r.out.exists()
+    assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
