@@ -5,9 +5,12 @@ GPTNeoXForCausalLM built from the same random weights, in the same dtype, on the
     python bench.py --json bench.json              # pythia-1b, every section, on CUDA
     python bench.py --config pythia-2.8b --sections ppo --grad-checkpoint --ppo-grid 64x53
     python bench.py --config tiny --device cpu     # small shapes (SIZES), seconds: every code path
+    python bench.py --device cpu --sections memory --batch 8 --prompt-len 512 --response-len 53
 
 Sections: train (forward + backward + AdamW), sample (rollout sampling vs `generate`), ppo (one
-PPO iteration as train_mlirl.py runs it, four models), toy (exact enumeration, always on CPU).
+PPO iteration as train_mlirl.py runs it, four models), memory (that iteration's peak estimated
+without a GPU: weights and AdamW states counted, activations tracked on fake tensors), toy (exact
+enumeration; memory and toy always run on the CPU).
 Numerics (DESIGN.md): fp32 master weights, forward passes under bf16 autocast, loss and
 log-softmax in fp32, fused AdamW, for ours and transformers' alike (fp32 throughout on CPU).
 Before timing, both models must give the same fp32 logits on the benchmark batch (<= 1e-4).
@@ -58,6 +61,31 @@ def ppo_state_gb(cfg):
     S = P - cfg.vocab_size * cfg.n_embd + cfg.n_embd + 1  # the score head Linear(d, 1)
     return {"policy": 12 * P / 1e9, "value": 12 * S / 1e9, "ref": 4 * P / 1e9, "reward": 4 * S / 1e9,
             "grads": 4 * P / 1e9}
+
+
+def estimate_micro_step_gb(cfg, B, P, R, grad_checkpoint):
+    """Estimated peak GB of one PPO policy micro-step (ppo.policy_loss: log-probs of R response
+    tokens after P prompt tokens, under bf16 autocast, then backward) above the policy's weights
+    and gradients: activations and temporaries, counted by torch's MemTracker on fake tensors on
+    the CPU. No GPU, no memory, no weights; CPU kernels stand in for CUDA's, so workspaces differ."""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:
+        raise SystemExit(f"the memory section needs torch's MemTracker (torch >= 2.5), not {torch.__version__}")
+    with FakeTensorMode():
+        model = GPT(cfg)
+        model.gradient_checkpointing = grad_checkpoint
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with tracker:
+            prompts = torch.randint(2, cfg.vocab_size, (B, P))
+            responses = torch.randint(2, cfg.vocab_size, (B, R))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logprobs = model.logprobs(prompts, torch.ones_like(prompts, dtype=torch.bool), responses)
+            (logprobs.float() * torch.randn(B, R)).mean().backward()
+        peak = {str(k).split(".")[-1]: v for k, v in tracker.get_tracker_snapshot("peak")[torch.device("cpu")].items()}
+    return (peak["Total"] - peak["PARAM"] - peak["GRAD"]) / 1e9
 
 
 def train_flops_per_token(cfg, T):
@@ -315,6 +343,20 @@ def bench_ppo(args, device, hw):
     return res
 
 
+def bench_memory(args, device, hw):
+    """The PPO iteration's memory without a GPU: ppo_state_gb plus estimate_micro_step_gb for one
+    policy micro-batch of --batch sequences, with and without activation checkpointing."""
+    cfg, T = CONFIGS[args.config], args.prompt_len + args.response_len
+    limit = {"pythia-1b": 40, "pythia-2.8b": 80}.get(args.config)
+    res, state = {"rows": []}, sum(ppo_state_gb(CONFIGS[args.config]).values())
+    for ckpt in (False, True):
+        extra = estimate_micro_step_gb(cfg, args.batch, args.prompt_len, args.response_len, ckpt)
+        res["checkpointing" if ckpt else "plain"] = {"micro_step_gb": extra, "ppo_peak_gb": state + extra}
+        res["rows"].append(row(f"ppo peak GB, estimated, micro-batch {args.batch}x{T}" + (", checkpointing" if ckpt else ""),
+                               state + extra, target=f"< {limit} GB if measured" if limit else ""))
+    return res
+
+
 def bench_toy(args, device, hw):
     """Enumerate every response of the toy MDP and evaluate a table and the tiny GPT on all of
     them exactly (toy.metrics.summary), as the letters and the horizon grow. On CPU."""
@@ -354,7 +396,7 @@ def print_table(rows):
               f"{r['target']:<20} {({None: '-', True: 'met', False: 'MISSED'})[r['met']]}")
 
 
-SECTIONS = {"train": bench_train, "sample": bench_sample, "ppo": bench_ppo, "toy": bench_toy}
+SECTIONS = {"train": bench_train, "sample": bench_sample, "ppo": bench_ppo, "memory": bench_memory, "toy": bench_toy}
 grid = lambda s: [tuple(int(v) for v in g.split("x")) for g in s.split(",")]
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--config", default="pythia-1b", choices=list(CONFIGS), help="random-init model size")
@@ -396,7 +438,7 @@ def main(args):
           f"{hw['copy_bytes_per_s'] / 1e9:.4g} GB/s (read + write)", flush=True)
     out["table"] = []
     for name in args.sections.split(","):
-        out[name] = SECTIONS[name](args, torch.device("cpu") if name == "toy" else device, hw)
+        out[name] = SECTIONS[name](args, torch.device("cpu") if name in ("memory", "toy") else device, hw)
         out["table"] += out[name]["rows"]
         torch.cuda.empty_cache()
     print_table(out["table"])

@@ -47,6 +47,17 @@ def test_ppo_state_on_hand_numbers():
             assert sum(p.numel() for p in ScalarGPT(CONFIGS[name]).parameters()) == S
 
 
+def test_memory_estimate_scales_with_the_batch_and_checkpointing_cuts_it():
+    """estimate_micro_step_gb (fake tensors, nothing allocated): activations grow linearly with the
+    micro-batch, and checkpointing keeps far less of them; pythia-1b's 8 x 565 is estimated in seconds."""
+    cfg = bench.CONFIGS["tiny"]
+    one, two = (bench.estimate_micro_step_gb(cfg, B, 40, 8, False) for B in (4, 8))
+    assert one > 0 and two == pytest.approx(2 * one, rel=0.1)
+    big, small = (bench.estimate_micro_step_gb(CONFIGS["pythia-1b"], 8, 512, 53, c) for c in (False, True))
+    assert 2 < big < 20  # at least the 16 layers' inputs in fp32 (16 x 8 x 565 x 2048 x 4 B = 0.6 GB) x 3
+    assert small < big / 5
+
+
 def test_sampling_floor_on_hand_numbers():
     cfg = GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=1, n_embd=4, intermediate_size=8)
     N = (4 * 12 + 12) + (4 * 4 + 4) + (4 * 8 + 8) + (8 * 4 + 4) + 3 * 2 * 4 + 8 * 4  # layer, 3 LNs, head
@@ -102,7 +113,10 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     out = bench.main(bench.parser.parse_args(SMALL + ["--json", str(tmp_path / "b.json")]))
     assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(out))
     assert {"config", "args", "hardware", "numerics", "torch", "transformers", "formulas", "table",
-            "train", "sample", "ppo", "toy"} <= out.keys()
+            "train", "sample", "ppo", "memory", "toy"} <= out.keys()
+    m = out["memory"]
+    assert m["plain"]["ppo_peak_gb"] - m["plain"]["micro_step_gb"] == pytest.approx(out["ppo"]["static_gb"])
+    assert 0 < m["checkpointing"]["micro_step_gb"] <= m["plain"]["micro_step_gb"]
     hw = out["hardware"]
     assert hw["matmul_flops_per_s"] > 0 and hw["copy_bytes_per_s"] > 0 and hw["device"] == "cpu"
     sides = ["ours", "hf"] if transformers else ["ours"]
@@ -127,7 +141,7 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     assert toy["trajectories"] == 3 * (1 + 3 + 9 + 27)  # 3 prompts x (k < 3 letters + EOS, or 3 letters)
     assert all(toy[k] > 0 for k in ("enumerate_s", "eval_table_s", "eval_gpt_s"))
     rows = out["table"]
-    assert len(rows) == 3 + 2 + 1 + 2 + 1 and all(r.keys() == rows[0].keys() for r in rows)
+    assert len(rows) == 3 + 2 + 1 + 2 + 2 + 1 and all(r.keys() == rows[0].keys() for r in rows)
     assert all(r["met"] in (None, True, False) for r in rows)
     printed = capsys.readouterr().out
     assert all(r["metric"] in printed for r in rows) and "fp32 throughout" in printed
