@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -31,10 +30,9 @@ from nanoirl.data import DataError
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
 RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, PLOT)  # what --force replaces, nothing else
 
-PYTHIA_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-PYTHIA = re.compile(r"pythia-(%s)(-deduped)?" % "|".join(map(re.escape, PYTHIA_SIZES)))
-MODEL_FORMS = (f"toy-tabular, toy-gpt, pythia-{{{','.join(PYTHIA_SIZES)}}}[-deduped], "
-               "random:pythia-... (random init, for dry runs), or an existing local checkpoint path")
+MODEL_FORMS = ("toy-tabular, toy-gpt, pythia-{70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}[-deduped], a Hub id "
+               "owner/name, random:pythia-<size> (random init, for dry runs), "
+               "or an existing local checkpoint path")
 
 
 class RunError(RuntimeError):
@@ -55,12 +53,17 @@ def one_line_errors():
 
 # ---- the flags every script shares ---------------------------------------------------------------
 def model_arg(value):
-    """argparse type of --model: a known name or an existing path (model.py is not imported)."""
-    name = value.removeprefix("random:")
-    if value in ("toy-tabular", "toy-gpt") or PYTHIA.fullmatch(name) or (
-            name == value and os.path.exists(value)):
+    """argparse type of --model: the toy, a random config, an existing path, or a name that
+    nanoirl.hub can look up (a Pythia name or a Hub id); whether it is cached is checked later."""
+    from nanoirl.hub import PYTHIA, repo_id
+    if value in ("toy-tabular", "toy-gpt") or os.path.exists(value):
         return value
-    raise argparse.ArgumentTypeError(f"unknown model {value!r}; use {MODEL_FORMS}")
+    if value.startswith("random:") and value[len("random:"):] in PYTHIA:
+        return value
+    try:
+        return repo_id(value) and value  # raises ValueError for anything else, random:<unknown> too
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown model {value!r}; use {MODEL_FORMS}") from None
 
 
 def file_arg(value):

@@ -153,6 +153,9 @@ class TextTask:
             self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
+        if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
+            raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
+                           f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")
 
     def pick(self, table, toy_gpt, text):
         return text

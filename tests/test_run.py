@@ -64,13 +64,15 @@ def train(out, *flags, crash_at=None, nan_at=None):
 
 # ---- flags ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["toy-tabular", "toy-gpt", "pythia-70m", "pythia-1b-deduped",
-                                   "pythia-1.4b", "pythia-12b", "random:pythia-160m"])
+                                   "pythia-1.4b", "pythia-12b", "random:pythia-160m", "EleutherAI/pythia-1b",
+                                   "someone/my-sft_model.v2"])  # a Hub id: nanoirl.hub looks it up
 def test_model_names_accepted(model):
     assert parse("--model", model).model == model
 
 
 @pytest.mark.parametrize("model", ["gpt2", "pythia-3b", "pythia-1b-foo", "random:toy-gpt",
-                                   "random:gpt2", "no/such/ckpt.pt", "Pythia-1b"])
+                                   "random:gpt2", "random:tiny", "random:pythia-1b-deduped",
+                                   "random:someone/model", "no/such/ckpt.pt", "Pythia-1b"])
 def test_unknown_model_is_one_line_error(model, capsys):
     with pytest.raises(SystemExit) as e:
         parse("--model", model)

@@ -357,7 +357,7 @@ TEXT = ["--model", "random:pythia-70m", "--max-prompt-len", 16, "--max-response-
 BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "prompt-too-long",
        "missing-data-file", "unknown-model", "out-under-a-file", "out-is-a-file", "out-exists",
        "resume-without-checkpoint", "resume-and-force", "resume-with-bad-data", "force-with-bad-data",
-       "toy-with-data"]
+       "toy-with-data", "more-positions-than-the-model"]
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +419,10 @@ def bad_runs(tmp_path_factory, toy_runs):
                                 f"error: {empty_prompt}:2: field 'prompt' is empty"),
         "toy-with-data": ("train_sft.py", ["--model", "toy-tabular", "--data", malformed], None,
                           "error: --data is for text models; --model toy-tabular is the toy MDP"),
+        "more-positions-than-the-model": ("train_mlirl.py", [*TEXT, "--data", long_prompt, "--max-prompt-len", 2000,
+                                                             "--max-response-len", 53], None,
+                                          "error: --max-prompt-len 2000 + --max-response-len 53 tokens exceed "
+                                          "--model random:pythia-70m's 2048 positions"),
     }
     assert list(cases) == BAD
     before = {case: snapshot(out or tmp / case) for case, (_, _, out, _) in cases.items()}
