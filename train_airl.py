@@ -49,7 +49,8 @@ g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.
 g.add_argument("--beta", type=float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
 g.add_argument("--num-minibatches", type=int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward/backward")
+g.add_argument("--micro-batch-size", type=int, default=None,
+               help="sequences per forward/backward in discriminator and PPO steps; gradients accumulate")
 g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
 
 
@@ -96,17 +97,11 @@ def main(args):
         b = next(batches)
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
         for _ in range(args.disc_steps):  # Sun24 Eq. (18) / (20): expert label 1, policy label 0
-            with task.autocast():
-                h_e, m_e = reward.scores(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id, args.level)
-                h_p, m_p = reward.scores(disc, b["prompts"], b["prompt_mask"], ro["responses"], task.eos_id, args.level)
-            d_loss = reward.discriminator_loss(h_e.float(), m_e, h_p.float(), m_p)
-            run.check_finite({"disc_loss": d_loss}, step, out)  # before the step: never apply a NaN
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-        metrics = {"disc_loss": d_loss.item(),
-                   "disc_accuracy": 0.5 * ((h_e > 0)[m_e].float().mean() + (h_p < 0)[m_p].float().mean()).item(),
-                   **ppo.update(policy, value, opt, ro, cfg, gen)}
+            d_loss, d_acc = reward.discriminator_step(disc, disc_opt, b["prompts"], b["prompt_mask"], b["responses"],
+                                                      ro["responses"], task.eos_id, args.level,
+                                                      args.micro_batch_size, task.autocast)
+            run.check_finite({"disc_loss": d_loss}, step, out)  # a NaN stops the run before any step
+        metrics = {"disc_loss": d_loss, "disc_accuracy": d_acc, **ppo.update(policy, value, opt, ro, cfg, gen)}
         run.check_finite(metrics, step, out)  # before evaluating: sampling from NaN weights fails
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             metrics.update(task.evaluate(policy))

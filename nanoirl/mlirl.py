@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoirl import ppo
+from nanoirl.model import upcast
 from nanoirl.reward import accuracy, bradley_terry_loss, discriminator_loss, scores
 from nanoirl.sft import sft_loss
 from nanoirl.soft_pi import best_of_n
@@ -50,6 +51,7 @@ class MLIRLConfig:
     rm_epochs: int = 1               # reward-model epochs over the pairs (MLIRL Table 3)
     rm_batch_size: int = 64          # pairs per reward-model step (Table 3)
     rm_lr: float = 3e-6              # AdamW (eps 1e-5), cosine decay (Table 3)
+    micro_batch_size: int = None     # pairs per forward/backward, gradients accumulate (None = rm_batch_size)
     eos_id: int = 0
     pad_id: int = 1
 
@@ -57,6 +59,7 @@ class MLIRLConfig:
 def sequence_rewards(reward_model, prompts, prompt_mask, responses, cfg):
     """(B,) r(x, y): the logit read at the last valid token, or the sum of per-token logits."""
     h, valid = scores(reward_model, prompts, prompt_mask, responses, cfg.eos_id, cfg.level)
+    h = upcast(h)  # a bf16 logit under autocast keeps ~3 digits: differences of rewards need more
     return h if cfg.level == "sequence" else torch.where(valid, h, 0.0).sum(1)
 
 
@@ -115,15 +118,17 @@ def reward_step(reward_model, pairs, cfg, generator=None):
         perm = torch.randperm(B, generator=generator).to(pairs["chosen"].device)
         for start in range(0, B, bs):
             i = perm[start:start + bs]
-            p, m = pairs["prompts"][i], pairs["prompt_mask"][i]
-            r_c = sequence_rewards(reward_model, p, m, pairs["chosen"][i], cfg)
-            r_r = sequence_rewards(reward_model, p, m, pairs["rejected"][i], cfg)
-            loss = pair_loss(r_c, r_r, kind=cfg.rm_loss)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            r_c, r_r = [], []
+            for j in i.split(cfg.micro_batch_size or bs):  # a mean over pairs: its gradient accumulates exactly
+                p, m = pairs["prompts"][j], pairs["prompt_mask"][j]
+                r_c.append(sequence_rewards(reward_model, p, m, pairs["chosen"][j], cfg))
+                r_r.append(sequence_rewards(reward_model, p, m, pairs["rejected"][j], cfg))
+                (pair_loss(r_c[-1], r_r[-1], kind=cfg.rm_loss) * len(j) / len(i)).backward()
             opt.step()
             sched.step()
-            stats.append((loss.item(), accuracy(r_c.detach(), r_r.detach())))
+            r_c, r_r = torch.cat(r_c).detach(), torch.cat(r_r).detach()
+            stats.append((pair_loss(r_c, r_r, kind=cfg.rm_loss).item(), accuracy(r_c, r_r)))
     return {"rm_loss": sum(s[0] for s in stats) / len(stats), "rm_accuracy": sum(s[1] for s in stats) / len(stats)}
 
 

@@ -12,10 +12,14 @@ Losses:
   discriminator_loss   expert label 1, policy label 0 (Sun24 Eq. 18 / 20, negated to minimise):
                        -E_exp[log D] - E_pi[log(1 - D)],  D = sigmoid(h)
   bradley_terry_loss   -E[log sigmoid(r(chosen) - r(rejected))]          MLIRL Eq. (11)
+discriminator_step is one optimiser step of discriminator_loss, in micro-batches (train_airl.py).
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
+from nanoirl.model import upcast
 from nanoirl.policy import response_mask, sequence_lengths
 
 
@@ -47,6 +51,32 @@ def discriminator_loss(h_expert, mask_expert, h_policy, mask_policy):
     e = -F.logsigmoid(h_expert)[mask_expert].mean()
     p = -F.logsigmoid(-h_policy)[mask_policy].mean()
     return e + p
+
+
+def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, eos_id, level,
+                       micro_batch_size=None, autocast=contextlib.nullcontext):
+    """One optimiser step of discriminator_loss on expert responses (label 1) and policy samples
+    (label 0) for the same prompts, in micro-batches of rows whose gradients accumulate, each
+    weighted by its share of the rows: the whole batch's gradient exactly at the sequence level
+    (at the token level each micro-batch averages over its own tokens, as PPO does). Returns
+    (loss, accuracy) as floats; a non-finite loss returns at once, without a step."""
+    B, micro = len(expert), micro_batch_size or len(expert)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, correct = 0.0, []
+    for i in range(0, B, micro):
+        p, m = prompts[i:i + micro], prompt_mask[i:i + micro]
+        with autocast():
+            h_e, m_e = scores(disc, p, m, expert[i:i + micro], eos_id, level)
+            h_p, m_p = scores(disc, p, m, samples[i:i + micro], eos_id, level)
+        h_e, h_p = upcast(h_e), upcast(h_p)
+        loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B
+        if not torch.isfinite(loss):
+            return loss.item(), float("nan")
+        loss.backward()
+        loss_sum += loss.item()
+        correct.append(((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B)
+    optimizer.step()
+    return loss_sum, sum(correct)
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -366,3 +366,31 @@ def test_forward_kl_covers_modes_reverse_kl_seeks_one(mdp, minimisers):
     s_f, s_r = metrics.summary(mdp, fkl), metrics.summary(mdp, rkl)
     assert s_f["traj_entropy"] > s_r["traj_entropy"] + 2 and s_f["fkl"] < s_r["fkl"] and s_r["rkl"] < s_f["rkl"]
     assert s_f["modes_covered"] < 1 <= s_r["modes_covered"]
+
+
+def test_discriminator_step_in_micro_batches_is_the_whole_batch_step():
+    """reward.discriminator_step (train_airl.py's discriminator update) at the sequence level: in
+    micro-batches of 3 rows (10 rows: 3 + 3 + 3 + 1) it takes the AdamW step of the whole batch,
+    whose loss and accuracy are written out here from discriminator_loss on all rows at once.
+    Tiny GPT discriminator, fp64: weights within 1e-10 of the reference (AdamW's first step is
+    lr * g / (|g| + eps): on near-zero gradients it magnifies summation-order rounding)."""
+    from nanoirl.reward import discriminator_step
+    mdp = ToyMDP()
+    prompts, mask, expert = mdp.demonstrations(10, torch.Generator().manual_seed(0))
+    samples = tiny_gpt(mdp, seed=1).sample(prompts, mask, mdp.T, EOS, mdp.pad_id,
+                                           generator=torch.Generator().manual_seed(1))[0]
+    reference = tiny_scalar_gpt(mdp, seed=2)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    h_e, m_e = scores(reference, prompts, mask, expert, EOS, "sequence")
+    h_p, m_p = scores(reference, prompts, mask, samples, EOS, "sequence")
+    loss = discriminator_loss(h_e, m_e, h_p, m_p)
+    acc = 0.5 * ((h_e > 0).double().mean() + (h_p < 0).double().mean()).item()
+    loss.backward()
+    opt.step()
+    for micro in (None, 3):
+        disc = tiny_scalar_gpt(mdp, seed=2)
+        got = discriminator_step(disc, torch.optim.AdamW(disc.parameters(), lr=1e-2), prompts, mask, expert,
+                                 samples, EOS, "sequence", micro_batch_size=micro)
+        assert got == pytest.approx((loss.item(), acc), abs=1e-12)
+        for (name, a), b in zip(disc.named_parameters(), reference.parameters()):
+            assert (a - b).abs().max() <= 1e-10, (micro, name)
