@@ -49,8 +49,6 @@ g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.
 g.add_argument("--beta", type=float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
 g.add_argument("--num-minibatches", type=int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--micro-batch-size", type=int, default=None,
-               help="sequences per forward/backward in discriminator and PPO steps; gradients accumulate")
 g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
 
 

@@ -62,7 +62,6 @@ g.add_argument("--ppo-iterations", type=int, default=None, help="PPO updates per
 g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
 g.add_argument("--ppo-lr", type=float, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
 g.add_argument("--num-minibatches", type=int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--micro-batch-size", type=int, default=None, help="sequences (reward model: pairs) per forward/backward in SFT, reward and PPO steps; gradients accumulate")
 g.add_argument("--temperature", type=float, default=None,
                help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
 g.add_argument("--bon-n", type=int, default=8, help="Best-of-N: samples per prompt")

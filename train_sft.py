@@ -26,8 +26,6 @@ add_task_args(parser)
 g = parser.add_argument_group("SFT")
 g.add_argument("--steps", type=int, default=300, help="optimiser steps")
 g.add_argument("--batch-size", type=int, default=32, help="demonstrations per step")
-g.add_argument("--micro-batch-size", type=int, default=None,
-               help="split each batch into micro-batches of this size (gradients accumulate)")
 g.add_argument("--lr", type=float, default=None,
                help="AdamW learning rate, decayed linearly to 0 "
                     "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")

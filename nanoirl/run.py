@@ -105,6 +105,9 @@ def add_common_args(parser, **defaults):
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
                    help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--seed", type=int, default=1, help="seed of every random number generator")
+    g.add_argument("--micro-batch-size", type=positive_int, default=None,
+                   help="sequences (reward model: pairs) per forward/backward of every training step; "
+                        "gradients accumulate to the whole batch's (default: whole batches on the toy, 8 on text)")
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="GPT models recompute each layer's activations in backward: less memory, the "
                         "same numbers, about a third more compute (pythia-1b PPO within 40 GB)")

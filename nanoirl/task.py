@@ -59,6 +59,8 @@ def load_task(args, device, dtype):
         task = ToyTask(args, device, dtype)
     else:
         task = TextTask(args, device, dtype)
+    if args.micro_batch_size is None:  # pythia-1b: 8 x 565 tokens of activations take ~7 GB
+        args.micro_batch_size = task.pick(None, None, 8)
     if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
         if not isinstance(task.policy, GPT):
             raise RunError(f"--grad-checkpoint is for GPT models, not --model {args.model}")
