@@ -74,7 +74,7 @@ def main(args):
         micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0,
-        autocast_dtype=task.amp and str(task.amp).removeprefix("torch."))
+        autocast_dtype=task.autocast_dtype)
     batch_size = pick(args.rollout_batch_size, 256, 256, 64)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)

@@ -95,12 +95,13 @@ def main(args):
         sample_temperature=args.sample_temperature, response_length=task.response_len,
         rm_loss=args.rm_loss or ("bt" if args.pairs == "mlirl" else "bce"),
         rm_epochs=args.rm_epochs, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr,
-        micro_batch_size=args.micro_batch_size, eos_id=task.eos_id, pad_id=task.pad_id)
+        micro_batch_size=args.micro_batch_size, eos_id=task.eos_id, pad_id=task.pad_id,
+        autocast_dtype=task.autocast_dtype)
     ppo_cfg = ppo.PPOConfig(
         lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=args.micro_batch_size,
         temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
         pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0,
-        autocast_dtype=task.amp and str(task.amp).removeprefix("torch."))
+        autocast_dtype=task.autocast_dtype)
     gen = torch.Generator(device).manual_seed(args.seed)
     prompts, prompt_mask = task.demos[0], task.demos[1]
 
@@ -165,9 +166,8 @@ def main(args):
 
     # ---- rounds 1..K: reward step (Eq. 11), then policy step (Eq. 9) ----
     for k in range(start, args.rounds + 1):
-        with task.autocast():
-            pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
-                                             reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
+        pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
+                                         reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
         stats = {k_: v for k_, v in stats.items() if isinstance(v, (int, float))}
         acc = task.reward_accuracy(reward_model, args.level)
         metrics = {**stats, **({"rm_accuracy_heldout": acc} if acc is not None else {}),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from nanoirl import ppo
 from nanoirl.model import upcast
 from nanoirl.reward import accuracy, bradley_terry_loss, discriminator_loss, scores
-from nanoirl.sft import sft_loss
+from nanoirl.sft import sft_step
 from nanoirl.soft_pi import best_of_n
 
 
@@ -52,6 +52,7 @@ class MLIRLConfig:
     rm_batch_size: int = 64          # pairs per reward-model step (Table 3)
     rm_lr: float = 3e-6              # AdamW (eps 1e-5), cosine decay (Table 3)
     micro_batch_size: int = None     # pairs per forward/backward, gradients accumulate (None = rm_batch_size)
+    autocast_dtype: str = None       # "bfloat16" on CUDA: forward passes under autocast (ppo.autocast)
     eos_id: int = 0
     pad_id: int = 1
 
@@ -77,8 +78,9 @@ def cat_pairs(a, b):
 def sample_pairs(policy, demos, cfg, generator=None):
     """Eq. 11's synthetic pairs: each demonstration (x, y) ≻ a sample y' ~ pi(.|x)."""
     (p, m, y), bs = demos, cfg.sample_batch_size
-    ys = [policy.sample(p[i:i + bs], m[i:i + bs], cfg.response_length, cfg.eos_id, cfg.pad_id,
-                        cfg.sample_temperature, generator=generator)[0] for i in range(0, len(p), bs)]
+    with ppo.autocast(p.device, cfg):
+        ys = [policy.sample(p[i:i + bs], m[i:i + bs], cfg.response_length, cfg.eos_id, cfg.pad_id,
+                            cfg.sample_temperature, generator=generator)[0] for i in range(0, len(p), bs)]
     return make_pairs(p, m, y, torch.cat(ys))
 
 
@@ -122,8 +124,9 @@ def reward_step(reward_model, pairs, cfg, generator=None):
             r_c, r_r = [], []
             for j in i.split(cfg.micro_batch_size or bs):  # a mean over pairs: its gradient accumulates exactly
                 p, m = pairs["prompts"][j], pairs["prompt_mask"][j]
-                r_c.append(sequence_rewards(reward_model, p, m, pairs["chosen"][j], cfg))
-                r_r.append(sequence_rewards(reward_model, p, m, pairs["rejected"][j], cfg))
+                with ppo.autocast(p.device, cfg):  # forward passes only: the step comes after the block
+                    r_c.append(sequence_rewards(reward_model, p, m, pairs["chosen"][j], cfg))
+                    r_r.append(sequence_rewards(reward_model, p, m, pairs["rejected"][j], cfg))
                 (pair_loss(r_c[-1], r_r[-1], kind=cfg.rm_loss) * len(j) / len(i)).backward()
             opt.step()
             sched.step()
@@ -153,15 +156,15 @@ def bon_policy_step(policy, ref, reward_model, cfg, *, optimizer, prompts, promp
     anchor `ref` under the reward model. It approximates Eq. 9 with an implicit beta:
     KL(best-of-n || ref) <= log n - (n - 1)/n."""
     score_fn = lambda p, m, y: sequence_rewards(reward_model, p, m, y, cfg)
+    forward = lambda: ppo.autocast(prompts.device, cfg)
     for _ in range(steps):
         i = torch.randint(len(prompts), (batch_size,), generator=generator).to(prompts.device)
-        y, s = best_of_n(ref, prompts[i], prompt_mask[i], score_fn, n, cfg.response_length,
-                         cfg.eos_id, cfg.pad_id, temperature, generator)
-        loss = sft_loss(policy.logprobs(prompts[i], prompt_mask[i], y), y, cfg.eos_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return {"sft_loss": loss.item(), "bon_reward": s.mean().item()}
+        with torch.no_grad(), forward():
+            y, s = best_of_n(ref, prompts[i], prompt_mask[i], score_fn, n, cfg.response_length,
+                             cfg.eos_id, cfg.pad_id, temperature, generator)
+        loss = sft_step(policy, optimizer, prompts[i], prompt_mask[i], y, cfg.eos_id,
+                        micro_batch_size=cfg.micro_batch_size, autocast=forward)
+    return {"sft_loss": loss, "bon_reward": s.mean().item()}
 
 
 def mlirl_round(policy, ref, reward_model, demos, pairs, cfg, policy_step, reward_init=None,
@@ -189,8 +192,10 @@ def best_of_n_gold(policy, reward_model, gold_fn, prompts, prompt_mask, ns, cfg,
     k = max(1, cfg.sample_batch_size // n_max)                      # prompts per chunk
     for i in range(0, len(prompts), k):
         p, m = prompts[i:i + k].repeat_interleave(n_max, 0), prompt_mask[i:i + k].repeat_interleave(n_max, 0)
-        y, _ = policy.sample(p, m, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
-        r, gold = sequence_rewards(reward_model, p, m, y, cfg).view(-1, n_max), gold_fn(p, m, y).view(-1, n_max)
+        with ppo.autocast(p.device, cfg):
+            y, _ = policy.sample(p, m, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
+            r = sequence_rewards(reward_model, p, m, y, cfg).view(-1, n_max)
+        gold = gold_fn(p, m, y).view(-1, n_max)
         for n in ns:
             picks[n].append(gold.gather(1, r[:, :n].argmax(1, keepdim=True)))
     return {n: torch.cat(v).mean().item() for n, v in picks.items()}

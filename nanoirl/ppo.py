@@ -29,7 +29,7 @@ Implementation details (each names where it lives; 13 is ours, for memory):
 11. Several epochs of shuffled minibatches per rollout; micro-batches accumulate gradients, so
     a 512-sequence minibatch fits on one GPU (`update`).
 12. Only forward passes run under (optional) bf16 autocast; losses are computed in fp32 or
-    higher, and backward runs outside autocast, so fp32 master weights absorb lr 3e-6 (`_autocast`).
+    higher, and backward runs outside autocast, so fp32 master weights absorb lr 3e-6 (`autocast`).
 13. The policy and the value model each take their own backward and AdamW step per minibatch:
     the joint loss's gradients, with half the peak memory of activations and gradients (`update`).
 The rollout holds only (B, R) tensors; logits exist one forward chunk at a time.
@@ -76,7 +76,10 @@ class PPOConfig:  # defaults: MLIRL Appendix A Table 4 = the TL;DR PPO code at p
     autocast_dtype: str = None       # "bfloat16" on CUDA: autocast forward passes, fp32 weights
 
 
-def _autocast(device, cfg):
+def autocast(device, cfg):
+    """bf16 autocast for forward passes when cfg.autocast_dtype is set (PPOConfig, MLIRLConfig).
+    Such a block must hold no optimizer step: autocast caches the bf16 copy of each fp32 weight
+    until the outermost block ends, so a step inside it would leave forward passes on stale copies."""
     if cfg.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=getattr(torch, cfg.autocast_dtype))
@@ -135,7 +138,7 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
     cols = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "task")}
     for i in range(0, len(prompts), cfg.forward_batch_size):  # one chunk of logits at a time
         p, pm = prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]
-        with _autocast(p.device, cfg):
+        with autocast(p.device, cfg):
             y, _ = policy.sample(p, pm, cfg.response_length, cfg.eos_id, cfg.pad_id,
                                  cfg.temperature, generator=generator)
             cols["responses"].append(y)
@@ -194,7 +197,7 @@ def update(policy, value_model, optimizer, ro, cfg, generator=None):
 def policy_loss(policy, ro, i, cfg):
     """Detail 8 on the rollout rows i: (clipped surrogate loss, its float metrics)."""
     mask, adv = ro["mask"][i], ro["advantages"][i]
-    with _autocast(mask.device, cfg):  # detail 12: autocast forward passes only
+    with autocast(mask.device, cfg):  # detail 12: autocast forward passes only
         new_logprobs = _up(policy.logprobs(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i],
                                            cfg.temperature))
     logratio = new_logprobs - ro["logprobs"][i]
@@ -211,7 +214,7 @@ def policy_loss(policy, ro, i, cfg):
 def value_loss(value_model, ro, i, cfg):
     """Detail 9 on the rollout rows i: (vf_coef * clipped value loss, {"v_loss": without vf_coef})."""
     mask, ret, v_old = ro["mask"][i], ro["returns"][i], ro["values"][i]
-    with _autocast(mask.device, cfg):
+    with autocast(mask.device, cfg):
         vpred = _up(value_model.state_scores(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i])[:, :-1])
     v_clipped = v_old + torch.clamp(vpred - v_old, -cfg.cliprange_value, cfg.cliprange_value)
     v_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask)

@@ -7,8 +7,9 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
   task.pick(table, gpt, text) a flag's default for a toy table, the toy GPT, or text
-  task.autocast()             bf16 autocast on CUDA with --dtype bfloat16, else nothing: weights
+  task.autocast()             bf16 autocast with --dtype bfloat16 (text), else nothing: weights
                               stay fp32 (at lr 3e-6 a bf16 weight cannot absorb most updates)
+  task.autocast_dtype         "bfloat16" then, else None: for PPOConfig and MLIRLConfig
   task.new_scalar()           a reward / value / discriminator model: a fresh table on
                               toy-tabular; the policy's transformer plus a new head on a GPT
                               (TL;DR PPO and MLIRL initialise reward and value models from SFT)
@@ -76,7 +77,7 @@ class ToyTask:
         self.args, self.mdp = args, ToyMDP()
         torch.set_num_threads(1)  # toy tensors are tiny: a second thread only adds overhead (~10x)
         self.dtype = torch.float64 if args.dtype == "auto" else dtype  # exact numbers on the toy
-        self.amp = None
+        self.amp = self.autocast_dtype = None
         self.eos_id, self.pad_id, self.response_len = self.mdp.eos_id, self.mdp.pad_id, self.mdp.T
         g = torch.Generator().manual_seed(args.seed)
         self.demos = self.mdp.demonstrations(args.n_demos, g)
@@ -122,7 +123,8 @@ class TextTask:
             raise RunError(f"--model {args.model} needs --data: a demonstrations JSONL "
                            "(python -m nanoirl.data fake.jsonl writes TL;DR-shaped random text)")
         self.args, self.device = args, device
-        self.amp = dtype if device.type == "cuda" and dtype == torch.bfloat16 else None
+        self.amp = dtype if dtype == torch.bfloat16 else None  # bf16 compute, fp32 master weights
+        self.autocast_dtype = self.amp and "bfloat16"
         name = args.model.removeprefix("random:")
         try:
             self.tok = Tokenizer.from_pretrained(name)
@@ -167,7 +169,7 @@ class TextTask:
             return contextlib.nullcontext()
         # cache_enabled=False: inside one autocast block the bf16 copies of the weights are cached,
         # so a block spanning optimizer steps would keep computing with the stale weights
-        return torch.autocast("cuda", dtype=self.amp, cache_enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp, cache_enabled=False)
 
     def save(self, model, directory):
         """model.save_pretrained(directory) and a copy of the tokenizer.json (a byte-token dry run

@@ -584,16 +584,56 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     assert_same(ref, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
 
 
-def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
-    """--grad-checkpoint recomputes each layer in backward: each script on a tiny local GPT-NeoX
-    (fp64, text path) logs the same metrics.jsonl bytes and ends with the same weights with and
-    without it. On the toy table it is an error, not a flag silently ignored."""
+def tiny_text_run(tmp_path, demos):
+    """Flags of a text run on a tiny local GPT-NeoX (2 layers, d 16) with a byte-level tokenizer."""
     from nanoirl.model import GPT, GPTConfig
     model = tmp_path / "tiny"
     GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(model)
     byte_level_tokenizer_json(model / "tokenizer.json")
-    text = ["--model", model, "--data", short_tldr, "--max-prompt-len", 64, "--max-response-len", 8,
-            "--eval-size", 2, "--device", "cpu", "--dtype", "float64", "--seed", SEED]
+    return ["--model", model, "--data", demos, "--max-prompt-len", 64, "--max-response-len", 8,
+            "--eval-size", 2, "--device", "cpu", "--seed", SEED]
+
+
+def test_forward_passes_run_under_autocast_and_optimizer_steps_outside(tmp_path, short_tldr):
+    """--dtype bfloat16: fp32 weights, bf16 autocast. Autocast keeps its bf16 copy of each weight
+    until the outermost autocast block ends, so an optimizer step inside a block would leave later
+    forward passes on stale weights. Each script (ML-IRL with its PPO and its Best-of-N policy
+    step) runs in this process with global hooks: every transformer forward pass is under
+    autocast, and no optimizer step is."""
+    import train_airl
+    import train_mlirl
+    import train_sft
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from nanoirl.model import GPTNeoX
+    text = tiny_text_run(tmp_path, short_tldr) + ["--dtype", "bfloat16"]
+    seen = {"forward": [], "step": []}
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(
+                 lambda m, _: seen["forward"].append(torch.is_autocast_enabled("cpu")) if isinstance(m, GPTNeoX) else None),
+             register_optimizer_step_pre_hook(
+                 lambda *_: seen["step"].append(torch.is_autocast_enabled("cpu")))]
+    try:
+        for script, module, extra in [("train_sft.py", train_sft, []), ("train_airl.py", train_airl, []),
+                                      ("train_mlirl.py", train_mlirl, []),
+                                      ("train_mlirl.py", train_mlirl, ["--policy-step", "bon", "--bon-steps", 2])]:
+            seen["forward"].clear()
+            seen["step"].clear()
+            flags = [*text, *TEXT_FLAGS[script], *extra, "--out", tmp_path / f"{script}{len(extra)}"]
+            module.main(module.parser.parse_args(list(map(str, flags))))
+            assert seen["forward"] and all(seen["forward"]), (script, extra, seen["forward"].count(False))
+            assert seen["step"] and not any(seen["step"]), (script, extra, seen["step"].count(True))
+    finally:
+        for h in hooks:
+            h.remove()
+    ckpt = torch.load(tmp_path / "train_mlirl.py0" / "ckpt.pt", weights_only=True)["state"]["policy"]
+    assert all(v.dtype == torch.float32 for v in ckpt.values())  # fp32 master weights
+
+
+def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
+    """--grad-checkpoint recomputes each layer in backward: each script on a tiny local GPT-NeoX
+    (fp64, text path) logs the same metrics.jsonl bytes and ends with the same weights with and
+    without it. On the toy table it is an error, not a flag silently ignored."""
+    text = tiny_text_run(tmp_path, short_tldr) + ["--dtype", "float64"]
     runs = run_all({(s, c): Run(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
                     for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))})
     for s in SCRIPTS:
