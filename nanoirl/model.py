@@ -148,7 +148,7 @@ class GPTNeoX(nn.Module):
         None = no padding. Positions are a plain arange even with left padding: rotary attention
         depends only on the distance between two tokens, so the pad tokens in front shift every
         real token equally and the attention among real tokens is unchanged."""
-        (B, T), c = idx.shape, self.config
+        T, c = idx.shape[1], self.config
         if pos + T > c.block_size:
             raise ValueError(f"{pos + T} tokens, more than the block_size {c.block_size}")
         x = self.embed_in(idx)  # (B, T, C)

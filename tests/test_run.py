@@ -240,7 +240,7 @@ def test_nan_guard(tmp_path):
     assert run.load_checkpoint(tmp_path, {})["step"] == 4  # kept
     assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == list(range(6))
     assert one_line_error(run.check_finite, {"kl": torch.tensor(float("-inf"))}, 0, tmp_path / "x") == \
-        f"kl is -inf at step 0; no checkpoint was written yet"
+        "kl is -inf at step 0; no checkpoint was written yet"
     run.check_finite({"loss": 1.0, "n": 3, "name": "x"}, 0, tmp_path)  # finite: no error
 
 

@@ -14,7 +14,7 @@ from nanoirl.fdiv import f_divergence
 from nanoirl.policy import left_pad, response_mask
 from toy import metrics
 from toy.gpt import tiny_gpt
-from toy.mdp import EOS, PAD, ToyMDP
+from toy.mdp import EOS, PAD
 from toy.tabular import TabularPolicy
 from toy.train import full_table_policy
 

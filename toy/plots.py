@@ -17,7 +17,6 @@ the empirical distribution for GAIL. The numbers are printed as tables and writt
 import argparse
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
