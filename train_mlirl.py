@@ -110,33 +110,42 @@ def main(args):
             return prompts, prompt_mask, pi.sample(prompts, prompt_mask, task.response_len, task.eos_id,
                                                    task.pad_id, args.sample_temperature, generator=gen)[0]
 
-    # ---- round 0: SFT. The checkpoint after it holds the reward model's initialisation ----
-    if args.resume:  # the other models only need their shapes here: the checkpoint fills them
-        ref, reward_model, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
-        state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
-        ckpt = run.load_checkpoint(out, state, args)
-        start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
-    else:
+    # ---- round 0: SFT. A checkpoint every --ckpt-every steps holds the policy, the SFT optimizer
+    # and sft_step; the checkpoint after round 0 holds the four models and the reward model's init ----
+    ckpt = run.load_checkpoint(out, {"policy": policy, "gen": gen}, args) if args.resume else None
+    if ckpt is None or "sft_step" in ckpt:  # a fresh run, or one stopped inside round 0
+        sft_start = ckpt["sft_step"] if ckpt else 0
         # RLignment's pi_init is the policy before SFT: its samples are drawn now, and no copy is kept
-        init_samples = sample(policy) if args.pairs.startswith("init-") else None
+        init_samples = ckpt["init_samples"] if ckpt else sample(policy) if args.pairs.startswith("init-") else None
         opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
-        batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed)
-        for step in range(args.sft_steps):
+        if ckpt:
+            opt.load_state_dict(ckpt["state"]["sft_opt"])
+        batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed,
+                                       sft_start)
+        for step in range(sft_start, args.sft_steps):
             b = next(batches)
             loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
                                 micro_batch_size=args.micro_batch_size, autocast=task.autocast)
             run.check_finite({"sft_loss": loss}, step, out)
-            if step % 50 == 0 or step + 1 == args.sft_steps:
+            if step % 50 == 0 or step == sft_start or step + 1 == args.sft_steps:
                 print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
+            if (step + 1) % args.ckpt_every == 0 and step + 1 < args.sft_steps:
+                run.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
+                                    sft_step=step + 1, init_samples=init_samples)
         del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
         ref = copy.deepcopy(policy)  # the KL anchor pi_ref, from the SFT policy
         reward_model, value = task.new_scalar(), task.new_scalar()  # from the SFT policy on a GPT
-        state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
         # the reward model's initial weights, kept on the CPU: read once a round, when it is re-initialised
         reward_init = {k: v.to("cpu", copy=True) for k, v in reward_model.state_dict().items()}
         pairs, start = None, 0
         if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
             pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
+    else:  # resumed after round 0: the other models need only their shapes, the checkpoint fills them
+        ref, reward_model, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
+        run.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
+        start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
+    del ckpt  # its CPU copy of every model
+    state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
     log = run.Logger(out, args.rounds + 1, start)
     if start == 0:
         log(0, task.evaluate(policy))

@@ -205,6 +205,18 @@ def save_checkpoint(out, step, state, args, **extra):
     return path
 
 
+def restore(ckpt, state, out):
+    """Load each object of `state` from the checkpoint dict `ckpt` (read from out/ckpt.pt)."""
+    missing = sorted(state.keys() - ckpt["state"].keys())
+    if missing:
+        raise RunError(f"{Path(out) / CKPT} has no state for {', '.join(missing)} (written by another script?)")
+    for k, v in state.items():
+        if isinstance(v, torch.Generator):
+            v.set_state(ckpt["state"][k])
+        else:
+            v.load_state_dict(ckpt["state"][k])
+
+
 def load_checkpoint(out, state, args=None):
     """Restore every object in `state` and every RNG from out/ckpt.pt; return the checkpoint dict,
     whose "step" is the number of steps done. With args, print the flags that changed."""
@@ -213,14 +225,7 @@ def load_checkpoint(out, state, args=None):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated or not a checkpoint
         raise RunError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
-    missing = sorted(state.keys() - ckpt["state"].keys())
-    if missing:
-        raise RunError(f"{path} has no state for {', '.join(missing)} (written by another script?)")
-    for k, v in state.items():
-        if isinstance(v, torch.Generator):
-            v.set_state(ckpt["state"][k])
-        else:
-            v.load_state_dict(ckpt["state"][k])
+    restore(ckpt, state, out)
     set_rng_states(ckpt["rng"])
     for k, new in (plain_config(args) if args else {}).items():
         old = ckpt["config"].get(k)

@@ -299,52 +299,65 @@ def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_pa
 
 
 # ---- exact resume after SIGKILL -------------------------------------------------------------------
-RESUME = {  # flags (--ckpt-every 2 or one checkpoint per round), kill once this many lines are logged
-    "train_sft.py": (["--steps", 24, "--eval-every", 5, "--ckpt-every", 2], 9),
-    "train_airl.py": (["--steps", 10, "--eval-every", 5, "--ckpt-every", 2, "--rollout-batch-size", 32,
-                       "--disc-steps", 2], 5),
-    "train_mlirl.py": (["--rounds", 4, "--sft-steps", 10, "--ppo-iterations", 3, "--rollout-batch-size", 32,
-                        "--rm-epochs", 2], 3),
+RESUME = {  # case: (script, flags (--ckpt-every 2 or one checkpoint per round), kill once ckpt.pt exists
+    #          and this many lines are logged)
+    "train_sft.py": ("train_sft.py", ["--steps", 24, "--eval-every", 5, "--ckpt-every", 2], 9),
+    "train_airl.py": ("train_airl.py", ["--steps", 10, "--eval-every", 5, "--ckpt-every", 2,
+                                        "--rollout-batch-size", 32, "--disc-steps", 2], 5),
+    "train_mlirl.py": ("train_mlirl.py", ["--rounds", 4, "--sft-steps", 10, "--ppo-iterations", 3,
+                                          "--rollout-batch-size", 32, "--rm-epochs", 2], 3),
+    "train_mlirl.py in round 0": ("train_mlirl.py", ["--rounds", 1, "--sft-steps", 3000, "--ckpt-every", 20,
+                                                     "--pairs", "init-demo", "--ppo-iterations", 2,
+                                                     "--rollout-batch-size", 32, "--rm-epochs", 2], 0),
 }
 
 
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory):
-    """Per script, side by side: an uninterrupted run, and a run killed with SIGKILL once its
+    """Per case, side by side: an uninterrupted run, and a run killed with SIGKILL once its
     checkpoint exists and kill_after lines are logged, then resumed with --resume.
-    {script: (uninterrupted, killed, resumed, steps done in the checkpoint at the kill)}."""
+    {case: (uninterrupted, killed, resumed, the checkpoint at the kill)}."""
     tmp = tmp_path_factory.mktemp("resume")
-    flags = {s: ["--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *RESUME[s][0]] for s in SCRIPTS}
-    whole = {s: Run(tmp, f"{s[:-3]}-whole", s, *flags[s]) for s in SCRIPTS}
-    cut = {s: Run(tmp, f"{s[:-3]}-cut", s, *flags[s]) for s in SCRIPTS}
+    flags = {c: ["--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *f] for c, (_, f, _) in RESUME.items()}
+    name = lambda c: c.replace(".py", "").replace(" ", "-")
+    whole = {c: Run(tmp, f"{name(c)}-whole", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
+    cut = {c: Run(tmp, f"{name(c)}-cut", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
     resumed, done = {}, {}
-    while len(resumed) < len(SCRIPTS):
-        for s in set(SCRIPTS) - set(resumed):
-            metrics, ckpt = cut[s].out / "metrics.jsonl", cut[s].out / "ckpt.pt"
-            if cut[s].proc.poll() is None and not (
-                    ckpt.exists() and metrics.exists() and metrics.read_text().count("\n") >= RESUME[s][1]):
+    while len(resumed) < len(RESUME):
+        for c in set(RESUME) - set(resumed):
+            metrics, ckpt = cut[c].out / "metrics.jsonl", cut[c].out / "ckpt.pt"
+            lines = metrics.read_text().count("\n") if metrics.exists() else 0
+            if cut[c].proc.poll() is None and not (ckpt.exists() and lines >= RESUME[c][2]):
                 continue
-            if cut[s].proc.poll() is None:  # else it ended by itself: the test says so
-                os.kill(cut[s].proc.pid, signal.SIGKILL)
-            cut[s].wait()
-            done[s] = torch.load(ckpt, weights_only=True)["step"] if ckpt.exists() else None
-            resumed[s] = Run(tmp, f"{s[:-3]}-resumed", s, *flags[s], "--resume", out=cut[s].out)
+            if cut[c].proc.poll() is None:  # else it ended by itself: the test says so
+                os.kill(cut[c].proc.pid, signal.SIGKILL)
+            cut[c].wait()
+            done[c] = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
+            resumed[c] = Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
         time.sleep(0.01)
-    return {s: (whole[s].wait(), cut[s], resumed[s].wait(), done[s]) for s in SCRIPTS}
+    return {c: (whole[c].wait(), cut[c], resumed[c].wait(), done[c]) for c in RESUME}
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_killed_run_resumes_exactly(resume_runs, script):
+@pytest.mark.parametrize("case", RESUME)
+def test_killed_run_resumes_exactly(resume_runs, case):
     """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
     on resume) and resumed with --resume ends with the metrics.jsonl bytes, weights, optimiser
-    states, RNG states and (ML-IRL) pairs of an uninterrupted run."""
-    whole, cut, resumed, done = resume_runs[script]
+    states, RNG states and (ML-IRL) pairs of an uninterrupted run. ML-IRL killed inside round 0
+    goes on with SFT from its last SFT checkpoint (RLignment's pi_init samples kept in it)."""
+    whole, cut, resumed, ckpt = resume_runs[case]
     assert cut.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
     assert whole.returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
     n = len(rows_of(whole.out))
-    assert 0 < done < n
-    first = next(line for line in resumed.stdout.splitlines() if line.startswith("step "))
-    assert first.startswith(f"step {done}/{n} |")  # it went on from the checkpoint, not from 0
+    if case.endswith("round 0"):
+        done, sft_steps = ckpt["sft_step"], RESUME[case][1][3]
+        assert ckpt["step"] == 0 and 0 < done < sft_steps and done % 20 == 0
+        first = next(line for line in resumed.stdout.splitlines() if line.startswith("round 0"))
+        assert first.startswith(f"round 0 (SFT) step {done}/{sft_steps} |")  # not from step 0
+    else:
+        done = ckpt["step"]
+        assert 0 < done < n
+        first = next(line for line in resumed.stdout.splitlines() if line.startswith("step "))
+        assert first.startswith(f"step {done}/{n} |")  # it went on from the checkpoint, not from 0
     assert (cut.out / "metrics.jsonl").read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
     a, b = (torch.load(out / "ckpt.pt", weights_only=True) for out in (whole.out, cut.out))
     assert a["step"] == b["step"] == n
