@@ -1,5 +1,5 @@
 """
-Speed and memory at Pythia scale (GitHub issue 6), side by side with Hugging Face transformers'
+Speed and memory at Pythia scale, side by side with Hugging Face transformers'
 GPTNeoXForCausalLM built from the same random weights, in the same dtype, on the same batch.
 
     python bench.py --json bench.json              # pythia-1b, every section, on CUDA
@@ -37,6 +37,7 @@ from nanoirl.model import CONFIGS as MODEL_CONFIGS, GPT, GPTConfig, upcast
 # model.CONFIGS["tiny"] is the toy's (64 positions); the benchmark's tiny has room for 512 + 53
 CONFIGS = {**MODEL_CONFIGS, "tiny": GPTConfig(vocab_size=512, block_size=1024, n_layer=2, n_head=4, n_embd=64)}
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]  # dense, datasheets
+PPO_TARGET_GB = {"pythia-1b": 40, "pythia-2.8b": 80}  # memory targets of a PPO iteration at batch 64
 HF_SAMPLING = dict(do_sample=True, top_k=0, top_p=1.0)  # generate's default top_k is 50: turn it off
 EOS, PAD = 0, 1  # Pythia's <|endoftext|> and <|padding|>
 SIZES = {"cuda": dict(batch=8, sample_batch=64, prompt_len=512, response_len=53, warmup=2, repeats=5,
@@ -304,7 +305,7 @@ def bench_ppo(args, device, hw):
     from nanoirl.task import scalar_from_policy
     cfg = CONFIGS[args.config]
     state = ppo_state_gb(cfg)
-    limit = {"pythia-1b": 40, "pythia-2.8b": 80}.get(args.config)  # the targets, at batch 64
+    limit = PPO_TARGET_GB.get(args.config)
     res = {"state_gb": state, "static_gb": sum(state.values()), "micro_batch": args.batch, "grid": [], "rows": []}
     res["rows"].append(row("ppo GB before activations (ppo_state_gb)", res["static_gb"],
                            target=f"< {limit} GB" if limit else "", met=res["static_gb"] < limit if limit else None))
@@ -349,8 +350,8 @@ def bench_memory(args, device, hw):
     """The PPO iteration's memory without a GPU: ppo_state_gb plus estimate_micro_step_gb for one
     policy micro-batch of --batch sequences, with and without activation checkpointing."""
     cfg, T = CONFIGS[args.config], args.prompt_len + args.response_len
-    limit = {"pythia-1b": 40, "pythia-2.8b": 80}.get(args.config)
-    res, state = {"rows": []}, sum(ppo_state_gb(CONFIGS[args.config]).values())
+    limit = PPO_TARGET_GB.get(args.config)
+    res, state = {"rows": []}, sum(ppo_state_gb(cfg).values())
     for ckpt in (False, True):
         extra = estimate_micro_step_gb(cfg, args.batch, args.prompt_len, args.response_len, ckpt)
         res["checkpointing" if ckpt else "plain"] = {"micro_step_gb": extra, "ppo_peak_gb": state + extra}

@@ -62,7 +62,7 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
     (loss, accuracy) as floats; a non-finite loss returns at once, without a step."""
     B, micro = len(expert), micro_batch_size or len(expert)
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, correct = 0.0, []
+    loss_sum, acc_sum = 0.0, 0.0
     for i in range(0, B, micro):
         p, m = prompts[i:i + micro], prompt_mask[i:i + micro]
         with autocast():
@@ -74,9 +74,9 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
             return loss.item(), float("nan")
         loss.backward()
         loss_sum += loss.item()
-        correct.append(((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B)
+        acc_sum += ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
     optimizer.step()
-    return loss_sum, sum(correct)
+    return loss_sum, acc_sum
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -77,7 +77,7 @@ class ToyTask:
         self.args, self.mdp = args, ToyMDP()
         torch.set_num_threads(1)  # toy tensors are tiny: a second thread only adds overhead (~10x)
         self.dtype = torch.float64 if args.dtype == "auto" else dtype  # exact numbers on the toy
-        self.amp = self.autocast_dtype = None
+        self.autocast_dtype = None
         self.eos_id, self.pad_id, self.response_len = self.mdp.eos_id, self.mdp.pad_id, self.mdp.T
         g = torch.Generator().manual_seed(args.seed)
         self.demos = self.mdp.demonstrations(args.n_demos, g)
@@ -123,8 +123,7 @@ class TextTask:
             raise RunError(f"--model {args.model} needs --data: a demonstrations JSONL "
                            "(python -m nanoirl.data fake.jsonl writes TL;DR-shaped random text)")
         self.args, self.device = args, device
-        self.amp = dtype if dtype == torch.bfloat16 else None  # bf16 compute, fp32 master weights
-        self.autocast_dtype = self.amp and "bfloat16"
+        self.autocast_dtype = "bfloat16" if dtype == torch.bfloat16 else None  # fp32 master weights
         name = args.model.removeprefix("random:")
         try:
             self.tok = Tokenizer.from_pretrained(name)
@@ -152,7 +151,7 @@ class TextTask:
             p = tok(data.load_preferences(args.eval_pairs))
             self.pairs = {k: v.to(device) for k, v in p.items()}
         try:  # fp32 master weights; compute in bf16 under autocast
-            weights = torch.float32 if self.amp else dtype
+            weights = torch.float32 if self.autocast_dtype else dtype
             self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
             self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
         except (FileNotFoundError, ValueError) as e:
@@ -165,11 +164,11 @@ class TextTask:
         return text
 
     def autocast(self):
-        if self.amp is None:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
         # cache_enabled=False: inside one autocast block the bf16 copies of the weights are cached,
         # so a block spanning optimizer steps would keep computing with the stale weights
-        return torch.autocast(self.device.type, dtype=self.amp, cache_enabled=False)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def save(self, model, directory):
         """model.save_pretrained(directory) and a copy of the tokenizer.json (a byte-token dry run
