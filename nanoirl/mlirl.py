@@ -117,7 +117,8 @@ def reward_step(reward_model, pairs, cfg, generator=None):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     stats = []
     for _ in range(cfg.rm_epochs):
-        perm = torch.randperm(B, generator=generator).to(pairs["chosen"].device)
+        y = pairs["chosen"]
+        perm = torch.randperm(B, generator=generator, device=ppo.draw_device(generator, y)).to(y.device)
         for start in range(0, B, bs):
             i = perm[start:start + bs]
             opt.zero_grad(set_to_none=True)
@@ -142,7 +143,8 @@ def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, p
     ppo_cfg = dataclasses.replace(ppo_cfg, beta=cfg.beta)
     reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id)
     for it in range(iterations):
-        i = torch.randint(len(prompts), (batch_size,), generator=generator).to(prompts.device)
+        i = torch.randint(len(prompts), (batch_size,), generator=generator,
+                          device=ppo.draw_device(generator, prompts)).to(prompts.device)
         ro = ppo.rollout(policy, ref, value_model, prompts[i], prompt_mask[i], reward_fn, ppo_cfg, generator)
         stats = ppo.update(policy, value_model, optimizer, ro, ppo_cfg, generator)
         if progress:
@@ -158,7 +160,8 @@ def bon_policy_step(policy, ref, reward_model, cfg, *, optimizer, prompts, promp
     score_fn = lambda p, m, y: sequence_rewards(reward_model, p, m, y, cfg)
     forward = lambda: ppo.autocast(prompts.device, cfg)
     for _ in range(steps):
-        i = torch.randint(len(prompts), (batch_size,), generator=generator).to(prompts.device)
+        i = torch.randint(len(prompts), (batch_size,), generator=generator,
+                          device=ppo.draw_device(generator, prompts)).to(prompts.device)
         with torch.no_grad(), forward():
             y, s = best_of_n(ref, prompts[i], prompt_mask[i], score_fn, n, cfg.response_length,
                              cfg.eos_id, cfg.pad_id, temperature, generator)

@@ -90,6 +90,12 @@ def _up(x):
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def draw_device(generator, x):
+    """Where a random draw handed `generator` must run: on the generator's own device (torch
+    rejects a CUDA generator in a CPU op and vice versa), or on x's device without a generator."""
+    return x.device if generator is None else generator.device
+
+
 def masked_mean(x, mask):
     return torch.where(mask, x, 0.0).sum() / mask.sum().clamp_min(1)
 
@@ -179,7 +185,8 @@ def update(policy, value_model, optimizer, ro, cfg, generator=None):
     micro = cfg.micro_batch_size or mb_size
     metrics = {"pg_loss": [], "v_loss": [], "approx_kl": [], "clipfrac": []}  # one entry per micro-batch
     for _ in range(cfg.num_epochs):
-        b_inds = torch.randperm(B, generator=generator).to(ro["responses"].device)
+        y = ro["responses"]
+        b_inds = torch.randperm(B, generator=generator, device=draw_device(generator, y)).to(y.device)
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
             mb_inds = b_inds[start:start + mb_size]
             for model, loss_fn in ((policy, policy_loss), (value_model, value_loss)):  # detail 13
