@@ -10,7 +10,8 @@ GPTNeoXForCausalLM built from the same random weights, in the same dtype, on the
 Sections: train (forward + backward + AdamW), sample (rollout sampling vs `generate`), ppo (one
 PPO iteration as train_mlirl.py runs it, four models), memory (that iteration's peak estimated
 without a GPU: weights and AdamW states counted, activations tracked on fake tensors), toy (exact
-enumeration; memory and toy always run on the CPU).
+enumeration; memory and toy always run on the CPU), numerics (log-probs under bf16 autocast
+against fp32, with the output head in fp32 as the models compute it and in bf16).
 Numerics (DESIGN.md): fp32 master weights, forward passes under bf16 autocast, loss and
 log-softmax in fp32, fused AdamW, for ours and transformers' alike (fp32 throughout on CPU).
 Before timing, both models must give the same fp32 logits on the benchmark batch (<= 1e-4).
@@ -360,6 +361,40 @@ def bench_memory(args, device, hw):
     return res
 
 
+def bench_numerics(args, device, hw):
+    """Per-token log-probs of random responses under bf16 autocast against fp32 throughout, with
+    the output head in fp32 (model.fp32_linear, ours) and in bf16 (autocast's default; the log-
+    softmax in fp32 either way). Random init gives logits of |.| < ~3; a trained Pythia's reach
+    16-32, so the head is also scaled (x10) to logits of that size. The third row is the rounding
+    that the fp32 head removes: the two heads on the same hidden states. Runs on CPU autocast too."""
+    cfg, B, P, R = CONFIGS[args.config], args.batch, args.prompt_len, args.response_len
+    model = random_gpt(cfg, device)
+    prompts, mask = prompts_batch(cfg, B, P, device)
+    y = torch.randint(2, cfg.vocab_size, (B, R), generator=torch.Generator().manual_seed(1)).to(device)
+    bf16_head = lambda h: upcast(model.embed_out(h))  # what autocast alone would give
+    res = {"rows": []}
+    for scale in (1, 10):
+        with torch.no_grad():
+            model.embed_out.weight.mul_(scale)
+            ref = model.logprobs(prompts, mask, y)
+            logit = model.head(model.gpt_neox(prompts, mask)).abs().max().item()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                ours = model.logprobs(prompts, mask, y)
+                model.head = bf16_head
+                theirs = model.logprobs(prompts, mask, y)
+                del model.head  # back to GPT.head
+            model.embed_out.weight.div_(scale)
+        for name, lp, base in (("fp32 head", ours, ref), ("bf16 head", theirs, ref),
+                               ("bf16 head vs fp32 head, same trunk", theirs, ours)):
+            err = (lp - base).abs()
+            point = {"max_abs_logit": logit, "max_err": err.max().item(), "mean_err": err.mean().item(),
+                     "seq_sum_err": (lp - base).sum(1).abs().max().item()}
+            res[f"head_x{scale}_{name.split(',')[0].replace(' ', '_')}"] = point
+            res["rows"].append(row(f"log-prob err, autocast, {name}, |logit| <= {logit:.3g}: max/mean",
+                                   f"{point['max_err']:.2g}/{point['mean_err']:.2g}"))
+    return res
+
+
 def bench_toy(args, device, hw):
     """Enumerate every response of the toy MDP and evaluate a table and the tiny GPT on all of
     them exactly (toy.metrics.summary), as the letters and the horizon grow. On CPU."""
@@ -399,7 +434,8 @@ def print_table(rows):
               f"{r['target']:<20} {({None: '-', True: 'met', False: 'MISSED'})[r['met']]}")
 
 
-SECTIONS = {"train": bench_train, "sample": bench_sample, "ppo": bench_ppo, "memory": bench_memory, "toy": bench_toy}
+SECTIONS = {"train": bench_train, "sample": bench_sample, "ppo": bench_ppo, "memory": bench_memory,
+            "numerics": bench_numerics, "toy": bench_toy}
 grid = lambda s: [tuple(int(v) for v in g.split("x")) for g in s.split(",")]
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--config", default="pythia-1b", choices=list(CONFIGS), help="random-init model size")

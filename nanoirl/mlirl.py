@@ -60,7 +60,7 @@ class MLIRLConfig:
 def sequence_rewards(reward_model, prompts, prompt_mask, responses, cfg):
     """(B,) r(x, y): the logit read at the last valid token, or the sum of per-token logits."""
     h, valid = scores(reward_model, prompts, prompt_mask, responses, cfg.eos_id, cfg.level)
-    h = upcast(h)  # a bf16 logit under autocast keeps ~3 digits: differences of rewards need more
+    h = upcast(h)  # fp32 from a ScalarGPT (model.fp32_linear); differences of bf16 rewards keep ~3 digits
     return h if cfg.level == "sequence" else torch.where(valid, h, 0.0).sum(1)
 
 

@@ -176,6 +176,15 @@ def upcast(x):
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def fp32_linear(x, layer):
+    """layer(x) in fp32 (fp64 stays fp64), also under bf16 autocast: the output heads. A logit of
+    magnitude 16-32 has a bf16 spacing of 0.125, so a bf16 head puts up to ~0.1 nats of rounding
+    into every log-prob, KL term and PPO ratio, and upcasting its output cannot take it out."""
+    with torch.autocast(x.device.type, enabled=False):
+        bias = None if layer.bias is None else upcast(layer.bias)
+        return F.linear(upcast(x), upcast(layer.weight), bias)
+
+
 # -----------------------------------------------------------------------------------------------
 # checkpoints: Hugging Face config.json + model.safetensors / pytorch_model.bin
 
@@ -349,8 +358,8 @@ class GPT(nn.Module):
         self.allowed = allowed  # a (non-persistent) buffer: it follows .to(device), stays out of saves
 
     def head(self, h):
-        """Hidden states (..., C) -> logits (..., vocab), restricted to the allowed tokens."""
-        logits = self.embed_out(h)
+        """Hidden states (..., C) -> fp32 logits (..., vocab), restricted to the allowed tokens."""
+        logits = fp32_linear(h, self.embed_out)
         return logits if self.allowed is None else logits.masked_fill(~self.allowed, NEG_INF)
 
     def forward(self, idx, attention_mask=None):
@@ -365,7 +374,7 @@ class GPT(nn.Module):
         mask = torch.cat([prompt_mask.bool(), torch.ones_like(inputs, dtype=torch.bool)], dim=1)
         h = self.gpt_neox(idx, mask, grad_checkpoint=self.gradient_checkpointing)[:, P - 1:]  # (B, R, C)
         # the vocab projection only on the R response positions: (B, R, 50k) instead of (B, P+R, 50k)
-        logp = F.log_softmax(upcast(self.head(h)) / (temperature or 1.0), dim=-1)
+        logp = F.log_softmax(self.head(h) / (temperature or 1.0), dim=-1)
         return logp.gather(-1, responses[..., None]).squeeze(-1)
 
     @torch.no_grad()
@@ -388,7 +397,7 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=w.device)
         h = self.gpt_neox(prompts, key_mask[:, :P], cache, 0)[:, -1]  # (B, C) prefill
         for t in range(max_new_tokens):
-            logits = upcast(self.head(h)) / (temperature or 1.0)  # (B, vocab)
+            logits = self.head(h) / (temperature or 1.0)  # (B, vocab)
             logp = F.log_softmax(logits, dim=-1)
             if t < min_new_tokens:  # EOS banned: a sampling filter like top-k, not in logp
                 logits[:, eos_id] = -float("inf")
@@ -442,9 +451,9 @@ class ScalarGPT(nn.Module):
         self.score = new_score_head(config.n_embd)
 
     def forward(self, idx, attention_mask=None):
-        """idx (B, T) -> one scalar per position (B, T), read at that position's hidden state."""
+        """idx (B, T) -> one fp32 scalar per position (B, T), read at that position's hidden state."""
         h = self.gpt_neox(idx, attention_mask, grad_checkpoint=self.gradient_checkpointing)
-        return self.score(h).squeeze(-1)
+        return fp32_linear(h, self.score).squeeze(-1)
 
     def state_scores(self, prompts, prompt_mask, responses):
         """(B, R + 1) scalar of each state s_t = (x, y_<t): read at the last token of s_t, i.e.

@@ -47,3 +47,30 @@ def test_every_random_draw_runs_on_its_generators_device(tmp_path, short_tldr, m
         module.main(module.parser.parse_args(list(map(str, flags))))
     names = {n for n, _ in seen}
     assert {"randperm", "randint", "multinomial"} <= names, names  # the check saw every kind of draw
+
+
+def test_output_heads_are_fp32_under_bf16_autocast():
+    """The vocabulary head and the scalar head run in fp32 under bf16 autocast: their outputs equal
+    an fp32 matmul of the same hidden states (bf16 logits of magnitude 16-32 would round by up to
+    0.06), and GPT.logprobs is the fp32 log-softmax of those logits."""
+    import torch.nn.functional as F
+
+    from nanoirl.model import GPT, GPTConfig, ScalarGPT
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    gpt, scalar = GPT(cfg), ScalarGPT(cfg)
+    with torch.no_grad():
+        gpt.embed_out.weight.mul_(40)  # logits of a trained model's size, where bf16 spacing is 0.125
+    idx = torch.randint(2, 96, (3, 12))
+    prompts, mask, y = idx[:, :8], torch.ones(3, 8, dtype=torch.bool), idx[:, 8:]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h, logits = gpt.gpt_neox(idx), gpt.head(gpt.gpt_neox(idx))
+        hs, s = scalar.gpt_neox(idx), scalar(idx)
+        lp = gpt.logprobs(prompts, mask, y)
+        h_resp = gpt.gpt_neox(idx[:, :-1], torch.ones(3, 11, dtype=torch.bool))[:, 7:]
+    with torch.no_grad():  # the fp32 references, outside autocast
+        assert logits.dtype == s.dtype == lp.dtype == torch.float32 and logits.abs().max() > 16
+        assert torch.equal(logits, F.linear(h.float(), gpt.embed_out.weight))
+        assert torch.equal(s, F.linear(hs.float(), scalar.score.weight, scalar.score.bias).squeeze(-1))
+        want = F.log_softmax(F.linear(h_resp.float(), gpt.embed_out.weight), -1).gather(-1, y[..., None])
+    assert torch.allclose(lp, want.squeeze(-1), atol=1e-5, rtol=0)
