@@ -4,7 +4,7 @@ the policy on a reward read from its logit h (Sun24 Sec. 3.4.3-3.4.4 and Appendi
 nanoirl/airl.py, gail.py, fdiv.py). The divergence picks the reward:
 
   reverse-kl  AIRL    r = h = log D - log(1 - D)         mode-seeking      Sun24 Eq. (17), (19)
-  js          GAIL    r = -log(1 - D) (or log D)         in between        Eq. (21)-(23)
+  js          GAIL    r = -log(1 - D) - log 2 (or log D) in between        Eq. (21)-(23)
   forward-kl  FAIRL   r = e^h - 1 (or published -h e^h)  mass-covering     App. B
   alpha       alpha-IRL  r = (e^((1-a) h) - 1) / (1 - a)                   App. B, Eq. (28)-(30)
 
@@ -35,10 +35,15 @@ g.add_argument("--divergence", default="reverse-kl", choices=["reverse-kl", "js"
 g.add_argument("--alpha", type=float, default=0.5, help="alpha of the alpha-divergence")
 g.add_argument("--level", default="sequence", choices=["sequence", "token"],
                help="discriminator per response (trajectory, Eq. 19-20) or per token (state-action, Eq. 17-18)")
-g.add_argument("--gail-reward", default="-log(1-D)", choices=["-log(1-D)", "log D"],
-               help="js only: the GAIL reward convention (nanoirl/gail.py explains the difference)")
+g.add_argument("--gail-reward", default="-log(1-D)-log2", choices=["-log(1-D)-log2", "-log(1-D)", "log D"],
+               help="js only: the GAIL reward. The default, centred at D = 1/2, has the JS gradient at the token "
+                    "level too; the uncentred -log(1-D) pays every extra token; log D is the non-saturating "
+                    "convention (nanoirl/gail.py explains the difference)")
 g.add_argument("--fairl-reward", default="gradient", choices=["gradient", "published"],
                help="forward-kl only: e^h - 1, whose gradient is the forward KL's, or the published -h e^h")
+g.add_argument("--logit-clip", type=float, default=20.0,
+               help="the discriminator logit h is clipped to [-c, c] before its reward is read (e^h - 1 "
+                    "overflows fp32 at h > 88; c = 20 is D within 2e-9 of 0 or 1); reward_clipfrac logs how often")
 g.add_argument("--steps", type=int, default=150, help="iterations (rollout, discriminator, PPO)")
 g.add_argument("--disc-steps", type=int, default=5, help="discriminator steps per iteration")
 g.add_argument("--disc-lr", type=float, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
@@ -54,11 +59,11 @@ g.add_argument("--temperature", type=float, default=None, help="sampling tempera
 
 def reward_map(args):
     """The divergence's reward as a function of the discriminator logit h."""
-    if args.divergence == "js":
+    if args.divergence == "js" and args.gail_reward != "-log(1-D)-log2":
         return lambda h: gail.gail_reward(h, args.gail_reward)
     if args.divergence == "forward-kl" and args.fairl_reward == "published":
         return fdiv.fairl_reward
-    kind = {"reverse-kl": "rkl", "forward-kl": "fkl", "alpha": "alpha"}[args.divergence]
+    kind = {"reverse-kl": "rkl", "js": "js", "forward-kl": "fkl", "alpha": "alpha"}[args.divergence]
     return lambda h: fdiv.f_reward(h, kind, args.alpha)
 
 
@@ -86,19 +91,31 @@ def main(args):
     demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
     batches = data.iterate_batches(demos, batch_size, args.seed, start)
     to_reward = reward_map(args)
+    clipped = []  # (scores clipped, scores) of each rollout chunk
 
-    def reward_fn(p, m, y):  # (B, R) rewards on the tokens PPO sees
-        h, _ = reward.scores(disc, p, m, y, task.eos_id, args.level)
-        return reward.token_rewards(to_reward(h.double() if toy else h.float()), y, task.eos_id, args.level)
+    def read(h):  # the reward of logits h, clipped to +-c: e^h and e^((1-a)h) overflow beyond
+        h = h.double() if toy else h.float()
+        return to_reward(h.clamp(-args.logit_clip, args.logit_clip))
+
+    def reward_fn(p, m, y):  # (B, R) rewards on the tokens PPO sees, demonstrations at 0 on average
+        h, valid = reward.scores(disc, p, m, y, task.eos_id, args.level)
+        clipped.append(((h.abs() > args.logit_clip)[valid].sum().item(), valid.sum().item()))
+        return reward.token_rewards(torch.where(valid, read(h), 0.0) - offset, y, task.eos_id, args.level)
 
     for step in range(start, args.steps):
         b = next(batches)
+        offset = reward.demonstration_offset(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
+                                             args.level, read, autocast=task.autocast)  # reward.py: the scale
+        clipped.clear()
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
+        ro["stats"].update(reward_offset=offset,
+                           reward_clipfrac=sum(c for c, _ in clipped) / sum(n for _, n in clipped))
         for _ in range(args.disc_steps):  # Sun24 Eq. (18) / (20): expert label 1, policy label 0
             d_loss, d_acc = reward.discriminator_step(disc, disc_opt, b["prompts"], b["prompt_mask"], b["responses"],
                                                       ro["responses"], task.eos_id, args.level,
                                                       args.micro_batch_size, task.autocast)
             run.check_finite({"disc_loss": d_loss}, step, out)  # a NaN stops the run before any step
+        ppo.anneal_lr(opt, cfg, step, args.steps)  # linear decay to 0 over the run's updates
         metrics = {"disc_loss": d_loss, "disc_accuracy": d_acc, **ppo.update(policy, value, opt, ro, cfg, gen)}
         run.check_finite(metrics, step, out)  # before evaluating: sampling from NaN weights fails
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:

@@ -45,8 +45,10 @@ g.add_argument("--no-accumulate", action="store_true", help="use only this round
 g.add_argument("--no-reinit", action="store_true", help="keep training one reward model across rounds")
 g.add_argument("--fixed-reference", action="store_true",
                help="anchor every policy step at the SFT policy instead of the previous round's")
-g.add_argument("--sample-temperature", type=float, default=1.0,
-               help="temperature of the policy samples in the pairs (Eq. 11: 1; the authors' code: ~0)")
+g.add_argument("--sample-temperature", type=float, default=None,
+               help="temperature of the policy samples in the pairs (default: --temperature, the one the "
+                    "policy step optimises, so that the reward compares the demonstrations with that policy; "
+                    "the authors' code: ~0)")
 g = parser.add_argument_group("reward model")
 g.add_argument("--rm-loss", default=None, choices=["bt", "bce"],
                help="Bradley-Terry on pairs (MLIRL Eq. 11) or the logistic discriminator loss, chosen "
@@ -78,6 +80,8 @@ def fill_defaults(args, task):
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, task.pick(*v))
+    if args.sample_temperature is None:  # Eq. 11's negatives come from the policy the step produced
+        args.sample_temperature = args.temperature
 
 
 def main(args):
@@ -160,7 +164,7 @@ def main(args):
             opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
             return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=prompts,
                                          prompt_mask=prompt_mask, n=args.bon_n, steps=args.bon_steps,
-                                         batch_size=args.batch_size, generator=gen)
+                                         batch_size=args.batch_size, temperature=args.temperature, generator=gen)
         value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
         opt = ppo.make_optimizer(policy, value, ppo_cfg)
         def show(i, s):  # after each PPO update: progress, and stop on a NaN before the next rollout
@@ -169,7 +173,7 @@ def main(args):
                       flush=True)
             run.check_finite(s, f"{k} (PPO iteration {i})", out)  # k: the round being trained
         return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, optimizer=opt,
-                                     prompts=prompts, prompt_mask=prompt_mask, ppo_cfg=ppo_cfg,
+                                     demos=task.demos, ppo_cfg=ppo_cfg,
                                      iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
                                      generator=gen, progress=show)
 

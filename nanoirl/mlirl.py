@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from nanoirl import ppo
 from nanoirl.model import upcast
-from nanoirl.reward import accuracy, bradley_terry_loss, discriminator_loss, scores
+from nanoirl.reward import accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores
 from nanoirl.sft import sft_step
 from nanoirl.soft_pi import best_of_n
 
@@ -44,7 +44,7 @@ class MLIRLConfig:
     accumulate_pairs: bool = True    # authors' code: pairs accumulate across rounds
     reinit_reward: bool = True       # authors' code: reward model re-initialised every round
     moving_reference: bool = True    # authors' code: the anchor is the previous round's policy
-    sample_temperature: float = 0.0  # negatives y' ~ pi_k (authors' code: ~0, greedy; Eq. 11: 1)
+    sample_temperature: float = 0.7  # negatives y' ~ pi_k at the policy step's temperature (PPOConfig)
     response_length: int = 53        # tokens per sampled response
     sample_batch_size: int = 64      # prompts per sampling call
     rm_loss: str = "bt"              # "bt": Bradley-Terry, Eq. 11; "bce": logistic discriminator (RLignment)
@@ -136,17 +136,24 @@ def reward_step(reward_model, pairs, cfg, generator=None):
     return {"rm_loss": sum(s[0] for s in stats) / len(stats), "rm_accuracy": sum(s[1] for s in stats) / len(stats)}
 
 
-def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, prompts, prompt_mask,
-                    ppo_cfg, iterations, batch_size, generator=None, progress=None):
-    """`iterations` PPO updates on the reward model's logit (MLIRL Sec. 6.1, Table 4), beta = cfg.beta.
+def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, demos, ppo_cfg, iterations,
+                    batch_size, generator=None, progress=None):
+    """`iterations` PPO updates on the reward model's logit (MLIRL Sec. 6.1, Table 4), beta = cfg.beta,
+    on prompts drawn from demos = (prompts, prompt_mask, responses). The reward is read minus the
+    demonstrations' mean score (reward.demonstration_offset: they score 0, so that PPO's -1 for a
+    missing EOS is a penalty), and the lr decays linearly to 0 over the updates (ppo.anneal_lr).
     progress(i, stats), if given, sees every update's metrics (long runs show their progress)."""
     ppo_cfg = dataclasses.replace(ppo_cfg, beta=cfg.beta)
-    reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id)
+    prompts, prompt_mask, _ = demos
+    offset = demonstration_offset(reward_model, *demos, cfg.eos_id, cfg.level, batch_size=cfg.sample_batch_size,
+                                  autocast=lambda: ppo.autocast(prompts.device, cfg))
+    reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id, offset)
     for it in range(iterations):
         i = torch.randint(len(prompts), (batch_size,), generator=generator,
                           device=ppo.draw_device(generator, prompts)).to(prompts.device)
         ro = ppo.rollout(policy, ref, value_model, prompts[i], prompt_mask[i], reward_fn, ppo_cfg, generator)
-        stats = ppo.update(policy, value_model, optimizer, ro, ppo_cfg, generator)
+        ppo.anneal_lr(optimizer, ppo_cfg, it, iterations)  # linear decay over this round's updates
+        stats = {**ppo.update(policy, value_model, optimizer, ro, ppo_cfg, generator), "reward_offset": offset}
         if progress:
             progress(it, stats)
     return stats

@@ -17,6 +17,9 @@ Implementation details (each names where it lives; 13 is ours, for memory):
     policy and the reference alike, so that ratio = 1 on the first minibatch (`rollout`).
  3. A response with no EOS gets a fixed penalty score (-1 in TL;DR) instead of its reward; `None`
     turns this off (the toy, where truncation is a legal ending) (`rollout`, `missing_eos_penalty`).
+    The penalty needs rewards on a fixed scale: every learned sequence reward is read minus the
+    demonstrations' mean score, so that they score 0 on average, as the TL;DR code shifts its
+    reward model by its `bias` (reward.demonstration_offset; `reward_from_scorer`, train_airl.py).
  4. Per-token reward -beta (log pi - log pi_ref) on every valid token plus the task reward: a
     sequence score on the last valid token, or a score on every token (`rollout`).
  5. Values V(s_t) = value_model.state_scores(...)[:, t], zeroed after the last valid token, so
@@ -32,6 +35,8 @@ Implementation details (each names where it lives; 13 is ours, for memory):
     higher, and backward runs outside autocast, so fp32 master weights absorb lr 3e-6 (`autocast`).
 13. The policy and the value model each take their own backward and AdamW step per minibatch:
     the joint loss's gradients, with half the peak memory of activations and gradients (`update`).
+14. The learning rate decays linearly to 0 over the updates of one PPO phase: update i of n runs at
+    lr (1 - i/n) (`anneal_lr`, called by the scripts before each update).
 The rollout holds only (B, R) tensors; logits exist one forward chunk at a time.
 
 Metrics (one dict per update):
@@ -58,7 +63,7 @@ class PPOConfig:  # defaults: MLIRL Appendix A Table 4 = the TL;DR PPO code at p
     beta: float = 0.05               # KL penalty coefficient (per-token reward -beta * kl)
     gamma: float = 1.0               # discount factor
     lam: float = 0.95                # GAE lambda
-    lr: float = 3e-6                 # AdamW learning rate (linear decay is the script's job)
+    lr: float = 3e-6                 # AdamW learning rate, decayed linearly to 0 (anneal_lr)
     eps: float = 1e-5                # AdamW epsilon
     weight_decay: float = 0.01       # AdamW weight decay (torch's default, as in the TL;DR code)
     num_epochs: int = 4              # PPO epochs over each rollout
@@ -121,12 +126,13 @@ def gae(rewards, values, mask, gamma, lam):
     return advantages, advantages + values
 
 
-def reward_from_scorer(scorer, level="sequence", eos_id=0):
-    """reward_fn for `rollout` from a scalar model: its logit read at the sequence level (one
-    score on the last valid token) or at the token level (a score on every token). (B, R)."""
+def reward_from_scorer(scorer, level="sequence", eos_id=0, offset=0.0):
+    """reward_fn for `rollout` from a scalar model: its logit minus `offset` read at the sequence
+    level (one score on the last valid token) or at the token level (a score on every token).
+    (B, R). offset: reward.demonstration_offset, so that demonstrations score 0 (detail 3)."""
     def reward_fn(prompts, prompt_mask, responses):
         h, _ = scores(scorer, prompts, prompt_mask, responses, eos_id, level)
-        return token_rewards(_up(h), responses, eos_id, level)
+        return token_rewards(_up(h) - offset, responses, eos_id, level)
     return reward_fn
 
 
@@ -134,6 +140,14 @@ def make_optimizer(policy, value_model, cfg):
     """One AdamW over the policy and the value model: loss = pg_loss + vf_coef * v_loss."""
     params = list(policy.parameters()) + list(value_model.parameters())
     return torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def anneal_lr(optimizer, cfg, iteration, iterations):
+    """Detail 14: before update `iteration` (0-based) of `iterations`, lr = cfg.lr (1 - iteration /
+    iterations), the TL;DR code's linear decay. Set from the update's index, so a resumed run
+    continues on the same schedule."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * (1 - iteration / iterations)
 
 
 @torch.no_grad()

@@ -13,6 +13,16 @@ Losses:
                        -E_exp[log D] - E_pi[log(1 - D)],  D = sigmoid(h)
   bradley_terry_loss   -E[log sigmoid(r(chosen) - r(rejected))]          MLIRL Eq. (11)
 discriminator_step is one optimiser step of discriminator_loss, in micro-batches (train_airl.py).
+
+The scale of a learned reward (demonstration_offset). Bradley-Terry rewards are defined up to a
+constant (the loss is shift-invariant), and a discriminator's logit sits wherever the last step
+left it; a sequence-level reward of either kind is therefore read minus the mean score of the
+demonstrations, so that they score 0 on average, as the TL;DR PPO code's reward `bias` does. Only
+then is the -1 given to a response with no EOS (ppo.py, detail 3) a penalty: on raw logits, once
+the discriminator says "policy" with more than 73% confidence (h < -1), truncating would pay more
+than ending. A constant changes nothing else at the sequence level (one reward per response).
+At the token level the offset stays 0: a constant per token is a length bonus that changes the
+divergence's gradient, and the f-rewards of fdiv.py are already 0 where D = 1/2.
 """
 import contextlib
 
@@ -77,6 +87,22 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
         acc_sum += ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
     optimizer.step()
     return loss_sum, acc_sum
+
+
+@torch.no_grad()
+def demonstration_offset(scorer, prompts, prompt_mask, demos, eos_id, level, reward=lambda h: h,
+                         batch_size=64, autocast=contextlib.nullcontext):
+    """The mean sequence reward reward(h(x, y)) of the demonstrations (x, y), to be subtracted from
+    every sequence reward (see the module docstring); 0.0 at the token level."""
+    if level != "sequence":
+        return 0.0
+    total = 0.0
+    for i in range(0, len(demos), batch_size):
+        with autocast():
+            h, _ = scores(scorer, prompts[i:i + batch_size], prompt_mask[i:i + batch_size],
+                          demos[i:i + batch_size], eos_id, level)
+        total += reward(upcast(h)).sum().item()
+    return total / len(demos)
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -224,8 +224,8 @@ def test_ppo_and_best_of_n_policy_steps_smoke(mdp):
         if kind == "ppo":
             pcfg = ppo.PPOConfig(response_length=mdp.T, missing_eos_penalty=None, lr=0.05)
             step = functools.partial(mlirl.ppo_policy_step, value_model=value, ppo_cfg=pcfg,
-                                     optimizer=ppo.make_optimizer(policy, value, pcfg), prompts=prompts,
-                                     prompt_mask=mask, iterations=2, batch_size=64)
+                                     optimizer=ppo.make_optimizer(policy, value, pcfg), demos=demos,
+                                     iterations=2, batch_size=64)
         else:
             step = functools.partial(mlirl.bon_policy_step, optimizer=torch.optim.Adam(policy.parameters(), 0.1),
                                      prompts=prompts, prompt_mask=mask, n=4, steps=2, batch_size=64)

@@ -38,10 +38,10 @@ N_DEMOS = 60  # the toy's default --n-demos
 
 # the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py)
 PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
-TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support",
+TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "gold_reward", "modes_covered", "outside_support",
             "fkl_demos", "win_rate"}
 TEXT_EVAL = {"length", "eos_rate"}
-MLIRL_ROUND = {"rm_loss", "rm_accuracy", "pairs"}
+MLIRL_ROUND = {"rm_loss", "rm_accuracy", "pairs", "reward_offset"}
 
 
 def metric_names(script, step, n_rows, evals, eval_every=2, heldout=True):
@@ -50,7 +50,8 @@ def metric_names(script, step, n_rows, evals, eval_every=2, heldout=True):
     if script == "train_mlirl.py":
         heldout = {"rm_accuracy_heldout"} if heldout else set()  # only with --eval-pairs on text
         return evals if step == 0 else MLIRL_ROUND | heldout | PPO | evals
-    train = {"loss"} if script == "train_sft.py" else {"disc_loss", "disc_accuracy"} | PPO
+    train = {"loss"} if script == "train_sft.py" else {"disc_loss", "disc_accuracy", "reward_offset",
+                                                       "reward_clipfrac"} | PPO
     return train | evals if (step + 1) % eval_every == 0 or step + 1 == n_rows else train
 
 

@@ -74,3 +74,126 @@ def test_output_heads_are_fp32_under_bf16_autocast():
         assert torch.equal(s, F.linear(hs.float(), scalar.score.weight, scalar.score.bias).squeeze(-1))
         want = F.log_softmax(F.linear(h_resp.float(), gpt.embed_out.weight), -1).gather(-1, y[..., None])
     assert torch.allclose(lp, want.squeeze(-1), atol=1e-5, rtol=0)
+
+
+def run_in_process(module, flags):
+    """A training script's main() in this process (fast: no interpreter start-up)."""
+    module.main(module.parser.parse_args(list(map(str, flags))))
+
+
+def test_ppo_learning_rate_decays_linearly_over_each_phase(tmp_path, monkeypatch):
+    """Detail 14 (the TL;DR code's linear decay): update i of n runs at lr (1 - i/n), over the whole
+    run of train_airl.py and over each ML-IRL round's PPO phase; the discriminator's lr stays."""
+    import train_airl
+    import train_mlirl
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    seen = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        run_in_process(train_airl, ["--steps", 4, "--disc-steps", 1, "--ppo-lr", 0.05, "--disc-lr", 0.1,
+                                    "--out", tmp_path / "airl"])
+        ppo_steps = 4 * 4 * 2  # epochs x minibatches x (policy, value) per update
+        airl = [lr for lr in seen if lr != 0.1]
+        assert airl == pytest.approx([0.05 * (1 - i / 4) for i in range(4) for _ in range(ppo_steps)], rel=1e-12)
+        seen.clear()
+        run_in_process(train_mlirl, ["--model", "toy-tabular", "--rounds", 2, "--sft-steps", 1, "--ppo-iterations", 3,
+                                     "--rm-epochs", 1, "--rm-lr", 0.01, "--out", tmp_path / "mlirl"])
+        rounds = seen[1:]  # after the one SFT step; each round: the reward step's (cosine from 0.01), then PPO's
+        want = [0.05 * (1 - i / 3) for i in range(3) for _ in range(ppo_steps)]
+        assert [lr for lr in rounds if lr > 0.01] == pytest.approx(want * 2, rel=1e-12)
+    finally:
+        hook.remove()
+
+
+def test_learned_rewards_score_the_demonstrations_zero(tmp_path, monkeypatch):
+    """The reward PPO receives is on a fixed scale: at every rollout, the mean sequence reward of
+    the demonstrations is 0 (to 1e-12): ML-IRL's Bradley-Terry reward over all demonstrations,
+    the discriminator's reward over the iteration's batch, so that PPO's -1 for a missing EOS is
+    a penalty (on the raw logit, once D < 0.27 a truncated response would score above an ended one)."""
+    import train_airl
+    import train_mlirl
+    from nanoirl import data, ppo
+    from nanoirl.policy import sequence_lengths
+    means, demos = [], {}
+    rollout, iterate_batches = ppo.rollout, data.iterate_batches
+
+    def batches(d, *args):  # train_airl's batches: remember the one being trained on
+        for b in iterate_batches(d, *args):
+            if "prompts" in b:  # not ML-IRL's SFT batches
+                demos["batch"] = (b["prompts"], b["prompt_mask"], b["responses"])
+            yield b
+
+    def checked_rollout(policy, ref, value, prompts, prompt_mask, reward_fn, cfg, *args):
+        p, m, y = demos["batch"]
+        r = reward_fn(p, m, y)  # (B, R): the sequence reward on each demonstration's last token
+        means.append(r.gather(1, sequence_lengths(y, cfg.eos_id)[:, None] - 1).mean().item())
+        return rollout(policy, ref, value, prompts, prompt_mask, reward_fn, cfg, *args)
+    monkeypatch.setattr(ppo, "rollout", checked_rollout)
+    monkeypatch.setattr(data, "iterate_batches", batches)
+    run_in_process(train_airl, ["--steps", 3, "--disc-steps", 2, "--out", tmp_path / "airl"])
+    assert len(means) == 3 and max(map(abs, means)) < 1e-12, means
+    means.clear()
+    load_task = train_mlirl.load_task
+
+    def task_demos(*args):
+        task = load_task(*args)
+        demos["batch"] = task.demos
+        return task
+    monkeypatch.setattr(train_mlirl, "load_task", task_demos)
+    run_in_process(train_mlirl, ["--rounds", 2, "--sft-steps", 20, "--ppo-iterations", 2, "--out", tmp_path / "mlirl"])
+    assert len(means) == 4 and max(map(abs, means)) < 1e-12, means
+
+
+def test_mlirl_negatives_are_drawn_at_the_policy_steps_temperature(tmp_path, short_tldr, monkeypatch):
+    """MLIRL Eq. 11 compares the demonstrations with samples of the policy the policy step
+    produced: on text PPO samples and optimises at T = 0.7, and so must the pairs' negatives
+    (every GPT.sample call of a run is at 0.7), unless --sample-temperature says otherwise."""
+    import train_mlirl
+    from nanoirl import mlirl, ppo
+    from nanoirl.model import GPT
+    assert mlirl.MLIRLConfig().sample_temperature == ppo.PPOConfig().temperature == 0.7
+    temps, sample = [], GPT.sample
+
+    def recorded(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, **kw):
+        temps.append(temperature)
+        return sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, **kw)
+    monkeypatch.setattr(GPT, "sample", recorded)
+    text = [*tiny_text_run(tmp_path, short_tldr), *TEXT_FLAGS["train_mlirl.py"]]
+    run_in_process(train_mlirl, [*text, "--out", tmp_path / "a"])
+    assert temps and set(temps) == {0.7}, temps
+    temps.clear()
+    run_in_process(train_mlirl, [*text, "--sample-temperature", 1.0, "--out", tmp_path / "b"])
+    assert temps.count(1.0) == 1 and set(temps) == {0.7, 1.0}  # one round's negatives
+
+
+def test_gail_token_reward_keeps_the_experts_length(tmp_path):
+    """The default GAIL reward, -log(1 - D) - log 2, is 0 at D = 1/2: at the token level its
+    gradient is the JS divergence's, and the policy's expected length lands next to the expert's
+    (3.99 tokens); the uncentred -log(1 - D) pays every extra token and runs longer. Full table,
+    PPO on a learned token-level discriminator, train_airl.py's defaults."""
+    import json
+
+    import train_airl
+    from toy.mdp import ToyMDP
+    from toy.metrics import summary
+    expert = summary(ToyMDP(), ToyMDP().expert_logprob)["length"]
+    lengths = {}
+    for name, flag in (("default", []), ("uncentred", ["--gail-reward=-log(1-D)"])):
+        run_in_process(train_airl, ["--divergence", "js", "--level", "token", *flag, "--out", tmp_path / name])
+        lengths[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])["length"]
+    print("expert", expert, lengths)
+    assert abs(lengths["default"] - expert) < 0.1 < lengths["uncentred"] - expert, (expert, lengths)
+
+
+def test_exponential_rewards_are_clipped_not_overflowing(tmp_path):
+    """e^h - 1 overflows fp32 at h > 88 and fp64 at h > 709: a discriminator driven to huge logits
+    (lr 1000) stopped the forward-KL run with "score is inf". The logit is clipped to
+    +-(--logit-clip) before the reward is read, and reward_clipfrac says how often."""
+    import json
+
+    import train_airl
+    run_in_process(train_airl, ["--divergence", "forward-kl", "--disc-lr", 1000, "--steps", 3, "--eval-every", 3,
+                                "--out", tmp_path / "fkl"])
+    rows = [json.loads(line) for line in (tmp_path / "fkl" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and max(r["reward_clipfrac"] for r in rows) > 0.1
+    assert all(abs(r["score"]) <= 2 * (2.718281828 ** 20) for r in rows)  # |e^h - 1| <= e^20 per response
