@@ -14,7 +14,9 @@ the maximum-likelihood fit of the demonstrations, alternating a policy step and 
 
 Here pi ∝ pi_ref exp(r/beta) (MLIRL Eq. 3; Eq. 5b and 9 are beta = 1). One `mlirl_round` is the
 reward step then the policy step (Algorithm 1 shifted by half a round: with theta_0 = 0 its first
-policy step returns pi_ref), as in the authors' code, whose choices are flags:
+policy step returns pi_ref), as in the authors' code, whose choices are flags (the defaults, a
+re-initialised reward on this round's pairs, a moving reference and beta = 1, are the scheme whose
+exact rounds land on the demonstrations' distribution at once; toy.irl.scheme_table):
   accumulate_pairs   keep the pairs of every round (y' from pi_0, pi_1, ...)
   reinit_reward      restart the reward model from reward_init every round (GPT: SFT model + fresh head)
   moving_reference   anchor the policy step at the last round's policy: pi_{k+1} ∝ pi_k exp(r/beta)
@@ -39,9 +41,9 @@ from nanoirl.soft_pi import best_of_n
 
 @dataclass
 class MLIRLConfig:
-    beta: float = 0.05               # KL coefficient of the policy step (MLIRL Table 4)
+    beta: float = 1.0                # KL coefficient of the policy step (Eq. 9; Table 4's 0.05: README)
     level: str = "sequence"          # reward per response (Eq. 11) or per token (summed for pairs)
-    accumulate_pairs: bool = True    # authors' code: pairs accumulate across rounds
+    accumulate_pairs: bool = False   # authors' code: pairs accumulate across rounds
     reinit_reward: bool = True       # authors' code: reward model re-initialised every round
     moving_reference: bool = True    # authors' code: the anchor is the previous round's policy
     sample_temperature: float = 0.7  # negatives y' ~ pi_k at the policy step's temperature (PPOConfig)

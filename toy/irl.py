@@ -18,6 +18,7 @@ Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for t
 import argparse
 import copy
 import itertools
+import math
 from dataclasses import replace
 
 import torch
@@ -151,6 +152,52 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
     return history
 
 
+def bt_optimum(demo_logd, neg_logd):
+    """The exact minimiser of Eq. 11's expected loss over every pair (y ~ demonstrations) ≻
+    (y' ~ negatives), one free reward per response: r = log p_demo - log q + c (its gradient
+    vanishes there, and the loss is convex), -inf where no demonstration has mass. It does not
+    depend on where the fit starts, so a re-initialised and a persistent reward fitted to
+    convergence are the same reward."""
+    return torch.where(torch.isinf(demo_logd), -torch.inf, demo_logd - neg_logd)
+
+
+def scheme_rounds(demo_logd, start_logd, beta, rounds, moving=True, accumulate=False):
+    """ML-IRL in the full class with every step exact: the Bradley-Terry optimum on the round's
+    negatives (pi_k, or the mixture of pi_0..pi_k with accumulate), then the policy step
+    pi_{k+1} ∝ anchor exp(r / beta), anchor pi_k (moving) or pi_0 (fixed). Log-probabilities
+    (n_prompts, N) in; KL(empirical || pi_k) for k = 1..rounds out (mean over prompts)."""
+    pi, negs, kls = start_logd, [], []
+    for _ in range(rounds):
+        negs.append(pi)
+        neg = torch.stack(negs).logsumexp(0) - math.log(len(negs)) if accumulate else pi
+        pi = soft_pi.trajectory_optimum(pi if moving else start_logd, bt_optimum(demo_logd, neg), beta)
+        kls.append(metrics.forward_kl(demo_logd, pi).mean().item())
+    return kls
+
+
+SCHEMES = [(moving, accumulate) for moving in (True, False) for accumulate in (False, True)]
+
+
+def scheme_table(mdp, n_demos=30, betas=(0.05, 0.2, 1.0), rounds=10, seed=1):
+    """KL(empirical || pi_k) over `rounds` exact rounds for every {moving, fixed} reference x
+    {pairs accumulated, not} x beta, from two starts: the uniform policy and an under-fitted SFT
+    policy, 0.9 empirical + 0.1 uniform. Returns {(start, moving, accumulate, beta): [KL by round]}."""
+    demos = mdp.demonstrations(n_demos, torch.Generator().manual_seed(seed))
+    d = mdp.empirical_logprob(demos[0], demos[2])
+    uniform = torch.full_like(d, -math.log(d.shape[1]))
+    starts = {"uniform": uniform, "0.9 emp + 0.1 unif": torch.logaddexp(d + math.log(0.9), uniform + math.log(0.1))}
+    return {(start, moving, acc, beta): scheme_rounds(d, s0, beta, rounds, moving, acc)
+            for start, s0 in starts.items() for moving, acc in SCHEMES for beta in betas}
+
+
+def print_scheme_table(table, show=(1, 2, 3, 5, 10)):
+    print("KL(empirical || pi_k), exact Bradley-Terry fit (re-initialised = persistent) and exact policy step")
+    print(f"  {'start':18s} {'reference':9s} {'pairs':12s} {'beta':>5s} " + " ".join(f"{'k=' + str(k):>9s}" for k in show))
+    for (start, moving, acc, beta), kls in table.items():
+        print(f"  {start:18s} {'moving' if moving else 'fixed':9s} {'accumulated' if acc else 'this round':12s} "
+              f"{beta:5.2f} " + " ".join(f"{kls[k - 1]:9.3g}" for k in show if k <= len(kls)))
+
+
 def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm_epochs=20,
                     rm_lr=0.1, seed=0):
     """RLignment's reward-model data choices, evaluated by Best-of-N on pi_SFT samples.
@@ -223,8 +270,9 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon"],
-                        help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table")
+    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes"],
+                        help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table; "
+                             "schemes: which reference / pairs / beta converge, exact (not part of all)")
     parser.add_argument("--demos", default="30,300,3000", help="numbers of demonstrations (mlirl table)")
     parser.add_argument("--classes", default="full,position,markov",
                         help="policy classes, comma-separated, from full, position, markov")
@@ -242,6 +290,9 @@ def main():
             gpt_vs_sft(mdp, n)
         return
     ns = [int(n) for n in args.demos.split(",")]
+    if args.table == "schemes":
+        print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
+        return
     if args.table in ("all", "mlirl"):
         mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
     if args.table in ("all", "bon"):
