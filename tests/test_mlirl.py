@@ -271,3 +271,40 @@ def test_reward_step_micro_batches_accumulate_the_minibatch_gradient(mdp, level,
         assert (a - b).abs().max() <= 1e-12, name
     assert (models[0].score.weight - tiny_scalar_gpt(mdp, seed=3).score.weight).abs().max() > 1e-3  # it trained
     assert stats[0] == pytest.approx(stats[1], abs=1e-12)
+
+
+def test_bradley_terry_optimum_is_the_log_ratio(mdp):
+    """toy.irl.bt_optimum, r = log p_demo - log q, minimises Eq. 11's expected loss over every pair
+    (weights p(y) q(y')): the gradient of mlirl.pair_loss vanishes there (full-support p and q,
+    where the optimum is finite), and any other reward that is not a constant shift of it has a
+    higher loss."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.log_softmax(torch.randn(3, len(mdp.responses), generator=g, dtype=torch.float64), -1)
+    q = torch.log_softmax(torch.randn(3, len(mdp.responses), generator=g, dtype=torch.float64), -1)
+    loss = lambda r: mlirl.pair_loss(r[:, :, None], r[:, None, :], p.exp()[:, :, None] * q.exp()[:, None, :])
+    r = irl.bt_optimum(p, q).requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(r), r)
+    assert grad.abs().max() < 1e-15
+    with torch.no_grad():
+        assert abs(loss(r + 3.0) - loss(r)) < 1e-12                       # shift-invariant
+        assert loss(r + 0.1 * torch.randn(r.shape, generator=g, dtype=r.dtype)) > loss(r) + 1e-6
+
+
+def test_exact_mlirl_schemes(mdp):
+    """Exact rounds (Bradley-Terry optimum, exact policy step, full class; toy.irl.scheme_rounds),
+    30 demonstrations. With a moving reference, pi_{k+1} ∝ pi_k (p / pi_k)^(1/beta) =
+    pi_k^(1 - 1/beta) p^(1/beta): at beta = 1 one round lands on the empirical p from any start;
+    at beta = 0.05 a deviation is multiplied by -19 per round and KL(p || pi_k) explodes. With a
+    fixed reference and this round's pairs, beta = 1 alternates with period 2 (pi_0, p, pi_0 ...
+    in log-ratio terms). The numbers of the README's table come from the same function."""
+    demos, d = _demos(mdp, 30)
+    uniform = torch.full_like(d, -torch.log(torch.tensor(float(d.shape[1]))).item())
+    sft = torch.logaddexp(d + torch.log(torch.tensor(0.9)), uniform + torch.log(torch.tensor(0.1)))
+    for start in (uniform, sft):
+        assert max(irl.scheme_rounds(d, start, 1.0, 5)) < 1e-12
+        kl = irl.scheme_rounds(d, start, 0.05, 5)
+        assert kl[0] < 7 and kl[4] > 100 and kl[4] > 10 * kl[1]
+    kl = irl.scheme_rounds(d, uniform, 1.0, 4, moving=False)
+    assert kl[0] < 1e-12 and kl[2] < 1e-12 and kl[1] > 0.1 and kl[3] == pytest.approx(kl[1], rel=1e-9)
+    kl = irl.scheme_rounds(d, uniform, 0.2, 20, moving=False, accumulate=True)
+    assert kl[-1] < 0.01 < kl[1]                                           # the slow but convergent one
