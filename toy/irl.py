@@ -190,12 +190,16 @@ def scheme_table(mdp, n_demos=30, betas=(0.05, 0.2, 1.0), rounds=10, seed=1):
             for start, s0 in starts.items() for moving, acc in SCHEMES for beta in betas}
 
 
-def print_scheme_table(table, show=(1, 2, 3, 5, 10)):
-    print("KL(empirical || pi_k), exact Bradley-Terry fit (re-initialised = persistent) and exact policy step")
+def print_scheme_table(table):
+    print("KL(empirical || pi_k), exact Bradley-Terry fit (re-initialised = persistent) and exact policy step;"
+          " >1e6: diverged (log-probs reach the -1e9 floor)")
+    rounds = len(next(iter(table.values())))
+    show = sorted({k for k in (1, 2, 3, 5, rounds) if k <= rounds})
     print(f"  {'start':18s} {'reference':9s} {'pairs':12s} {'beta':>5s} " + " ".join(f"{'k=' + str(k):>9s}" for k in show))
     for (start, moving, acc, beta), kls in table.items():
         print(f"  {start:18s} {'moving' if moving else 'fixed':9s} {'accumulated' if acc else 'this round':12s} "
-              f"{beta:5.2f} " + " ".join(f"{kls[k - 1]:9.3g}" for k in show if k <= len(kls)))
+              f"{beta:5.2f} " + " ".join(f"{kls[k - 1]:9.3g}" if kls[k - 1] < 1e6 else f"{'>1e6':>9s}"
+                                         for k in show))
 
 
 def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm_epochs=20,
