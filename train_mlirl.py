@@ -150,6 +150,7 @@ def main(args):
     else:  # resumed after round 0: the other models need only their shapes, the checkpoint fills them
         ref, reward_model, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
         run.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
+        run.set_rng_states(ckpt["rng"])  # the new heads drew from the global RNG: back to the checkpoint's
         start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
     del ckpt  # its CPU copy of every model
     state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}

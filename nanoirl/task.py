@@ -184,10 +184,13 @@ class TextTask:
     def evaluate(self, policy, batch_size=16):
         p, m, demos = self.eval
         ys = []
+        # the same draws at every evaluation (common random numbers), and none from the global RNG,
+        # which a resumed run reaches in another state (its models are rebuilt after the restore)
+        gen = torch.Generator(self.device).manual_seed(self.args.seed)
         with self.autocast():
             for i in range(0, len(p), batch_size):
                 ys.append(policy.sample(p[i:i + batch_size], m[i:i + batch_size], self.response_len,
-                                        self.eos_id, self.pad_id, temperature=0.7)[0])
+                                        self.eos_id, self.pad_id, temperature=0.7, generator=gen)[0])
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
                "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}

@@ -197,3 +197,39 @@ def test_exponential_rewards_are_clipped_not_overflowing(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "fkl" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and max(r["reward_clipfrac"] for r in rows) > 0.1
     assert all(abs(r["score"]) <= 2 * (2.718281828 ** 20) for r in rows)  # |e^h - 1| <= e^20 per response
+
+
+BF16_RESUME = {  # script: (flags, kill once ckpt.pt exists and this many lines are logged)
+    "train_sft.py": (["--steps", 400, "--batch-size", 2, "--ckpt-every", 50, "--eval-every", 100], 120),
+    "train_airl.py": (["--steps", 60, "--rollout-batch-size", 2, "--disc-steps", 1, "--ckpt-every", 10,
+                       "--eval-every", 20], 15),
+    "train_mlirl.py": (["--rounds", 8, "--sft-steps", 4, "--batch-size", 2, "--ppo-iterations", 3,
+                        "--rollout-batch-size", 2, "--rm-batch-size", 6], 3),
+}
+
+
+@pytest.mark.parametrize("script", BF16_RESUME)
+def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script):
+    """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
+    GPT-NeoX with a byte-level tokenizer: a run killed with SIGKILL after a checkpoint and resumed
+    with --resume ends with the metrics.jsonl bytes and the checkpoint of an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    from test_scripts import Run, assert_same
+    flags, kill_after = BF16_RESUME[script]
+    flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *flags]
+    whole, cut = Run(tmp_path, "whole", script, *flags), Run(tmp_path, "cut", script, *flags)
+    metrics, ckpt = cut.out / "metrics.jsonl", cut.out / "ckpt.pt"
+    while cut.proc.poll() is None and not (ckpt.exists() and metrics.exists()
+                                           and metrics.read_text().count("\n") >= kill_after):
+        time.sleep(0.01)
+    assert cut.proc.poll() is None, "the run ended before the kill: make it longer"
+    os.kill(cut.proc.pid, signal.SIGKILL)
+    cut.wait()
+    resumed = Run(tmp_path, "resumed", script, *flags, "--resume", out=cut.out).wait()
+    assert whole.wait().returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
+    assert metrics.read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
+    a, b = (torch.load(r.out / "ckpt.pt", weights_only=True) for r in (whole, cut))
+    assert_same({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
