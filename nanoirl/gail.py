@@ -10,7 +10,7 @@ of nanoirl/reward.py gives a JS estimate: JS >= (log 4 - loss) / 2 (js_from_disc
 Conventions: expert label 1, h = logit, D = sigmoid(h).
 
 Two rewards are in use in public code, and they are not the same algorithm:
-  "-log(1-D)"  r = -log(1 - D) = softplus(h).  DEFAULT. The policy's term of the game (22) is
+  "-log(1-D)"  r = -log(1 - D) = softplus(h). The policy's term of the game (22) is
                E_pi[log(1 - D)]; minimising it with D fixed is maximising this reward, and with
                D = D* its gradient is exactly -2 grad JS (envelope theorem: the part of the
                gradient through D* vanishes, nanoirl/fdiv.py). It is Ho & Ermon's GAIL, whose
@@ -25,7 +25,8 @@ Level: one reward per response ("sequence", Eq. 23) or per token ("token", Eq. 2
 level the sign of the reward is a length incentive: -log(1-D) > 0 pays every extra token,
 log D < 0 charges it (Kostrikov et al. 2019, "reward bias"). The centred
 fdiv.f_reward(h, "js") = -log(1 - D) - log 2 is the one whose token-level gradient is exactly
-that of the JS divergence between the unnormalised occupancy measures.
+that of the JS divergence between the unnormalised occupancy measures: train_airl.py's default
+(at the sequence level it differs from -log(1 - D) by a constant, which changes nothing).
 """
 import math
 

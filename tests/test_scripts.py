@@ -532,12 +532,14 @@ def short_tldr(tmp_path_factory):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_text_dry_run(tmp_path, short_tldr, script):
     """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens
-    (what a user runs on a GPU with pythia-1b): metrics.jsonl with the shared names, ckpt.pt at
-    the last step, policy/ loadable and equal to the checkpoint's policy, nothing downloaded.
+    and --dtype bfloat16 (CPU autocast; what a user runs on a GPU with pythia-1b): metrics.jsonl
+    with the shared names, ckpt.pt at the last step, policy/ loadable and equal to the
+    checkpoint's (fp32 master) policy, nothing downloaded.
     One at a time: each holds gigabytes (side by side they take longer)."""
     from nanoirl.model import GPT
     r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
-            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED, *TEXT_FLAGS[script])
+            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--dtype", "bfloat16", "--seed", SEED,
+            *TEXT_FLAGS[script])
     try:
         assert r.wait().returncode == 0, r.stderr
         assert "the random-init dry run uses UTF-8 bytes as tokens" in r.stdout
