@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nanoirl import hub
-from nanoirl.model import CONFIGS, GPT, GPTConfig, ScalarGPT, filter_top_k_top_p, read_safetensors
+from nanoirl.checkpoint import read_safetensors
+from nanoirl.model import CONFIGS, GPT, GPTConfig, ScalarGPT, filter_top_k_top_p
 from nanoirl.policy import NEG_INF, left_pad, pad_after_eos, response_mask
 
 try:
