@@ -1,7 +1,11 @@
 """
 Checkpoint files of the models of nanoirl/model.py: Hugging Face's GPT-NeoX config.json and
 weights in model.safetensors or pytorch_model.bin (sharded too), read and written here without
-transformers or safetensors.
+transformers or safetensors. Two layouts are read:
+  GPTNeoXForCausalLM   gpt_neox.*, embed_out.* (or lm_head.*): Pythia, the TL;DR SFT and PPO policies
+  ScalarModel          the TL;DR reference code's reward models: lm_backbone.* (a GPTNeoXModel),
+                       scalar_head.{weight,bias}, the GPT-NeoX config under "base_config" in
+                       config.json, and a scalar "bias" subtracted from every score
   load_model(cls, name_or_path)   GPT.from_pretrained / ScalarGPT.from_pretrained
   save_model(model, directory)    model.save_pretrained
 """
@@ -64,8 +68,10 @@ HF_NAMES = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
 
 
 def config_from_hf(path):
-    """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters)."""
+    """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters),
+    or from the "base_config" of a ScalarModel's config.json."""
     c = json.loads(Path(path).read_text())
+    c = c.get("base_config") or c
     rope = c.get("rope_parameters") or {}  # transformers >= 5 writes the rotary settings here
     c.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
     c.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
@@ -77,6 +83,11 @@ def config_from_hf(path):
         return GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
     except KeyError as e:
         raise ValueError(f"{path}: missing {e}") from None
+
+
+# key prefixes of other layouts -> ours: HF >= 5 may save the head as lm_head; the reference
+# ScalarModel holds a GPTNeoXModel (no gpt_neox. prefix of its own) as lm_backbone
+RENAME = {"lm_head.": "embed_out.", "lm_backbone.": "gpt_neox.", "scalar_head.": "score."}
 
 
 def load_model(cls, name_or_path, dtype=None, device=None):
@@ -92,14 +103,16 @@ def load_model(cls, name_or_path, dtype=None, device=None):
             return cls(CONFIGS[name]).to(dtype)
     files = hub.resolve_weights(name_or_path)
     config = config_from_hf(files[0].parent / "config.json")
+    offset = json.loads((files[0].parent / "config.json").read_text()).get("bias", 0.0)
     with torch.device("meta"):  # shapes only: no time or memory spent on a random init
         model = cls(config)
     expected = model.state_dict()
     found, where = {}, {}
     for f in files:
         for key, tensor in read_weights(f).items():
-            key = "embed_out." + key[len("lm_head."):] if key.startswith("lm_head.") else key
-            found[key], where[key] = tensor, f.name  # (HF >= 5 may save the head as lm_head)
+            for theirs, ours in RENAME.items():
+                key = ours + key[len(theirs):] if key.startswith(theirs) else key
+            found[key], where[key] = tensor, f.name
     if isinstance(model, ScalarGPT) and "score.weight" not in found:  # reward model from an LM
         head = new_score_head(config.n_embd)
         found.update({"score.weight": head.weight.data, "score.bias": head.bias.data})
@@ -113,6 +126,8 @@ def load_model(cls, name_or_path, dtype=None, device=None):
                              f"{list(found[key].shape)}, expected {list(meta.shape)}")
         state[key] = found[key]
     model.load_state_dict(state, assign=True)  # the meta parameters become the loaded tensors
+    if isinstance(model, ScalarGPT):
+        model.score_offset = float(offset)
     return model.to(device=device, dtype=dtype)
 
 
@@ -139,7 +154,8 @@ def save_model(model, directory):
               "bos_token_id": 0, "eos_token_id": 0, "hidden_dropout": 0.0, "attention_dropout": 0.0,
               "torch_dtype": str(model.gpt_neox.embed_in.weight.dtype).removeprefix("torch.")}
     if isinstance(model, ScalarGPT):  # HF's class has a bias-free score: it would drop score.bias
-        config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1)
+        config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1,
+                      bias=model.score_offset)
     atomic_write(directory / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
     # safetensors: the JSON header (padded to 8 bytes so the data is aligned), then the raw bytes
     dtypes = {v: k for k, v in SAFETENSORS_DTYPES.items()}

@@ -294,7 +294,9 @@ def new_score_head(n_embd):
 
 
 class ScalarGPT(nn.Module):
-    """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model."""
+    """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model.
+    score_offset is subtracted from every score: the TL;DR reference reward models store the
+    mean score of the reference summaries there, so that they score about 0."""
     from_pretrained = classmethod(from_pretrained)  # from a causal LM (fresh head) or a saved ScalarGPT
     save_pretrained = save_pretrained
 
@@ -305,11 +307,12 @@ class ScalarGPT(nn.Module):
         self.gradient_checkpointing = False
         self.apply(init_weights)
         self.score = new_score_head(config.n_embd)
+        self.score_offset = 0.0
 
     def forward(self, idx, attention_mask=None):
         """idx (B, T) -> one scalar per position (B, T), read at that position's hidden state."""
         h = self.gpt_neox(idx, attention_mask, grad_checkpoint=self.gradient_checkpointing)
-        return self.score(h).squeeze(-1)
+        return self.score(h).squeeze(-1) - self.score_offset
 
     def state_scores(self, prompts, prompt_mask, responses):
         """(B, R + 1) scalar of each state s_t = (x, y_<t): read at the last token of s_t, i.e.

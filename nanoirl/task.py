@@ -153,9 +153,13 @@ class TextTask:
         try:  # fp32 master weights; compute in bf16 under autocast
             weights = torch.float32 if self.autocast_dtype else dtype
             self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
-            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
+        try:  # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
+            gold_dtype = torch.bfloat16 if self.autocast_dtype else dtype
+            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, gold_dtype, device)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--gold-model {args.gold_model}: {e}") from None
         if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")

@@ -663,3 +663,26 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     r = Run(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
     assert r.returncode == 1 and not r.out.exists()
     assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
+
+
+def test_gold_model_in_the_reference_format_scores_the_samples(tmp_path, short_tldr):
+    """--gold-model with a reward model saved as the TL;DR reference code's ScalarModel (built
+    with transformers: lm_backbone., scalar_head., base_config, bias): evaluation rows log
+    gold_reward and win_rate."""
+    transformers = pytest.importorskip("transformers", reason="transformers builds the reference model")
+    from safetensors.torch import save_file
+    cfg = transformers.GPTNeoXConfig(vocab_size=256, hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+                                     intermediate_size=32, max_position_embeddings=96)
+    torch.manual_seed(0)
+    backbone, head = transformers.GPTNeoXModel(cfg), torch.nn.Linear(16, 1)
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    save_file({**{"lm_backbone." + k: v.contiguous() for k, v in backbone.state_dict().items()},
+               **{"scalar_head." + k: v for k, v in head.state_dict().items()}}, gold / "model.safetensors")
+    (gold / "config.json").write_text(json.dumps({"base_config": cfg.to_dict(), "hidden_size": 16, "bias": 2.5}))
+    r = Run(tmp_path, "run", "train_sft.py", *tiny_text_run(tmp_path, short_tldr), "--gold-model", gold,
+            "--steps", 2, "--batch-size", 2, "--eval-every", 1).wait()
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.out)
+    assert all({"gold_reward", "win_rate"} <= row.keys() for row in rows)
+    assert all(math.isfinite(row["gold_reward"]) and 0 <= row["win_rate"] <= 1 for row in rows)
