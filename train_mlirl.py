@@ -83,7 +83,8 @@ def fill_defaults(args, task):
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    # a bad data file or flag stops here, --out untouched; on text TL;DR's preferences by default
+    task = load_task(args, device, dtype, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
     toy, policy = args.model.startswith("toy-"), task.policy
     fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:

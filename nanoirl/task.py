@@ -45,13 +45,22 @@ def add_task_args(parser):
     g.add_argument("--eval-size", type=int, default=64,
                    help="text: demonstrations held out for evaluation")
     g.add_argument("--eval-pairs", default=None,
-                   help='text: {"prompt", "chosen", "rejected"} JSONL for reward-model accuracy')
+                   help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
+                        "(a JSONL, parquet or dataset directory, or a Hub dataset owner/name[:split]); "
+                        f"train_mlirl.py without --data: {data.TLDR_PREFERENCES}:validation[:2048]")
+    g.add_argument("--drop-too-long", action="store_true",
+                   help="text: drop examples whose prompt (other than a TL;DR post, which is cut) or "
+                        "response does not fit, and say how many, instead of stopping")
+    g.add_argument("--truncate-long-responses", action="store_true",
+                   help="text: keep responses longer than --max-response-len cut short without EOS, "
+                        f"whatever their share (default: refused above {data.MAX_TRUNCATED_SHARE:.0%})")
     g.add_argument("--gold-model", default=None,
                    help="text: a reward-model checkpoint (ScalarGPT) that judges samples: gold "
                         "reward and win rate against the held-out demonstrations")
 
 
-def load_task(args, device, dtype):
+def load_task(args, device, dtype, default_pairs=None):
+    """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
     if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
         given = [f for f in ("data", "eval_pairs", "gold_model") if getattr(args, f)]
         if given:
@@ -59,7 +68,7 @@ def load_task(args, device, dtype):
                            "is the toy MDP, whose expert and gold reward are built in")
         task = ToyTask(args, device, dtype)
     else:
-        task = TextTask(args, device, dtype)
+        task = TextTask(args, device, dtype, default_pairs)
     if args.micro_batch_size is None:  # pythia-1b: 8 x 565 tokens of activations take ~7 GB
         args.micro_batch_size = task.pick(None, None, 8)
     if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
@@ -117,11 +126,12 @@ class ToyTask:
 
 
 class TextTask:
-    def __init__(self, args, device, dtype):
+    def __init__(self, args, device, dtype, default_pairs=None):
         from nanoirl.tokenizer import ByteTokenizer, Tokenizer
-        if args.data is None:
-            raise RunError(f"--model {args.model} needs --data: a demonstrations JSONL "
-                           "(python -m nanoirl.data fake.jsonl writes TL;DR-shaped random text)")
+        eval_data = None
+        if args.data is None:  # MLIRL Sec. 6.1: TL;DR, its validation split held out
+            args.data, eval_data = data.TLDR_SFT + ":train", data.TLDR_SFT + f":validation[:{args.eval_size}]"
+            args.eval_pairs = args.eval_pairs or default_pairs
         self.args, self.device = args, device
         self.autocast_dtype = "bfloat16" if dtype == torch.bfloat16 else None  # fp32 master weights
         name = args.model.removeprefix("random:")
@@ -139,11 +149,15 @@ class TextTask:
             self.tok, self.tokenizer_json = ByteTokenizer(), None
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
         examples = data.load_demonstrations(args.data)
-        if len(examples) <= args.eval_size:
-            raise RunError(f"--data {args.data}: {len(examples)} examples, need more than "
+        held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
+        examples = examples if eval_data else examples[args.eval_size:]
+        if not examples:
+            raise RunError(f"--data {args.data}: {len(held_out)} examples, need more than "
                            f"--eval-size {args.eval_size} (held out for evaluation)")
-        tok = lambda ex: data.tokenize(ex, self.tok, args.max_prompt_len, args.max_response_len)
-        d, e = tok(examples[args.eval_size:]), tok(examples[:args.eval_size])
+        share = 1.0 if args.truncate_long_responses else data.MAX_TRUNCATED_SHARE
+        tok = lambda ex: data.tokenize(ex, self.tok, args.max_prompt_len, args.max_response_len,
+                                       args.drop_too_long, share)
+        d, e = tok(examples), tok(held_out)
         self.demos = tuple(d[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
         self.eval = tuple(e[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
         self.pairs = None
