@@ -239,5 +239,5 @@ def test_hub_dataset_without_datasets_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("NANOIRL_DATA", str(tmp_path))
     msg = error_of(load_demonstrations, "vwxyzjn/summarize_from_feedback_tldr_3_filtered:train")
     assert msg.startswith("vwxyzjn/summarize_from_feedback_tldr_3_filtered:train: reading it needs the "
-                          "`datasets` package: pip install datasets, then python -m nanoirl.data --download")
+                          "`datasets` package: pip install datasets; then python -m nanoirl.data --download")
     assert str(tmp_path / "vwxyzjn" / "summarize_from_feedback_tldr_3_filtered") in msg
