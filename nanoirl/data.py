@@ -148,8 +148,8 @@ def load_jsonl(path, layouts):
                                 f"read off {first}, needs {', '.join(LAYOUTS[layout])})")
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
-            if not value.strip() and field not in MAY_BE_EMPTY:
-                raise DataError(f"{where}: field {field!r} is empty")
+            if not (value if field == "response" else value.strip()) and field not in MAY_BE_EMPTY:
+                raise DataError(f"{where}: field {field!r} is empty")  # a sampled response may be blank
         if layout == "tldr":  # the reference code's leading space (its summaries have none)
             example = {"prompt": TLDR_PROMPT.format(**record), "response": " " + record["summary"],
                        "tldr": {k: record[k] for k in ("subreddit", "title", "post")}}

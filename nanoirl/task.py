@@ -125,28 +125,34 @@ class ToyTask:
         return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, reward_model, level)).mean().item()
 
 
+def load_tokenizer(model):
+    """(tokenizer, path of its tokenizer.json) of --model; a random-init dry run without one at
+    hand falls back to UTF-8 bytes as tokens (path None)."""
+    from nanoirl.tokenizer import ByteTokenizer, Tokenizer
+    name = model.removeprefix("random:")
+    try:
+        tok = Tokenizer.from_pretrained(name)
+        path = Path(name)  # where it read tokenizer.json, for TextTask.save to copy
+        if not path.exists():
+            path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
+        return tok, path / "tokenizer.json" if path.is_dir() else path
+    except (FileNotFoundError, ValueError) as e:
+        if not model.startswith("random:"):
+            raise RunError(f"--model {model}: {e}") from None
+        print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
+              "the random-init dry run uses UTF-8 bytes as tokens")
+        return ByteTokenizer(), None
+
+
 class TextTask:
     def __init__(self, args, device, dtype, default_pairs=None):
-        from nanoirl.tokenizer import ByteTokenizer, Tokenizer
         eval_data = None
         if args.data is None:  # MLIRL Sec. 6.1: TL;DR, its validation split held out
             args.data, eval_data = data.TLDR_SFT + ":train", data.TLDR_SFT + f":validation[:{args.eval_size}]"
             args.eval_pairs = args.eval_pairs or default_pairs
         self.args, self.device = args, device
         self.autocast_dtype = "bfloat16" if dtype == torch.bfloat16 else None  # fp32 master weights
-        name = args.model.removeprefix("random:")
-        try:
-            self.tok = Tokenizer.from_pretrained(name)
-            path = Path(name)  # where it read tokenizer.json, for save() to copy
-            if not path.exists():
-                path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
-            self.tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
-        except (FileNotFoundError, ValueError) as e:
-            if not args.model.startswith("random:"):
-                raise RunError(f"--model {args.model}: {e}") from None
-            print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
-                  "the random-init dry run uses UTF-8 bytes as tokens")
-            self.tok, self.tokenizer_json = ByteTokenizer(), None
+        self.tok, self.tokenizer_json = load_tokenizer(args.model)
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
         examples = data.load_demonstrations(args.data)
         held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
