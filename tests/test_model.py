@@ -350,6 +350,11 @@ def test_hf_cache_layout_is_found_by_name(offline_empty_cache, tmp_path):
     (repo / "refs" / "main").write_text("abc")
     assert hub.resolve("pythia-70m", ["tokenizer.json"]) == repo / "snapshots" / "abc"
     assert hub.resolve("EleutherAI/pythia-70m", ["config.json"]) == repo / "snapshots" / "abc"
+    (repo / "refs" / "v1").write_text("old")  # a branch names its own snapshot, not main's
+    assert hub.resolve("pythia-70m@v1", ["config.json"]) == repo / "snapshots" / "old"
+    assert hub.resolve("pythia-70m@old", ["config.json"]) == repo / "snapshots" / "old"  # a commit
+    with pytest.raises(FileNotFoundError, match="--revision v2"):
+        hub.resolve("pythia-70m@v2", ["config.json"])
     loaded = GPT.from_pretrained("pythia-70m")
     idx = torch.randint(0, 64, (1, 7))
     assert torch.equal(loaded(idx), model(idx))
@@ -364,8 +369,8 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "remote")
     fetched = []
 
-    def hf_hub_download(repo, filename):
-        fetched.append((repo, filename))
+    def hf_hub_download(repo, filename, revision="main"):
+        fetched.append((repo, filename) if revision == "main" else (repo, filename, revision))
         if not (tmp_path / "remote" / filename).is_file():
             raise FileNotFoundError(filename)  # what huggingface_hub's EntryNotFoundError is to us
         return str(tmp_path / "remote" / filename)
@@ -377,6 +382,11 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     assert torch.equal(GPT.from_pretrained("pythia-410m-deduped")(idx), model(idx))
     repo = "EleutherAI/pythia-410m-deduped"
     assert fetched == [(repo, "config.json"), (repo, "model.safetensors")]
+    # a branch of a Hub repo: owner/name@revision (the TL;DR reference models keep weights there)
+    fetched.clear()
+    GPT.from_pretrained("vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr@sft__55513__1706646024")
+    repo, rev = "vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr", "sft__55513__1706646024"
+    assert fetched == [(repo, "config.json", rev), (repo, "model.safetensors", rev)]
 
 
 def test_truncated_safetensors(tmp_path):
