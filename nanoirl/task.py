@@ -12,7 +12,8 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
   task.autocast_dtype         "bfloat16" then, else None: for PPOConfig and MLIRLConfig
   task.new_scalar()           a reward / value / discriminator model: a fresh table on
                               toy-tabular; the policy's transformer plus a new head on a GPT
-                              (TL;DR PPO and MLIRL initialise reward and value models from SFT)
+                              (TL;DR PPO and MLIRL initialise reward and value models from SFT),
+                              or the --reward-init checkpoint on text
   task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
                               rate against the demonstrations); sampled on text (length, EOS rate;
                               gold reward and win rate against held-out demonstrations with
@@ -48,6 +49,10 @@ def add_task_args(parser):
                    help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
                         "(a JSONL, parquet or dataset directory, or a Hub dataset owner/name[:split]); "
                         f"train_mlirl.py without --data: {data.TLDR_PREFERENCES}:validation[:2048]")
+    g.add_argument("--reward-init", default=None,
+                   help="text: the initial weights of the reward / value / discriminator models, a causal "
+                        "LM (new head) or a reward model (ours or the TL;DR ScalarModel), by name or "
+                        "directory; default: the policy's transformer and a new head")
     g.add_argument("--drop-too-long", action="store_true",
                    help="text: drop examples whose prompt (other than a TL;DR post, which is cut) or "
                         "response does not fit, and say how many, instead of stopping")
@@ -55,14 +60,14 @@ def add_task_args(parser):
                    help="text: keep responses longer than --max-response-len cut short without EOS, "
                         f"whatever their share (default: refused above {data.MAX_TRUNCATED_SHARE:.0%})")
     g.add_argument("--gold-model", default=None,
-                   help="text: a reward-model checkpoint (ScalarGPT) that judges samples: gold "
-                        "reward and win rate against the held-out demonstrations")
+                   help="text: a reward model (ours or the TL;DR ScalarModel, by name or directory) that "
+                        "judges samples: gold reward and win rate against the held-out demonstrations")
 
 
 def load_task(args, device, dtype, default_pairs=None):
     """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
     if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
-        given = [f for f in ("data", "eval_pairs", "gold_model") if getattr(args, f)]
+        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
@@ -202,7 +207,15 @@ class TextTask:
             shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
 
     def new_scalar(self):
-        return scalar_from_policy(self.policy)
+        if not self.args.reward_init:
+            return scalar_from_policy(self.policy)
+        p = next(self.policy.parameters())
+        try:
+            scalar = ScalarGPT.from_pretrained(self.args.reward_init, p.dtype, p.device)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--reward-init {self.args.reward_init}: {e}") from None
+        scalar.gradient_checkpointing = self.policy.gradient_checkpointing
+        return scalar
 
     @torch.no_grad()
     def evaluate(self, policy, batch_size=16):

@@ -668,10 +668,11 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
 
 
-def test_gold_model_in_the_reference_format_scores_the_samples(tmp_path, short_tldr):
-    """--gold-model with a reward model saved as the TL;DR reference code's ScalarModel (built
-    with transformers: lm_backbone., scalar_head., base_config, bias): evaluation rows log
-    gold_reward and win_rate."""
+def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tldr):
+    """A reward model saved as the TL;DR reference code's ScalarModel (built with transformers:
+    lm_backbone., scalar_head., base_config, bias): as --gold-model, evaluation rows log
+    gold_reward and win_rate; as --reward-init of train_mlirl.py, the reward model starts from
+    exactly its weights."""
     transformers = pytest.importorskip("transformers", reason="transformers builds the reference model")
     from safetensors.torch import save_file
     cfg = transformers.GPTNeoXConfig(vocab_size=256, hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
@@ -683,12 +684,21 @@ def test_gold_model_in_the_reference_format_scores_the_samples(tmp_path, short_t
     save_file({**{"lm_backbone." + k: v.contiguous() for k, v in backbone.state_dict().items()},
                **{"scalar_head." + k: v for k, v in head.state_dict().items()}}, gold / "model.safetensors")
     (gold / "config.json").write_text(json.dumps({"base_config": cfg.to_dict(), "hidden_size": 16, "bias": 2.5}))
-    r = Run(tmp_path, "run", "train_sft.py", *tiny_text_run(tmp_path, short_tldr), "--gold-model", gold,
-            "--steps", 2, "--batch-size", 2, "--eval-every", 1).wait()
-    assert r.returncode == 0, r.stderr
-    rows = rows_of(r.out)
+    text = tiny_text_run(tmp_path, short_tldr)
+    runs = run_all({"sft": Run(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
+                               "--batch-size", 2, "--eval-every", 1),
+                    "mlirl": Run(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
+                                 *TEXT_FLAGS["train_mlirl.py"])})
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr
+    rows = rows_of(runs["sft"].out)
     assert all({"gold_reward", "win_rate"} <= row.keys() for row in rows)
     assert all(math.isfinite(row["gold_reward"]) and 0 <= row["win_rate"] <= 1 for row in rows)
+    init = torch.load(runs["mlirl"].out / "ckpt.pt", weights_only=True)["reward_init"]
+    theirs = {**{"gpt_neox." + k: v for k, v in backbone.state_dict().items() if "rotary" not in k},
+              **{"score." + k: v for k, v in head.state_dict().items()}}
+    assert init.keys() == theirs.keys()
+    assert all(torch.equal(init[k], theirs[k]) for k in init)
 
 
 def test_mlirl_on_tldr_by_default(tmp_path):
