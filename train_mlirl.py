@@ -9,6 +9,7 @@ iteration (toy only) or Best-of-N.
     python train_mlirl.py --model toy-tabular --policy-class markov --policy-step soft-pi
     python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
+    python train_mlirl.py --model pythia-1b         # TL;DR and its preferences (README: the MLIRL TL;DR experiment)
     python train_mlirl.py --model random:pythia-70m --data fake.jsonl --rounds 1 --sft-steps 2 \
         --ppo-iterations 2 --rollout-batch-size 8        # dry run on random weights
 

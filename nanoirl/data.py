@@ -108,12 +108,13 @@ def read_dataset(source):
     except Exception as e:  # offline, no such dataset, a broken directory, ...
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{source}: not in {local} and not loadable ({why}); with the network, {get}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        m = re.fullmatch(r"(\w+)(?:\[:(\d+)\])?", split or "train")
+    m = re.fullmatch(r"(\w+)(?:\[:(\d+)\])?", split or "train")
+    if isinstance(ds, datasets.DatasetDict):  # a saved Dataset is one split already
         if not m or m.group(1) not in ds:
             raise DataError(f"{source}: no split {split!r}; the splits are {', '.join(ds)}")
         ds = ds[m.group(1)]
-        ds = ds.select(range(min(int(m.group(2)), len(ds)))) if m.group(2) else ds
+    if local.exists() and m.group(2):  # (load_dataset slices by itself)
+        ds = ds.select(range(min(int(m.group(2)), len(ds))))
     text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     return ds.select_columns(text)  # the preprocessed sets also hold token lists: not read here
 
