@@ -10,6 +10,7 @@ iteration (toy only) or Best-of-N.
     python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
     python train_mlirl.py --beta 0.05 --accumulate-pairs  # the authors' pipeline (not convergent: README)
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
+    python train_mlirl.py --model pythia-1b         # TL;DR and its preferences (README: the MLIRL TL;DR experiment)
     python train_mlirl.py --model random:pythia-70m --data fake.jsonl --rounds 1 --sft-steps 2 \
         --ppo-iterations 2 --rollout-batch-size 8        # dry run on random weights
 
@@ -90,7 +91,8 @@ def fill_defaults(args, task):
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    # a bad data file or flag stops here, --out untouched; on text TL;DR's preferences by default
+    task = load_task(args, device, dtype, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
     toy, policy = args.model.startswith("toy-"), task.policy
     fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:

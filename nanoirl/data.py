@@ -1,13 +1,20 @@
 """
-Text data: load and check JSONL files, tokenise them into the batch layout of nanoirl/policy.py,
+Text data: load and check records, tokenise them into the batch layout of nanoirl/policy.py,
 batch them reproducibly, and write synthetic TL;DR-shaped data for dry runs.
 
-Layouts (one JSON object per line; the layout is read off the fields of the first line):
+Sources (--data, --eval-pairs): a JSONL file (one JSON object per line), a parquet file, a
+directory written by `datasets`' save_to_disk, or a Hub dataset "owner/name[:split]", looked up
+first as a save_to_disk directory under $NANOIRL_DATA (default ./data), then fetched with the
+optional `datasets` package (`python -m nanoirl.data --download owner/name` saves one there).
+Layouts (read off the fields of the first record):
   demonstrations  {"prompt": str, "response": str}
   tldr            {"subreddit", "title", "post", "summary"}  (TL;DR, as in the N+ PPO code)
                   -> prompt "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:",
-                     response " " + summary
-  preferences     {"prompt": str, "chosen": str, "rejected": str}  (reward-model evaluation)
+                     response " " + summary (+ EOS in tokenize); a prompt too long for
+                     --max-prompt-len loses the end of its post as in the reference code
+  preferences     {"prompt" or "query", "chosen", "rejected"}  (reward-model evaluation; the
+                  reference's preprocessed sets end chosen and rejected with "<|endoftext|>",
+                  which is dropped here since tokenize appends EOS)
 Extra fields are ignored. Every problem raises DataError, whose message is one line
 "file:line: what is wrong", so that a script can print it and exit without a traceback.
 
@@ -17,7 +24,10 @@ Extra fields are ignored. Every problem raises DataError, whose message is one l
 """
 import argparse
 import json
+import os
 import random
+import re
+from pathlib import Path
 
 import torch
 
@@ -27,9 +37,15 @@ LAYOUTS = {
     "demonstrations": ("prompt", "response"),
     "tldr": ("subreddit", "title", "post", "summary"),
     "preferences": ("prompt", "chosen", "rejected"),
+    "tldr-preferences": ("query", "chosen", "rejected"),  # the reference's preprocessed pairs
 }
 TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 MAY_BE_EMPTY = ("subreddit", "title")  # only the text a model reads or writes must be non-empty
+EOS_TEXT = "<|endoftext|>"
+# what MLIRL Sec. 6.1 trains and evaluates on (the TL;DR reference code's sets)
+TLDR_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered"
+TLDR_PREFERENCES = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
+MAX_TRUNCATED_SHARE = 0.05  # above this share of responses cut short, tokenize refuses
 
 
 class DataError(ValueError):
@@ -59,15 +75,70 @@ def read_jsonl(path):
             yield n, record
 
 
+def data_dir():
+    return Path(os.environ.get("NANOIRL_DATA", "data"))
+
+
+def read_dataset(source):
+    """The rows of a parquet file, a save_to_disk directory or a Hub dataset, "source[:split]"
+    (split "train" by default, "validation[:2048]" slices). Needs the optional `datasets`."""
+    name, split = source, None
+    m = re.fullmatch(r"(.+?):(\w+(?:\[:\d+\])?)", source)  # name:split or name:split[:n]
+    if m and not Path(source).exists():
+        name, split = m.groups()
+    local = Path(name) if Path(name).exists() else data_dir() / name
+    get = (f"python -m nanoirl.data --download {name} saves it to {data_dir() / name} "
+           "($NANOIRL_DATA moves that folder); or pass a JSONL file")
+    if not Path(name).exists() and not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+        raise DataError(f"{source}: no such file, directory or Hub dataset owner/name")
+    try:
+        import datasets  # optional: only for sources other than JSONL
+    except ImportError:
+        raise DataError(f"{source}: reading it needs the `datasets` package: pip install datasets; "
+                        f"then {get}") from None
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if local.suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(local))
+        elif local.is_dir():
+            ds = datasets.load_from_disk(str(local))
+        else:  # the Hub (or datasets' own cache)
+            ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, no such dataset, a broken directory, ...
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{source}: not in {local} and not loadable ({why}); with the network, {get}") from None
+    m = re.fullmatch(r"(\w+)(?:\[:(\d+)\])?", split or "train")
+    if isinstance(ds, datasets.DatasetDict):  # a saved Dataset is one split already
+        if not m or m.group(1) not in ds:
+            raise DataError(f"{source}: no split {split!r}; the splits are {', '.join(ds)}")
+        ds = ds[m.group(1)]
+    if local.exists() and m.group(2):  # (load_dataset slices by itself)
+        ds = ds.select(range(min(int(m.group(2)), len(ds))))
+    text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    return ds.select_columns(text)  # the preprocessed sets also hold token lists: not read here
+
+
+def read_records(source):
+    """Yield (where, dict): "file:line" of a JSONL file, "source row i" of a dataset."""
+    path = Path(source)
+    if path.suffix == ".jsonl" or (path.is_file() and path.suffix != ".parquet"):
+        for n, record in read_jsonl(path):
+            yield f"{path}:{n}", record
+        return
+    for i, record in enumerate(read_dataset(str(source))):
+        yield f"{source} row {i}", record
+
+
 def load_jsonl(path, layouts):
     """Checked records of one of the given layouts, each as a dict of the prompt and the response
-    fields (response, or chosen and rejected) plus "where" = "file:line" for later messages."""
+    fields (response, or chosen and rejected) plus "where" = "file:line" for later messages
+    (TL;DR records keep their fields for truncation under "tldr")."""
     examples, layout, first = [], None, None
-    for n, record in read_jsonl(path):
-        where = f"{path}:{n}"
+    for where, record in read_records(path):
         if layout is None:  # the layout sharing the most fields with the first line
             layout = max(layouts, key=lambda k: len(set(LAYOUTS[k]) & record.keys()))
-            first = n
+            first = where
             if not set(LAYOUTS[layout]) & record.keys():
                 expected = " or ".join("{" + ", ".join(LAYOUTS[k]) + "}" for k in layouts)
                 raise DataError(f"{where}: fields {sorted(record)} match no layout; expected {expected}")
@@ -75,56 +146,117 @@ def load_jsonl(path, layouts):
             value = record.get(field)
             if field not in record:
                 raise DataError(f"{where}: missing field {field!r} (the {layout} layout, "
-                                f"read off line {first}, needs {', '.join(LAYOUTS[layout])})")
+                                f"read off {first}, needs {', '.join(LAYOUTS[layout])})")
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
-            if not value.strip() and field not in MAY_BE_EMPTY:
-                raise DataError(f"{where}: field {field!r} is empty")
-        if layout == "tldr":
-            example = {"prompt": TLDR_PROMPT.format(**record), "response": " " + record["summary"]}
+            if not (value if field == "response" else value.strip()) and field not in MAY_BE_EMPTY:
+                raise DataError(f"{where}: field {field!r} is empty")  # a sampled response may be blank
+        if layout == "tldr":  # the reference code's leading space (its summaries have none)
+            example = {"prompt": TLDR_PROMPT.format(**record), "response": " " + record["summary"],
+                       "tldr": {k: record[k] for k in ("subreddit", "title", "post")}}
+        elif layout == "tldr-preferences":
+            example = {"prompt": record["query"], **{k: record[k].removesuffix(EOS_TEXT)
+                                                     for k in ("chosen", "rejected")}}
         else:
             example = {k: record[k] for k in LAYOUTS[layout]}
-        examples.append({**example, "where": where})
+        examples.append({**example, "where": where, "source": str(path)})
     if not examples:
         raise DataError(f"{path}: empty file; expected one JSON object per line")
     return examples
 
 
-def load_demonstrations(path):
+def load_demonstrations(source):
     """Demonstrations from {"prompt", "response"} or TL;DR {"subreddit", "title", "post", "summary"}."""
-    return load_jsonl(path, ["demonstrations", "tldr"])
+    return load_jsonl(source, ["demonstrations", "tldr"])
 
 
-def load_preferences(path):
-    """Preference pairs from {"prompt", "chosen", "rejected"}."""
-    return load_jsonl(path, ["preferences"])
+def load_preferences(source):
+    """Preference pairs from {"prompt" or "query", "chosen", "rejected"}."""
+    return load_jsonl(source, ["preferences", "tldr-preferences"])
 
 
-def tokenize(examples, tokenizer, max_prompt_len, max_response_len):
+def truncate_tldr_post(fields, encode, max_len):
+    """(prompt token ids, how) of a TL;DR post cut as the reference code cuts it (query_truncate_field
+    "post", truncate text "\n"): while the formatted prompt has more than max_len tokens, the post
+    is cut at its last newline, or, when it has none left, loses its last character. The
+    SUBREDDIT / TITLE header and the trailing "TL;DR:" stay. how: "newline" or "characters"."""
+    post, how = fields["post"], "newline"
+    ids = encode(TLDR_PROMPT.format(**fields))
+    while len(ids) > max_len:
+        if not post:
+            return None, "header"  # the header and "TL;DR:" alone are too long
+        cut = post.rfind("\n")
+        how = how if cut >= 0 else "characters"
+        post = post[:cut] if cut >= 0 else post[:-1]
+        ids = encode(TLDR_PROMPT.format(**{**fields, "post": post}))
+    return ids, how
+
+
+def tokenize(examples, tokenizer, max_prompt_len, max_response_len, drop_too_long=False,
+             max_truncated_share=MAX_TRUNCATED_SHARE):
     """Examples -> dict of tensors in the batch layout of nanoirl/policy.py:
       prompts (B, P) left-padded to P = max_prompt_len, prompt_mask (B, P), and for each response
       field (B, R) with EOS appended, right-padded or truncated to R = max_response_len, under
       the keys "responses" (demonstrations) or "chosen" and "rejected" (preferences).
-    A prompt longer than P is an error (cutting it would change the task); a response longer
-    than R - 1 loses its EOS: it is truncated, not ended (count them with policy.ends_with_eos).
+    A TL;DR prompt longer than P loses the end of its post (truncate_tldr_post); any other prompt
+    longer than P is an error (cutting it would change the task). A response longer than R - 1
+    tokens loses its EOS: it is truncated, not ended. Those are counted and printed; above
+    max_truncated_share of them it is an error. drop_too_long drops both kinds of example
+    instead (as the reference code filters its SFT set), and prints how many.
     tokenizer: anything with encode(str) -> list[int], eos_id and pad_id."""
     eos, pad = tokenizer.eos_id, tokenizer.pad_id
     outputs = {"response": "responses", "chosen": "chosen", "rejected": "rejected"}
     prompts, responses = [], {outputs[k]: [] for k in outputs if k in examples[0]}
+    cut = {"newline": 0, "characters": 0}
+    dropped, long_responses = 0, 0
     for ex in examples:
         ids = tokenizer.encode(ex["prompt"])
         if not ids:
             raise DataError(f"{ex['where']}: prompt has no tokens")
-        if len(ids) > max_prompt_len:
-            raise DataError(f"{ex['where']}: prompt has {len(ids)} tokens, "
-                            f"more than --max-prompt-len {max_prompt_len}")
-        prompts.append(ids)
+        if len(ids) > max_prompt_len and "tldr" in ex:
+            ids, how = truncate_tldr_post(ex["tldr"], tokenizer.encode, max_prompt_len)
+            if ids is None and not drop_too_long:
+                raise DataError(f"{ex['where']}: the TL;DR header and 'TL;DR:' alone have more than "
+                                f"--max-prompt-len {max_prompt_len} tokens")
+            cut[how] = cut.get(how, 0) + 1
+        elif len(ids) > max_prompt_len:
+            if not drop_too_long:
+                raise DataError(f"{ex['where']}: prompt has {len(ids)} tokens, more than --max-prompt-len "
+                                f"{max_prompt_len} (--drop-too-long drops such examples)")
+            ids = None
+        outs = {}
         for field, key in outputs.items():
             if field in ex:
-                ids = tokenizer.encode(ex[field])
-                if eos in ids:  # the response would end early, silently
+                out = tokenizer.encode(ex[field])
+                if eos in out:  # the response would end early, silently
                     raise DataError(f"{ex['where']}: {field} contains the EOS token (id {eos})")
-                responses[key].append((ids + [eos])[:max_response_len])
+                outs[key] = out + [eos]
+        too_long = any(len(out) > max_response_len for out in outs.values())
+        if ids is None or (too_long and drop_too_long):
+            dropped += 1
+            continue
+        long_responses += too_long
+        prompts.append(ids)
+        for key, out in outs.items():
+            responses[key].append(out[:max_response_len])
+    n = len(examples)
+    where = examples[0].get("source", examples[0]["where"])
+    if cut["newline"] or cut["characters"]:
+        print(f"data: {where}: {cut['newline'] + cut['characters']} of {n} TL;DR posts truncated to fit "
+              f"--max-prompt-len {max_prompt_len} ({cut['newline']} at a newline, {cut['characters']} "
+              "by characters where no newline was left)")
+    if dropped:
+        print(f"data: {where}: --drop-too-long dropped {dropped} of {n} examples")
+    if long_responses:
+        print(f"data: {where}: {long_responses} of {n} responses have more than --max-response-len "
+              f"{max_response_len} tokens with their EOS: truncated, not ended")
+        if long_responses > max_truncated_share * n:
+            raise DataError(f"{where}: {long_responses} of {n} responses ({long_responses / n:.1%}, above "
+                            f"{max_truncated_share:.0%}) have more than --max-response-len {max_response_len} "
+                            "tokens with their EOS; raise --max-response-len, or --drop-too-long drops them, "
+                            "or --truncate-long-responses keeps them truncated")
+    if not prompts:
+        raise DataError(f"{where}: --drop-too-long dropped every example")
     prompts, prompt_mask = left_pad(prompts, pad, max_prompt_len)
     return {"prompts": prompts, "prompt_mask": prompt_mask,
             **{k: right_pad(v, pad, max_response_len) for k, v in responses.items()}}
@@ -160,17 +292,18 @@ SUBREDDITS = ["relationships", "AskReddit", "personalfinance", "jobs", "tifu", "
 
 
 def fake_tldr(n, seed=0, preferences=False):
-    """n TL;DR records of random words (posts of 20-150 words, summaries of 3-20); with
+    """n TL;DR records of random words (posts of 20-150 words, summaries of 3-8: under 53 tokens
+    even as the UTF-8 bytes of a dry run without a tokenizer); with
     preferences=True, {"prompt", "chosen", "rejected"} pairs of random summaries instead."""
     rng = random.Random(seed)
     words = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
     records = []
     for _ in range(n):
         r = {"subreddit": rng.choice(SUBREDDITS), "title": words(3, 12), "post": words(20, 150),
-             "summary": words(3, 20)}
+             "summary": words(3, 8)}
         if preferences:
             r = {"prompt": TLDR_PROMPT.format(**r), "chosen": " " + r["summary"],
-                 "rejected": " " + words(3, 20)}
+                 "rejected": " " + words(3, 8)}
         records.append(r)
     return records
 
@@ -181,14 +314,30 @@ def write_jsonl(path, records):
             f.write(json.dumps(r) + "\n")
 
 
+def download(name):
+    """Save the Hub dataset `name` (every split) under $NANOIRL_DATA, where --data name finds it."""
+    import datasets
+    path = data_dir() / name
+    datasets.load_dataset(name).save_to_disk(str(path))
+    return path
+
+
 if __name__ == "__main__":
     # python -m nanoirl.data fake_tldr.jsonl --n 256 [--preferences]
-    parser = argparse.ArgumentParser(description="Write synthetic TL;DR-shaped JSONL for dry runs.")
-    parser.add_argument("path", help="output JSONL file")
+    # python -m nanoirl.data --download vwxyzjn/summarize_from_feedback_tldr_3_filtered
+    parser = argparse.ArgumentParser(description="Write synthetic TL;DR-shaped JSONL for dry runs, "
+                                                 "or save Hub datasets where --data finds them.")
+    parser.add_argument("path", nargs="?", help="output JSONL file")
     parser.add_argument("--n", type=int, default=256, help="number of records")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--preferences", action="store_true",
                         help='write {"prompt", "chosen", "rejected"} pairs instead of TL;DR posts')
+    parser.add_argument("--download", nargs="+", metavar="OWNER/NAME",
+                        help=f"save these Hub datasets under $NANOIRL_DATA (now {data_dir()}); "
+                             f"MLIRL Sec. 6.1 needs {TLDR_SFT} {TLDR_PREFERENCES}")
     args = parser.parse_args()
-    write_jsonl(args.path, fake_tldr(args.n, args.seed, args.preferences))
-    print(f"wrote {args.n} records to {args.path}")
+    for name in args.download or []:
+        print(f"saved {name} to {download(name)}")
+    if args.path:
+        write_jsonl(args.path, fake_tldr(args.n, args.seed, args.preferences))
+        print(f"wrote {args.n} records to {args.path}")

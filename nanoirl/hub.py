@@ -24,8 +24,17 @@ def cache_dir():
     return Path(home).expanduser() / "hub"
 
 
+def split_revision(name):
+    """'owner/name@revision' -> ('owner/name', 'revision'); without '@', the revision is 'main'.
+    (The TL;DR reference models keep their weights on branches: their main holds no weights.)"""
+    name, _, revision = str(name).partition("@")
+    return name, revision or "main"
+
+
 def repo_id(name):
-    """'pythia-1b' -> 'EleutherAI/pythia-1b'; a Hub id 'owner/name' is kept as it is."""
+    """'pythia-1b' -> 'EleutherAI/pythia-1b'; a Hub id 'owner/name' is kept as it is (an
+    '@revision' after either is dropped here: split_revision reads it)."""
+    name = split_revision(name)[0]
     if name.removeprefix("EleutherAI/") in KNOWN:
         return "EleutherAI/" + name.removeprefix("EleutherAI/")
     if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
@@ -34,13 +43,15 @@ def repo_id(name):
                      f"{', '.join(KNOWN)}; a Hub id 'owner/name' or a local directory also works")
 
 
-def cached(repo, files):
+def cached(repo, files, revision="main"):
     """The snapshot directory of `repo` in the HF cache that holds all `files`, or None.
-    Cache layout: models--{owner}--{name}/snapshots/{revision}/, refs/main names the newest."""
+    Cache layout: models--{owner}--{name}/snapshots/{commit}/, refs/{branch} names a branch's
+    commit. For main, any snapshot will do (the newest first); for another revision, only its own."""
     root = cache_dir() / ("models--" + repo.replace("/", "--"))
-    main = root / "refs" / "main"
-    candidates = [root / "snapshots" / main.read_text().strip()] if main.is_file() else []
-    candidates += sorted((root / "snapshots").glob("*"), key=lambda d: d.stat().st_mtime, reverse=True)
+    ref = root / "refs" / revision
+    candidates = [root / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision)]
+    if revision == "main":
+        candidates += sorted((root / "snapshots").glob("*"), key=lambda d: d.stat().st_mtime, reverse=True)
     return next((d for d in candidates if all((d / f).is_file() for f in files)), None)
 
 
@@ -54,8 +65,8 @@ def resolve(name_or_path, files, download=True):
         if missing:
             raise FileNotFoundError(f"directory {path} has no {', '.join(missing)}")
         return path
-    repo = repo_id(str(name_or_path))
-    snapshot = cached(repo, files)
+    repo, revision = repo_id(str(name_or_path)), split_revision(name_or_path)[1]
+    snapshot = cached(repo, files, revision)
     if snapshot is not None:
         return snapshot
     if not download:
@@ -65,17 +76,18 @@ def resolve(name_or_path, files, download=True):
     else:
         try:
             from huggingface_hub import hf_hub_download  # optional: only to fetch missing files
-            return Path([hf_hub_download(repo, f) for f in files][-1]).parent
+            return Path([hf_hub_download(repo, f, revision=revision) for f in files][-1]).parent
         except ImportError:
             why = "huggingface_hub is not installed"
         except Exception as e:  # no network, no such repo or file, ...
             why = f"the download failed ({type(e).__name__}: {e})"
+    at = "" if revision == "main" else f" --revision {revision}"
     raise FileNotFoundError(
-        f"{', '.join(files)} of {repo} not found: {str(name_or_path)!r} is not a local directory, "
-        f"the Hugging Face cache {cache_dir()} has no snapshot of {repo} with those files, and {why}. "
-        f"Fetch them with (`hf download` in newer huggingface_hub)\n"
-        f"  huggingface-cli download {repo} {' '.join(files)}\nor\n"
-        f"  git lfs install && git clone https://huggingface.co/{repo}\n"
+        f"{', '.join(files)} of {repo}{'@' + revision if at else ''} not found: {str(name_or_path)!r} is not "
+        f"a local directory, the Hugging Face cache {cache_dir()} has no snapshot of {repo} with those "
+        f"files, and {why}. Fetch them with (`hf download` in newer huggingface_hub)\n"
+        f"  huggingface-cli download {repo}{at} {' '.join(files)}\nor\n"
+        f"  git lfs install && git clone{' -b ' + revision if at else ''} https://huggingface.co/{repo}\n"
         f"and pass the model name again or the cloned directory (a local directory path works too).")
 
 

@@ -4,21 +4,17 @@ map 1:1 onto Hugging Face's `GPTNeoXForCausalLM`:
   GPT        logits at every position, per-token log-probs and KV-cache sampling: the policy
              interface of nanoirl/policy.py
   ScalarGPT  the same transformer with a Linear(d, 1) head: reward, value and discriminator models
-Checkpoints: GPT.from_pretrained("pythia-1b" | directory | "random:pythia-1b"), .save_pretrained(dir)
+Checkpoints: GPT.from_pretrained("pythia-1b" | directory | "random:pythia-1b"), .save_pretrained(dir);
+the file formats live in nanoirl/checkpoint.py.
 """
-import json
 import math
-import os
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nanoirl import hub
 from nanoirl.policy import NEG_INF
 
 
@@ -186,158 +182,27 @@ def fp32_linear(x, layer):
 
 
 # -----------------------------------------------------------------------------------------------
-# checkpoints: Hugging Face config.json + model.safetensors / pytorch_model.bin
-
-SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-                      "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
-                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path):
-    """{name: tensor} of a .safetensors file: an 8-byte little-endian header length n, n bytes of
-    JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian data."""
-    size, out = os.path.getsize(path), {}
-    with open(path, "rb") as f:
-        try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))  # a cut-off header fails here
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a safetensors file, or truncated ({e})") from None
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None or end - begin != math.prod(info["shape"]) * dtype.itemsize:
-                raise ValueError(f"{path}: tensor {name} has a bad dtype or size: {info}")
-            if 8 + n + end > size:
-                raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
-            f.seek(8 + n + begin)
-            data = bytearray(f.read(end - begin))  # a writable copy that the tensor owns
-            out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]) if data \
-                else torch.empty(info["shape"], dtype=dtype)  # frombuffer refuses 0 bytes
-    return out
-
-
-def read_weights(path):
-    """{name: tensor} of one .safetensors or .bin file; any failure is a ValueError naming it."""
-    if str(path).endswith(".safetensors"):
-        return read_safetensors(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
-
-
-# GPTConfig field -> Hugging Face config.json key
-HF_NAMES = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
-            "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
-            "intermediate_size": "intermediate_size", "rotary_pct": "rotary_pct",
-            "rotary_base": "rotary_emb_base", "layer_norm_eps": "layer_norm_eps"}
-
-
-def config_from_hf(path):
-    """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters)."""
-    c = json.loads(Path(path).read_text())
-    rope = c.get("rope_parameters") or {}  # transformers >= 5 writes the rotary settings here
-    c.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
-    c.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
-    c.setdefault("layer_norm_eps", 1e-5)
-    if (c.get("model_type"), c.get("use_parallel_residual", True), c.get("hidden_act", "gelu"),
-            rope.get("rope_type", "default")) != ("gpt_neox", True, "gelu", "default"):
-        raise ValueError(f"{path}: only GPT-NeoX with parallel residual, exact GELU and plain rotary")
-    try:
-        return GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
-    except KeyError as e:
-        raise ValueError(f"{path}: missing {e}") from None
-
-
-def load_model(cls, name_or_path, dtype=None, device=None):
-    """cls.from_pretrained: "random:<CONFIGS key>" for fresh random weights, else a directory or a
-    model name (nanoirl.hub). dtype None means float32, whatever the checkpoint's dtype (Pythia's
-    is fp16). A ScalarGPT loaded from a causal LM gets a freshly initialised head."""
-    dtype = dtype or torch.float32
-    if str(name_or_path).startswith("random:"):
-        name = str(name_or_path)[len("random:"):]
-        if name not in CONFIGS:
-            raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-        with torch.device(device or "cpu"):  # initialise on the target device: faster on GPU
-            return cls(CONFIGS[name]).to(dtype)
-    files = hub.resolve_weights(name_or_path)
-    config = config_from_hf(files[0].parent / "config.json")
-    with torch.device("meta"):  # shapes only: no time or memory spent on a random init
-        model = cls(config)
-    expected = model.state_dict()
-    found, where = {}, {}
-    for f in files:
-        for key, tensor in read_weights(f).items():
-            key = "embed_out." + key[len("lm_head."):] if key.startswith("lm_head.") else key
-            found[key], where[key] = tensor, f.name  # (HF >= 5 may save the head as lm_head)
-    if isinstance(model, ScalarGPT) and "score.weight" not in found:  # reward model from an LM
-        head = new_score_head(config.n_embd)
-        found.update({"score.weight": head.weight.data, "score.bias": head.bias.data})
-    state = {}  # only the expected keys: stale buffers (attention.bias, inv_freq...) are dropped
-    for key, meta in expected.items():
-        if key not in found:
-            raise ValueError(f"{', '.join(f.name for f in files)} in {files[0].parent}: "
-                             f"no tensor {key} (shape {list(meta.shape)})")
-        if found[key].shape != meta.shape:
-            raise ValueError(f"{where[key]} in {files[0].parent}: tensor {key} has shape "
-                             f"{list(found[key].shape)}, expected {list(meta.shape)}")
-        state[key] = found[key]
-    model.load_state_dict(state, assign=True)  # the meta parameters become the loaded tensors
-    return model.to(device=device, dtype=dtype)
-
-
-def atomic_write(path, write):
-    """write(f) into a temp file beside path, then rename it over path: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # atomic on POSIX and Windows within one directory
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_model(model, directory):
-    """model.save_pretrained: config.json + model.safetensors, loadable by HF's
-    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    c, state = model.config, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-              **{theirs: getattr(c, ours) for ours, theirs in HF_NAMES.items()},
-              "use_parallel_residual": True, "hidden_act": "gelu", "tie_word_embeddings": False,
-              "bos_token_id": 0, "eos_token_id": 0, "hidden_dropout": 0.0, "attention_dropout": 0.0,
-              "torch_dtype": str(model.gpt_neox.embed_in.weight.dtype).removeprefix("torch.")}
-    if isinstance(model, ScalarGPT):  # HF's class has a bias-free score: it would drop score.bias
-        config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1)
-    atomic_write(directory / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-    # safetensors: the JSON header (padded to 8 bytes so the data is aligned), then the raw bytes
-    dtypes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for k, v in state.items():
-        end = offset + v.numel() * v.element_size()
-        header[k] = {"dtype": dtypes[v.dtype], "shape": list(v.shape), "data_offsets": [offset, end]}
-        offset = end
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for v in state.values():
-            f.write(v.reshape(-1).view(torch.uint8).numpy())  # raw bytes, native = little-endian
-    atomic_write(directory / "model.safetensors", write)
-
-
-# -----------------------------------------------------------------------------------------------
 # the two models
+
+
+def from_pretrained(cls, name_or_path, dtype=None, device=None):
+    """cls from "random:<CONFIGS key>", a directory or a model name; float32 unless dtype is
+    given. The checkpoint formats are in nanoirl/checkpoint.py (imported here, not above: it
+    imports this file)."""
+    from nanoirl.checkpoint import load_model
+    return load_model(cls, name_or_path, dtype, device)
+
+
+def save_pretrained(model, directory):
+    """config.json + model.safetensors in directory, loadable by transformers (checkpoint.py)."""
+    from nanoirl.checkpoint import save_model
+    save_model(model, directory)
 
 
 class GPT(nn.Module):
     """GPT-NeoX causal LM: logits, per-token log-probs and sampling (the policy of policy.py)."""
-    from_pretrained = classmethod(load_model)  # GPT.from_pretrained(name_or_path, dtype, device)
-    save_pretrained = save_model  # model.save_pretrained(directory)
+    from_pretrained = classmethod(from_pretrained)  # GPT.from_pretrained(name_or_path, dtype, device)
+    save_pretrained = save_pretrained  # model.save_pretrained(directory)
 
     def __init__(self, config):
         super().__init__()
@@ -438,9 +303,11 @@ def new_score_head(n_embd):
 
 
 class ScalarGPT(nn.Module):
-    """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model."""
-    from_pretrained = classmethod(load_model)  # from a causal LM (fresh head) or a saved ScalarGPT
-    save_pretrained = save_model
+    """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model.
+    score_offset is subtracted from every score: the TL;DR reference reward models store the
+    mean score of the reference summaries there, so that they score about 0."""
+    from_pretrained = classmethod(from_pretrained)  # from a causal LM (fresh head) or a saved ScalarGPT
+    save_pretrained = save_pretrained
 
     def __init__(self, config):
         super().__init__()
@@ -449,11 +316,12 @@ class ScalarGPT(nn.Module):
         self.gradient_checkpointing = False
         self.apply(init_weights)
         self.score = new_score_head(config.n_embd)
+        self.score_offset = 0.0
 
     def forward(self, idx, attention_mask=None):
         """idx (B, T) -> one fp32 scalar per position (B, T), read at that position's hidden state."""
         h = self.gpt_neox(idx, attention_mask, grad_checkpoint=self.gradient_checkpointing)
-        return fp32_linear(h, self.score).squeeze(-1)
+        return fp32_linear(h, self.score).squeeze(-1) - self.score_offset
 
     def state_scores(self, prompts, prompt_mask, responses):
         """(B, R + 1) scalar of each state s_t = (x, y_<t): read at the last token of s_t, i.e.

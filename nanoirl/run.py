@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -72,6 +73,15 @@ def file_arg(value):
     return value
 
 
+def data_arg(value):
+    """argparse type of --data: an existing file or directory (":split" allowed after a dataset
+    directory), or what looks like a Hub dataset owner/name[:split] (looked up later)."""
+    name = value.split(":")[0] if not os.path.exists(value) else value
+    if os.path.exists(name) or re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+        return value
+    raise argparse.ArgumentTypeError(f"no such file: {value}")
+
+
 def positive_int(value):
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
@@ -83,9 +93,11 @@ def add_common_args(parser, **defaults):
     (e.g. out="out/sft"). Each script adds its algorithm's flags in groups of its own."""
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", type=model_arg, default="toy-tabular", help=f"the policy: {MODEL_FORMS}")
-    g.add_argument("--data", type=file_arg, default=None,
-                   help='demonstrations JSONL: {"prompt", "response"} per line, or the TL;DR layout '
-                        '{"subreddit", "title", "post", "summary"}; default: the toy MDP\'s expert')
+    g.add_argument("--data", type=data_arg, default=None,
+                   help='demonstrations: {"prompt", "response"} or the TL;DR layout {"subreddit", "title", '
+                        '"post", "summary"}, as a JSONL, parquet or dataset directory, or a Hub dataset '
+                        "owner/name[:split]; default: the toy MDP's expert, on text TL;DR "
+                        "(vwxyzjn/summarize_from_feedback_tldr_3_filtered)")
     g.add_argument("--max-prompt-len", type=positive_int, default=512,
                    help="prompts are left-padded to this many tokens; a longer one is an error (TL;DR: 512)")
     g.add_argument("--max-response-len", type=positive_int, default=53,

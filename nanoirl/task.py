@@ -12,7 +12,8 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
   task.autocast_dtype         "bfloat16" then, else None: for PPOConfig and MLIRLConfig
   task.new_scalar()           a reward / value / discriminator model: a fresh table on
                               toy-tabular; the policy's transformer plus a new head on a GPT
-                              (TL;DR PPO and MLIRL initialise reward and value models from SFT)
+                              (TL;DR PPO and MLIRL initialise reward and value models from SFT),
+                              or the --reward-init checkpoint on text
   task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
                               rate against the demonstrations); sampled on text (length, EOS rate;
                               gold reward and win rate against held-out demonstrations with
@@ -45,21 +46,34 @@ def add_task_args(parser):
     g.add_argument("--eval-size", type=int, default=64,
                    help="text: demonstrations held out for evaluation")
     g.add_argument("--eval-pairs", default=None,
-                   help='text: {"prompt", "chosen", "rejected"} JSONL for reward-model accuracy')
+                   help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
+                        "(a JSONL, parquet or dataset directory, or a Hub dataset owner/name[:split]); "
+                        f"train_mlirl.py without --data: {data.TLDR_PREFERENCES}:validation[:2048]")
+    g.add_argument("--reward-init", default=None,
+                   help="text: the initial weights of the reward / value / discriminator models, a causal "
+                        "LM (new head) or a reward model (ours or the TL;DR ScalarModel), by name or "
+                        "directory; default: the policy's transformer and a new head")
+    g.add_argument("--drop-too-long", action="store_true",
+                   help="text: drop examples whose prompt (other than a TL;DR post, which is cut) or "
+                        "response does not fit, and say how many, instead of stopping")
+    g.add_argument("--truncate-long-responses", action="store_true",
+                   help="text: keep responses longer than --max-response-len cut short without EOS, "
+                        f"whatever their share (default: refused above {data.MAX_TRUNCATED_SHARE:.0%})")
     g.add_argument("--gold-model", default=None,
-                   help="text: a reward-model checkpoint (ScalarGPT) that judges samples: gold "
-                        "reward and win rate against the held-out demonstrations")
+                   help="text: a reward model (ours or the TL;DR ScalarModel, by name or directory) that "
+                        "judges samples: gold reward and win rate against the held-out demonstrations")
 
 
-def load_task(args, device, dtype):
+def load_task(args, device, dtype, default_pairs=None):
+    """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
     if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
-        given = [f for f in ("data", "eval_pairs", "gold_model") if getattr(args, f)]
+        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
         task = ToyTask(args, device, dtype)
     else:
-        task = TextTask(args, device, dtype)
+        task = TextTask(args, device, dtype, default_pairs)
     if args.micro_batch_size is None:  # pythia-1b: 8 x 565 tokens of activations take ~7 GB
         args.micro_batch_size = task.pick(None, None, 8)
     if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
@@ -116,34 +130,45 @@ class ToyTask:
         return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, reward_model, level)).mean().item()
 
 
+def load_tokenizer(model):
+    """(tokenizer, path of its tokenizer.json) of --model; a random-init dry run without one at
+    hand falls back to UTF-8 bytes as tokens (path None)."""
+    from nanoirl.tokenizer import ByteTokenizer, Tokenizer
+    name = model.removeprefix("random:")
+    try:
+        tok = Tokenizer.from_pretrained(name)
+        path = Path(name)  # where it read tokenizer.json, for TextTask.save to copy
+        if not path.exists():
+            path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
+        return tok, path / "tokenizer.json" if path.is_dir() else path
+    except (FileNotFoundError, ValueError) as e:
+        if not model.startswith("random:"):
+            raise RunError(f"--model {model}: {e}") from None
+        print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
+              "the random-init dry run uses UTF-8 bytes as tokens")
+        return ByteTokenizer(), None
+
+
 class TextTask:
-    def __init__(self, args, device, dtype):
-        from nanoirl.tokenizer import ByteTokenizer, Tokenizer
-        if args.data is None:
-            raise RunError(f"--model {args.model} needs --data: a demonstrations JSONL "
-                           "(python -m nanoirl.data fake.jsonl writes TL;DR-shaped random text)")
+    def __init__(self, args, device, dtype, default_pairs=None):
+        eval_data = None
+        if args.data is None:  # MLIRL Sec. 6.1: TL;DR, its validation split held out
+            args.data, eval_data = data.TLDR_SFT + ":train", data.TLDR_SFT + f":validation[:{args.eval_size}]"
+            args.eval_pairs = args.eval_pairs or default_pairs
         self.args, self.device = args, device
         self.autocast_dtype = "bfloat16" if dtype == torch.bfloat16 else None  # fp32 master weights
-        name = args.model.removeprefix("random:")
-        try:
-            self.tok = Tokenizer.from_pretrained(name)
-            path = Path(name)  # where it read tokenizer.json, for save() to copy
-            if not path.exists():
-                path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
-            self.tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
-        except (FileNotFoundError, ValueError) as e:
-            if not args.model.startswith("random:"):
-                raise RunError(f"--model {args.model}: {e}") from None
-            print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
-                  "the random-init dry run uses UTF-8 bytes as tokens")
-            self.tok, self.tokenizer_json = ByteTokenizer(), None
+        self.tok, self.tokenizer_json = load_tokenizer(args.model)
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
         examples = data.load_demonstrations(args.data)
-        if len(examples) <= args.eval_size:
-            raise RunError(f"--data {args.data}: {len(examples)} examples, need more than "
+        held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
+        examples = examples if eval_data else examples[args.eval_size:]
+        if not examples:
+            raise RunError(f"--data {args.data}: {len(held_out)} examples, need more than "
                            f"--eval-size {args.eval_size} (held out for evaluation)")
-        tok = lambda ex: data.tokenize(ex, self.tok, args.max_prompt_len, args.max_response_len)
-        d, e = tok(examples[args.eval_size:]), tok(examples[:args.eval_size])
+        share = 1.0 if args.truncate_long_responses else data.MAX_TRUNCATED_SHARE
+        tok = lambda ex: data.tokenize(ex, self.tok, args.max_prompt_len, args.max_response_len,
+                                       args.drop_too_long, share)
+        d, e = tok(examples), tok(held_out)
         self.demos = tuple(d[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
         self.eval = tuple(e[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
         self.pairs = None
@@ -153,9 +178,13 @@ class TextTask:
         try:  # fp32 master weights; compute in bf16 under autocast
             weights = torch.float32 if self.autocast_dtype else dtype
             self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
-            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
+        try:  # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
+            gold_dtype = torch.bfloat16 if self.autocast_dtype else dtype
+            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, gold_dtype, device)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--gold-model {args.gold_model}: {e}") from None
         if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")
@@ -178,7 +207,15 @@ class TextTask:
             shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
 
     def new_scalar(self):
-        return scalar_from_policy(self.policy)
+        if not self.args.reward_init:
+            return scalar_from_policy(self.policy)
+        p = next(self.policy.parameters())
+        try:
+            scalar = ScalarGPT.from_pretrained(self.args.reward_init, p.dtype, p.device)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--reward-init {self.args.reward_init}: {e}") from None
+        scalar.gradient_checkpointing = self.policy.gradient_checkpointing
+        return scalar
 
     @torch.no_grad()
     def evaluate(self, policy, batch_size=16):

@@ -118,7 +118,9 @@ class Tokenizer:
         self.norm_added = added_pattern([nfc(t["content"]) for t in added if t["normalized"]])
         self.special_ids = {t["id"] for t in added if t["special"]}
         self.eos_id = self.added.get("<|endoftext|>")  # Pythia: 0, and bos = eos
-        self.pad_id = self.added.get("<|padding|>")    # Pythia: 1
+        # Pythia's pad is <|padding|> (1); the TL;DR reference code adds a "[PAD]" token (50277)
+        # and pads with it, so a tokenizer.json that has one pads with it
+        self.pad_id = self.added.get("[PAD]", self.added.get("<|padding|>"))
 
         # Decoding: the bytes of every id. Ids not in the file (Pythia's model has 50304 output
         # rows for 50277 tokens) decode to nothing, as in HF.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoirl.data import (DataError, batch_indices, fake_tldr, iterate_batches,
+from nanoirl.data import (TLDR_PROMPT, DataError, batch_indices, fake_tldr, iterate_batches,
                           load_demonstrations, load_preferences, tokenize, write_jsonl)
 from nanoirl.policy import ends_with_eos
 
@@ -70,7 +70,10 @@ def test_file_level_errors(tmp_path):
 def test_prompt_longer_than_context(tmp_path):
     path = write(tmp_path, GOOD, json.dumps({"prompt": "0123456789", "response": "r"}))
     msg = error_of(tokenize, load_demonstrations(path), CharTokenizer(), 8, 4)
-    assert msg == f"{path}:2: prompt has 10 tokens, more than --max-prompt-len 8"
+    assert msg == (f"{path}:2: prompt has 10 tokens, more than --max-prompt-len 8 "
+                   "(--drop-too-long drops such examples)")
+    data = tokenize(load_demonstrations(path), CharTokenizer(), 8, 4, drop_too_long=True)
+    assert data["prompts"].shape == (1, 8)  # the long line dropped, the good one kept
 
 
 def test_response_holding_eos(tmp_path):
@@ -83,7 +86,7 @@ def test_tokenize_batch_layout(tmp_path):
     path = write(tmp_path, json.dumps({"prompt": "ab", "response": "xyz", "id": 7}),  # extra field ok
                  json.dumps({"prompt": "abcd", "response": "uvwxyz"}))
     tok = CharTokenizer()
-    data = tokenize(load_demonstrations(path), tok, max_prompt_len=5, max_response_len=5)
+    data = tokenize(load_demonstrations(path), tok, max_prompt_len=5, max_response_len=5, max_truncated_share=1)
     enc = tok.encode
     assert data["prompts"].tolist() == [[1, 1, 1] + enc("ab"), [1] + enc("abcd")]
     assert data["prompt_mask"].tolist() == [[False] * 3 + [True] * 2, [False] + [True] * 4]
@@ -143,3 +146,98 @@ def test_fake_tldr(tmp_path):
     subprocess.run([sys.executable, "-m", "nanoirl.data", str(out), "--n", "3"], check=True,
                    capture_output=True, cwd=Path(__file__).parents[1])
     assert len(load_demonstrations(out)) == 3
+
+
+def reference_truncation(info, encode, length):
+    """The TL;DR reference code's process_query loop (truncate_field "post", truncate_text "\\n"),
+    written out as it is there: cut at the last newline, else drop one character."""
+    info = dict(info)
+    tokens = encode(TLDR_PROMPT.format(**info))
+    while len(tokens) > length:
+        i = -1
+        try:
+            i = info["post"].rindex("\n")
+        except ValueError:
+            pass
+        info["post"] = info["post"][:i]
+        tokens = encode(TLDR_PROMPT.format(**info))
+    return tokens
+
+
+def test_tldr_posts_are_truncated_as_the_reference_code(tmp_path, capsys):
+    tok = CharTokenizer()
+    paragraphs = "First paragraph here.\nSecond one, longer than that.\nThird.\nFourth and last."
+    records = [{"subreddit": "tifu", "title": "T", "post": paragraphs, "summary": "s"},
+               {"subreddit": "tifu", "title": "T", "post": "no newline at all " * 4, "summary": "s"},
+               {"subreddit": "tifu", "title": "T", "post": "short", "summary": "s"}]
+    write_jsonl(tmp_path / "t.jsonl", records)
+    header = len(TLDR_PROMPT.format(subreddit="tifu", title="T", post=""))
+    length = header + 40
+    data = tokenize(load_demonstrations(tmp_path / "t.jsonl"), tok, length, 8)
+    for row, r in zip(data["prompts"], records):
+        expected = reference_truncation(r, tok.encode, length)
+        real = row[row != tok.pad_id].tolist()
+        assert real == expected and len(real) <= length
+        assert real[:header - len("\n\nTL;DR:")] == tok.encode(TLDR_PROMPT.format(**r))[:header - len("\n\nTL;DR:")]
+        assert real[-len("\n\nTL;DR:"):] == tok.encode("\n\nTL;DR:")
+    first = TLDR_PROMPT.format(subreddit="tifu", title="T", post="First paragraph here.")
+    assert data["prompts"][0][-len(first):].tolist() == tok.encode(first)  # cut at a newline
+    out = capsys.readouterr().out
+    assert "2 of 3 TL;DR posts truncated to fit --max-prompt-len" in out and "(1 at a newline, 1 by characters" in out
+    assert data["responses"][0].tolist() == tok.encode(" s") + [0] + [1] * 5  # leading space and EOS
+
+
+def test_long_responses_are_counted_and_refused_above_a_share(tmp_path, capsys):
+    tok = CharTokenizer()
+    records = [{"prompt": "p", "response": "x" * (10 if i < 3 else 2)} for i in range(40)]
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, records)
+    ex = load_demonstrations(path)
+    msg = error_of(tokenize, ex, tok, 4, 6)  # 3 of 40 = 7.5%, above the 5% default
+    assert msg.startswith(f"{path}: 3 of 40 responses (7.5%, above 5%) have more than --max-response-len 6")
+    data = tokenize(ex, tok, 4, 6, max_truncated_share=0.1)
+    assert "3 of 40 responses have more than --max-response-len 6" in capsys.readouterr().out
+    assert not ends_with_eos(data["responses"], 0)[:3].any() and ends_with_eos(data["responses"], 0)[3:].all()
+    data = tokenize(ex, tok, 4, 6, drop_too_long=True)
+    assert len(data["responses"]) == 37 and "dropped 3 of 40 examples" in capsys.readouterr().out
+
+
+def test_dataset_sources(tmp_path, monkeypatch):
+    """A save_to_disk directory (with :split and [:n]), a parquet file and a Hub name found under
+    $NANOIRL_DATA read as the same records as JSONL; the reference's preference layout
+    (query, chosen and rejected ending in <|endoftext|>) reads as prompt, chosen, rejected."""
+    datasets = pytest.importorskip("datasets", reason="datasets writes the local data sets")
+    records = fake_tldr(6, seed=1)
+    sets = datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:4]),
+                                 "validation": datasets.Dataset.from_list(records[4:])})
+    sets.save_to_disk(str(tmp_path / "data" / "owner" / "tldr"))
+    sets["train"].to_parquet(str(tmp_path / "train.parquet"))
+    write_jsonl(tmp_path / "t.jsonl", records[:4])
+    strip = lambda ex: [{k: v for k, v in e.items() if k not in ("where", "source")} for e in ex]
+    jsonl = strip(load_demonstrations(tmp_path / "t.jsonl"))
+    monkeypatch.setenv("NANOIRL_DATA", str(tmp_path / "data"))
+    for source in [tmp_path / "data" / "owner" / "tldr", f"{tmp_path / 'data' / 'owner' / 'tldr'}:train",
+                   tmp_path / "train.parquet", "owner/tldr", "owner/tldr:train"]:
+        ex = load_demonstrations(str(source))
+        assert strip(ex) == jsonl, source
+    assert len(load_demonstrations("owner/tldr:validation")) == 2
+    assert len(load_demonstrations("owner/tldr:train[:3]")) == 3
+    assert load_demonstrations("owner/tldr:validation")[1]["where"] == "owner/tldr:validation row 1"
+    assert "no split 'test'; the splits are train, validation" in error_of(load_demonstrations, "owner/tldr:test")
+    prefs = [{"query": r["prompt"], "chosen": r["chosen"] + "<|endoftext|>",
+              "rejected": r["rejected"] + "<|endoftext|>", "query_token": [1, 2]}
+             for r in fake_tldr(3, preferences=True)]
+    datasets.Dataset.from_list(prefs).save_to_disk(str(tmp_path / "prefs"))
+    got = load_preferences(str(tmp_path / "prefs"))
+    assert [(e["prompt"], e["chosen"], e["rejected"]) for e in got] == \
+        [(r["prompt"], r["chosen"], r["rejected"]) for r in fake_tldr(3, preferences=True)]
+
+
+def test_hub_dataset_without_datasets_is_one_line(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
+    monkeypatch.setenv("NANOIRL_DATA", str(tmp_path))
+    msg = error_of(load_demonstrations, "vwxyzjn/summarize_from_feedback_tldr_3_filtered:train")
+    assert msg.startswith("vwxyzjn/summarize_from_feedback_tldr_3_filtered:train: reading it needs the "
+                          "`datasets` package: pip install datasets; then python -m nanoirl.data --download")
+    assert str(tmp_path / "vwxyzjn" / "summarize_from_feedback_tldr_3_filtered") in msg

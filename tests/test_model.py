@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nanoirl import hub
-from nanoirl.model import CONFIGS, GPT, GPTConfig, ScalarGPT, filter_top_k_top_p, read_safetensors
+from nanoirl.checkpoint import read_safetensors
+from nanoirl.model import CONFIGS, GPT, GPTConfig, ScalarGPT, filter_top_k_top_p
 from nanoirl.policy import NEG_INF, left_pad, pad_after_eos, response_mask
 
 try:
@@ -349,6 +350,11 @@ def test_hf_cache_layout_is_found_by_name(offline_empty_cache, tmp_path):
     (repo / "refs" / "main").write_text("abc")
     assert hub.resolve("pythia-70m", ["tokenizer.json"]) == repo / "snapshots" / "abc"
     assert hub.resolve("EleutherAI/pythia-70m", ["config.json"]) == repo / "snapshots" / "abc"
+    (repo / "refs" / "v1").write_text("old")  # a branch names its own snapshot, not main's
+    assert hub.resolve("pythia-70m@v1", ["config.json"]) == repo / "snapshots" / "old"
+    assert hub.resolve("pythia-70m@old", ["config.json"]) == repo / "snapshots" / "old"  # a commit
+    with pytest.raises(FileNotFoundError, match="--revision v2"):
+        hub.resolve("pythia-70m@v2", ["config.json"])
     loaded = GPT.from_pretrained("pythia-70m")
     idx = torch.randint(0, 64, (1, 7))
     assert torch.equal(loaded(idx), model(idx))
@@ -363,8 +369,8 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "remote")
     fetched = []
 
-    def hf_hub_download(repo, filename):
-        fetched.append((repo, filename))
+    def hf_hub_download(repo, filename, revision="main"):
+        fetched.append((repo, filename) if revision == "main" else (repo, filename, revision))
         if not (tmp_path / "remote" / filename).is_file():
             raise FileNotFoundError(filename)  # what huggingface_hub's EntryNotFoundError is to us
         return str(tmp_path / "remote" / filename)
@@ -376,6 +382,11 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     assert torch.equal(GPT.from_pretrained("pythia-410m-deduped")(idx), model(idx))
     repo = "EleutherAI/pythia-410m-deduped"
     assert fetched == [(repo, "config.json"), (repo, "model.safetensors")]
+    # a branch of a Hub repo: owner/name@revision (the TL;DR reference models keep weights there)
+    fetched.clear()
+    GPT.from_pretrained("vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr@sft__55513__1706646024")
+    repo, rev = "vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr", "sft__55513__1706646024"
+    assert fetched == [(repo, "config.json", rev), (repo, "model.safetensors", rev)]
 
 
 def test_truncated_safetensors(tmp_path):
@@ -438,3 +449,58 @@ def test_cuda_bf16_sampling_agrees_with_float32():
     assert torch.isfinite(lp).all() and lp.dtype == torch.float32
     ref = model.float().logprobs(prompts, mask, y, temperature=0.7)
     assert (lp - ref)[response_mask(y, 0)].abs().max() < 0.1  # bf16 keeps ~3 digits
+
+
+# ---------------------------------------------------------------------------------------------
+# the TL;DR reference code's reward models (ScalarModel)
+
+
+def reference_scalar_model(directory, bias):
+    """A reward model saved as the TL;DR reference code saves its ScalarModel, built with
+    transformers: a GPTNeoXModel under lm_backbone., a Linear(d, 1) scalar_head, config.json
+    with the GPT-NeoX config under base_config and the scalar bias. Returns (backbone, head)."""
+    from safetensors.torch import save_file
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=V, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(4)
+    backbone, head = transformers.GPTNeoXModel(cfg).eval(), torch.nn.Linear(32, 1)
+    with torch.no_grad():
+        for p in [*backbone.parameters(), *head.parameters()]:
+            p.add_(torch.randn_like(p) * 0.1)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {**{"lm_backbone." + k: v for k, v in backbone.state_dict().items()},
+             **{"scalar_head." + k: v for k, v in head.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / "model.safetensors")
+    config = {"architectures": ["ScalarModel"], "base_model": "EleutherAI/pythia-160m",
+              "base_config": cfg.to_dict(), "hidden_size": 32, "bias": bias}
+    (directory / "config.json").write_text(json.dumps(config))
+    return backbone, head
+
+
+@needs_hf
+def test_reference_reward_model_scores_as_the_reference_code(tmp_path):
+    """ScalarGPT.from_pretrained on a ScalarModel directory: every score equals the reference
+    computation scalar_head(hidden_states[-1]) - bias (fp32, left padding as in its get_reward),
+    and the score read at the last response token (mlirl.sequence_rewards) too."""
+    from nanoirl.mlirl import MLIRLConfig, sequence_rewards
+    backbone, head = reference_scalar_model(tmp_path / "rm", bias=0.37)
+    rm = ScalarGPT.from_pretrained(tmp_path / "rm").eval()
+    assert rm.score_offset == 0.37 and rm.config.n_embd == 32
+    prompts, mask = batch([[5, 17, 33, 2, 9], [7, 8], [60, 61, 62]], pad_id=1)
+    responses = torch.tensor([[10, 11, 0, 1], [12, 13, 14, 15], [0, 1, 1, 1]])  # EOS = 0, pad = 1
+    idx = torch.cat([prompts, responses], 1)
+    key_mask = torch.cat([mask, torch.ones_like(responses, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        out = backbone(input_ids=idx.masked_fill(~key_mask, 0), attention_mask=key_mask.long(),
+                       output_hidden_states=True)
+        ref = head(out.hidden_states[-1]).squeeze(-1) - 0.37  # (B, T)
+        ours = rm(idx, key_mask)
+        assert (ours - ref)[key_mask].abs().max() < 1e-4
+        last = torch.tensor([5 + 2, 5 + 3, 5 + 0])  # the EOS, or the last token when there is none
+        r = sequence_rewards(rm, prompts, mask, responses, MLIRLConfig(eos_id=0, pad_id=1))
+        assert (r - ref[torch.arange(3), last]).abs().max() < 1e-4
+    # saved by us and read again: the same scores, the offset kept
+    rm.save_pretrained(tmp_path / "ours")
+    again = ScalarGPT.from_pretrained(tmp_path / "ours")
+    assert again.score_offset == 0.37 and torch.equal(again(idx, key_mask), rm(idx, key_mask))

@@ -61,12 +61,14 @@ class Run:
     files (a pipe nobody reads could fill and stall it); wait() returns self with returncode,
     stdout and stderr. out: the run directory, tmp/name unless given."""
 
-    def __init__(self, tmp, name, script, *flags, out=None):
+    def __init__(self, tmp, name, script, *flags, out=None, env=None):
         self.out = Path(out or tmp / name)
         cache = tmp / "hf-cache"  # empty: no tokenizer, no weights
         cache.mkdir(exist_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
-               "OMP_NUM_THREADS": "1"}  # torch's second thread slows small work (conftest.py)
+               "OMP_NUM_THREADS": "1",  # torch's second thread slows small work (conftest.py)
+               "HF_DATASETS_CACHE": str(tmp / "datasets-cache"), "NANOIRL_DATA": str(tmp / "no-data"),
+               **(env or {})}
         self.logs = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
         with open(self.logs[0], "w") as o, open(self.logs[1], "w") as e:
             argv = [sys.executable, script, *map(str, flags), "--out", str(self.out)]
@@ -539,6 +541,7 @@ def test_text_dry_run(tmp_path, short_tldr, script):
     from nanoirl.model import GPT
     r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
             "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--dtype", "bfloat16", "--seed", SEED,
+            "--truncate-long-responses",
             *TEXT_FLAGS[script])
     try:
         assert r.wait().returncode == 0, r.stderr
@@ -609,7 +612,7 @@ def tiny_text_run(tmp_path, demos):
     GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(model)
     byte_level_tokenizer_json(model / "tokenizer.json")
     return ["--model", model, "--data", demos, "--max-prompt-len", 64, "--max-response-len", 8,
-            "--eval-size", 2, "--device", "cpu", "--seed", SEED]
+            "--eval-size", 2, "--device", "cpu", "--seed", SEED, "--truncate-long-responses"]
 
 
 def test_forward_passes_run_under_autocast_and_optimizer_steps_outside(tmp_path, short_tldr):
@@ -668,3 +671,72 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     r = Run(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
     assert r.returncode == 1 and not r.out.exists()
     assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
+
+
+def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tldr):
+    """A reward model saved as the TL;DR reference code's ScalarModel (built with transformers:
+    lm_backbone., scalar_head., base_config, bias): as --gold-model, evaluation rows log
+    gold_reward and win_rate; as --reward-init of train_mlirl.py, the reward model starts from
+    exactly its weights."""
+    transformers = pytest.importorskip("transformers", reason="transformers builds the reference model")
+    from safetensors.torch import save_file
+    cfg = transformers.GPTNeoXConfig(vocab_size=256, hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+                                     intermediate_size=32, max_position_embeddings=96)
+    torch.manual_seed(0)
+    backbone, head = transformers.GPTNeoXModel(cfg), torch.nn.Linear(16, 1)
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    save_file({**{"lm_backbone." + k: v.contiguous() for k, v in backbone.state_dict().items()},
+               **{"scalar_head." + k: v for k, v in head.state_dict().items()}}, gold / "model.safetensors")
+    (gold / "config.json").write_text(json.dumps({"base_config": cfg.to_dict(), "hidden_size": 16, "bias": 2.5}))
+    text = tiny_text_run(tmp_path, short_tldr)
+    runs = run_all({"sft": Run(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
+                               "--batch-size", 2, "--eval-every", 1),
+                    "mlirl": Run(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
+                                 *TEXT_FLAGS["train_mlirl.py"])})
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr
+    rows = rows_of(runs["sft"].out)
+    assert all({"gold_reward", "win_rate"} <= row.keys() for row in rows)
+    assert all(math.isfinite(row["gold_reward"]) and 0 <= row["win_rate"] <= 1 for row in rows)
+    init = torch.load(runs["mlirl"].out / "ckpt.pt", weights_only=True)["reward_init"]
+    theirs = {**{"gpt_neox." + k: v for k, v in backbone.state_dict().items() if "rotary" not in k},
+              **{"score." + k: v for k, v in head.state_dict().items()}}
+    assert init.keys() == theirs.keys()
+    assert all(torch.equal(init[k], theirs[k]) for k in init)
+
+
+def test_mlirl_on_tldr_by_default(tmp_path):
+    """`python train_mlirl.py --model random:pythia-70m` and no other flag, offline: one line on
+    the TL;DR data it needs and how to get it. With TL;DR-layout data sets that this test writes
+    with `datasets` under $NANOIRL_DATA (posts far longer than 512 tokens), the same command plus
+    step counts truncates the posts, runs round 0 and one ML-IRL round, and logs
+    rm_accuracy_heldout on the preference set."""
+    datasets = pytest.importorskip("datasets", reason="datasets writes the local data sets")
+    bare = Run(tmp_path, "bare", "train_mlirl.py", "--model", "random:pythia-70m").wait()
+    assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
+    assert bare.stderr.startswith(f"error: {data.TLDR_SFT}:train: not in {tmp_path / 'no-data' / data.TLDR_SFT} "
+                                  "and not loadable") and f"python -m nanoirl.data --download {data.TLDR_SFT}" in bare.stderr
+    records = data.fake_tldr(6, seed=0)
+    for r in records:  # paragraphs of ~1,500 bytes in all, the summaries of a few words
+        r.update(post="\n".join([r["post"]] * 3), summary=" ".join(r["summary"].split()[:3]))
+    root = tmp_path / "data"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:4]),
+                          "validation": datasets.Dataset.from_list(records[4:])}).save_to_disk(str(root / data.TLDR_SFT))
+    pairs = [{"query": p["prompt"][-300:], "chosen": " ".join(p["chosen"].split()[:3]) + "<|endoftext|>",
+              "rejected": " ".join(p["rejected"].split()[:3]) + "<|endoftext|>"} for p in data.fake_tldr(4, preferences=True)]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(pairs)}).save_to_disk(str(root / data.TLDR_PREFERENCES))
+    r = Run(tmp_path, "tldr", "train_mlirl.py", "--model", "random:pythia-70m", "--rounds", 1, "--sft-steps", 1,
+            "--batch-size", 2, "--ppo-iterations", 1, "--rollout-batch-size", 2, "--rm-batch-size", 4,
+            env={"NANOIRL_DATA": str(root)})
+    try:
+        assert r.wait().returncode == 0, r.stderr
+        assert f"data: {data.TLDR_SFT}:train: 4 of 4 TL;DR posts truncated to fit --max-prompt-len 512 (" \
+            in r.stdout, r.stdout
+        rows = rows_of(r.out)
+        assert [row["step"] for row in rows] == [0, 1] and 0 <= rows[1]["rm_accuracy_heldout"] <= 1
+        config = json.loads((r.out / "config.json").read_text())
+        assert config["data"] == data.TLDR_SFT + ":train"
+        assert config["eval_pairs"] == data.TLDR_PREFERENCES + ":validation[:2048]"
+    finally:
+        shutil.rmtree(r.out, ignore_errors=True)

@@ -256,3 +256,26 @@ def test_nanoirl_does_not_import_hf():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_added_pad_token_as_the_tldr_reference_code(tmp_path, tokenizer_json):
+    """The TL;DR reference code adds "[PAD]" (id 50277 on Pythia, the first id after the vocab) with
+    add_special_tokens and left-pads queries with it: ours reads the saved tokenizer, encodes
+    "[PAD]" to that id, pads with it, and data.tokenize left-pads as transformers does."""
+    transformers = pytest.importorskip("transformers", reason="transformers is a reference")
+    from nanoirl.data import tokenize
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token="<|endoftext|>")
+    size = len(hf)
+    hf.add_special_tokens({"pad_token": "[PAD]"})
+    hf.save_pretrained(tmp_path)
+    ours = Tokenizer.from_pretrained(tmp_path)
+    assert ours.pad_id == hf.pad_token_id == size and ours.eos_id == 0
+    for text in ["a [PAD] b", "[PAD][PAD]x", "TL;DR:[PAD]", "no pad here  "]:
+        assert ours.encode(text) == hf.encode(text), text
+    assert ours.decode(ours.encode("a [PAD] b"), skip_special_tokens=True) == "a  b"
+    prompts = ["SUBREDDIT: r/x\n\nTITLE: hi", "short"]
+    ref = hf(prompts, padding="max_length", max_length=24, padding_side="left")
+    examples = [{"prompt": p, "response": " y", "where": "t"} for p in prompts]
+    got = tokenize(examples, ours, max_prompt_len=24, max_response_len=4)
+    assert got["prompts"].tolist() == ref["input_ids"]
+    assert got["prompt_mask"].long().tolist() == ref["attention_mask"]
