@@ -20,19 +20,19 @@ from nanoirl import data, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/sft")
 add_task_args(parser)
 g = parser.add_argument_group("SFT")
-g.add_argument("--steps", type=int, default=300, help="optimiser steps")
-g.add_argument("--batch-size", type=int, default=32, help="demonstrations per step")
-g.add_argument("--lr", type=float, default=None,
+g.add_argument("--steps", type=run.positive_int, default=300, help="optimiser steps")
+g.add_argument("--batch-size", type=run.positive_int, default=32, help="demonstrations per step")
+g.add_argument("--lr", type=run.learning_rate, default=None,
                help="AdamW learning rate, decayed linearly to 0 "
                     "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")
 g.add_argument("--occupancy", action="store_true",
                help="minimise the occupancy-measure cross-entropy: token t of an n-token "
                     "response weighted n - t (Sun24 Eq. 12, index corrected; nanoirl/sft.py)")
-g.add_argument("--eval-every", type=int, default=50, help="evaluate every this many steps")
+g.add_argument("--eval-every", type=run.positive_int, default=50, help="evaluate every this many steps")
 
 
 def main(args):

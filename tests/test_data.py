@@ -132,7 +132,7 @@ def test_batches_cover_each_epoch_and_resume_exactly():
 
 
 def test_fake_tldr(tmp_path):
-    assert fake_tldr(5, seed=1) == fake_tldr(5, seed=1) != fake_tldr(5, seed=2)
+    assert list(fake_tldr(5, seed=1)) == list(fake_tldr(5, seed=1)) != list(fake_tldr(5, seed=2))
     write_jsonl(tmp_path / "t.jsonl", fake_tldr(20))
     ex = load_demonstrations(tmp_path / "t.jsonl")
     assert len(ex) == 20 and ex[0]["prompt"].startswith("SUBREDDIT: r/")

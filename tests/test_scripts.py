@@ -517,7 +517,7 @@ TEXT_FLAGS = {  # the fewest steps that still go through every part of the loop
 @pytest.fixture(scope="module")
 def short_tldr(tmp_path_factory):
     """8 TL;DR records of `python -m nanoirl.data`, cut short: prompts of at most 64 byte tokens."""
-    records = data.fake_tldr(8, seed=0)
+    records = list(data.fake_tldr(8, seed=0))
     for r in records:
         r.update(subreddit="tifu", title="", post=" ".join(r["post"].split()[:2]),
                  summary=" ".join(r["summary"].split()[:2]))
