@@ -178,6 +178,17 @@ def check_minibatches(num_minibatches, rollout_batch_size):
                        f"{rollout_batch_size} (PPO cuts each rollout into equal minibatches)")
 
 
+def int_list(check, multiple_of=1):
+    """argparse type of a comma-separated list of integers, each passed through `check` (e.g.
+    positive_int) and a multiple of `multiple_of`."""
+    def parse(value):
+        items = [check(v.strip()) for v in value.split(",")]
+        if any(n % multiple_of for n in items):
+            raise argparse.ArgumentTypeError(f"expected multiples of {multiple_of}, got {value!r}")
+        return items
+    return parse
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The script's docstring as written, and '(default: X)' after every flag whose help does not
     already say its default (a default of None is picked per model: the help says how)."""
