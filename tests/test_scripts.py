@@ -322,7 +322,7 @@ def resume_runs(tmp_path_factory):
     name = lambda c: c.replace(".py", "").replace(" ", "-")
     whole = {c: Run(tmp, f"{name(c)}-whole", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
     cut = {c: Run(tmp, f"{name(c)}-cut", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
-    resumed, done = {}, {}
+    resumed, done, refused = {}, {}, {}
     while len(resumed) < len(RESUME):
         for c in set(RESUME) - set(resumed):
             metrics, ckpt = cut[c].out / "metrics.jsonl", cut[c].out / "ckpt.pt"
@@ -333,9 +333,11 @@ def resume_runs(tmp_path_factory):
                 os.kill(cut[c].proc.pid, signal.SIGKILL)
             cut[c].wait()
             done[c] = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
+            refused[c] = Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                             out=cut[c].out).wait()  # another seed: not this run, refused, nothing written
             resumed[c] = Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
         time.sleep(0.01)
-    return {c: (whole[c].wait(), cut[c], resumed[c].wait(), done[c]) for c in RESUME}
+    return {c: (whole[c].wait(), cut[c], resumed[c].wait(), done[c], refused[c]) for c in RESUME}
 
 
 @pytest.mark.parametrize("case", RESUME)
@@ -343,8 +345,11 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
     on resume) and resumed with --resume ends with the metrics.jsonl bytes, weights, optimiser
     states, RNG states and (ML-IRL) pairs of an uninterrupted run. ML-IRL killed inside round 0
-    goes on with SFT from its last SFT checkpoint (RLignment's pi_init samples kept in it)."""
-    whole, cut, resumed, ckpt = resume_runs[case]
+    goes on with SFT from its last SFT checkpoint (RLignment's pi_init samples kept in it). A
+    --resume with another --seed before it was refused in one line and changed nothing."""
+    whole, cut, resumed, ckpt, refused = resume_runs[case]
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        f"error: --resume: flags differ from the checkpoint's run (--seed {SEED} -> {SEED + 1})"), refused.stderr
     assert cut.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
     assert whole.returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
     n = len(rows_of(whole.out))
@@ -364,13 +369,52 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     assert_same({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
 
 
+def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
+    on; that checkpoint and metrics.jsonl pass --resume's checks."""
+    from nanoirl import run
+    r = Run(tmp_path, "sigint", "train_sft.py", "--steps", 10 ** 6, "--ckpt-every", 5, "--eval-every", 10 ** 6)
+    while r.proc.poll() is None and not ((r.out / "ckpt.pt").exists() and len(rows_of(r.out)) > 20):
+        time.sleep(0.05)
+    r.proc.send_signal(signal.SIGINT)
+    r.wait()
+    assert r.returncode == -signal.SIGINT and r.stderr == (
+        f"error: interrupted; the last good checkpoint is {r.out / 'ckpt.pt'}: continue with the same command "
+        "and --resume\n"), r.stderr
+    ckpt = run.read_checkpoint(r.out)
+    run.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
+    assert ckpt["step"] > 0
+
+
+def test_two_runs_on_one_out(tmp_path):
+    """Two runs started together on one --out: one runs, the other is refused in one line (the
+    --out lock, or the files of the first), and the directory holds one run's files: config.json
+    equal to its checkpoint's."""
+    out = tmp_path / "shared"
+    runs = run_all({i: Run(tmp_path, f"run{i}", "train_sft.py", "--steps", 30, "--seed", i, out=out) for i in (1, 2)})
+    codes = sorted(r.returncode for r in runs.values())
+    assert codes == [0, 1], [r.stderr for r in runs.values()]
+    loser = next(r for r in runs.values() if r.returncode == 1)
+    assert loser.stderr.startswith((f"error: --out {out} is in use by another run", f"error: --out {out} already holds"))
+    assert loser.stderr.count("\n") == 1
+    config = json.loads((out / "config.json").read_text())
+    assert torch.load(out / "ckpt.pt", weights_only=True)["config"] == config
+    assert len(rows_of(out)) == 30
+
+
 # ---- bad input: one line, the file:line or the flag, nothing lost ---------------------------------
 TEXT = ["--model", "random:pythia-70m", "--max-prompt-len", 16, "--max-response-len", 4, "--eval-size", 1,
         "--device", "cpu"]
 BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "prompt-too-long",
        "missing-data-file", "unknown-model", "out-under-a-file", "out-is-a-file", "out-exists",
        "resume-without-checkpoint", "resume-and-force", "resume-with-bad-data", "force-with-bad-data",
-       "toy-with-data", "more-positions-than-the-model"]
+       "toy-with-data", "more-positions-than-the-model",
+       # flags checked at parse time, or once the model's defaults are known: before --out is made
+       "steps-negative", "temperature-zero", "too-many-minibatches", "bfloat16-on-the-toy",
+       # --data that is not a regular file, text that is not text, a --gold-model without a head
+       "data-is-a-directory", "data-is-a-fifo", "lone-surrogate", "gold-model-is-a-causal-lm", "gold-model-missing",
+       # --resume that would not continue the run: refused before anything is written
+       "resume-with-other-flags", "resume-damaged-checkpoint", "resume-empty-checkpoint", "resume-metrics-deleted"]
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +441,20 @@ def bad_runs(tmp_path_factory, toy_runs):
     empty_prompt = jsonl("empty-prompt", ok, {"prompt": "  ", "response": " x"})
     empty_response = jsonl("empty-response", ok, ok, ok, {"prompt": "x", "response": ""})
     long_prompt = jsonl("long-prompt", ok, ok, {"prompt": "x" * 20, "response": " y"})
+    surrogate = jsonl("surrogate", ok, '{"prompt": "a\\ud800", "response": " b"}')
+    good = jsonl("good", ok, ok, ok)
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    from nanoirl.model import GPT, GPTConfig
+    causal_lm = tmp / "causal-lm"
+    GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=16)).save_pretrained(causal_lm)
+    damaged = finished_run("damaged")
+    raw = bytearray((damaged / "ckpt.pt").read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 200] = bytes(x ^ 0xFF for x in raw[len(raw) // 2:len(raw) // 2 + 200])
+    (damaged / "ckpt.pt").write_bytes(bytes(raw))
+    (finished_run("empty-ckpt") / "ckpt.pt").write_bytes(b"")
+    (finished_run("no-metrics") / "metrics.jsonl").unlink()
+    same = ["--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *TOY_FLAGS["train_sft.py"], "--resume"]
     afile = tmp / "afile"
     afile.write_text("not a directory")
     empty_dir = tmp / "empty"
@@ -437,6 +495,35 @@ def bad_runs(tmp_path_factory, toy_runs):
                                           "error: --max-prompt-len 2000 + --max-response-len 53 tokens exceed "
                                           "--model random:pythia-70m's 2048 positions"),
     }
+    cases.update({
+        "steps-negative": ("train_sft.py", ["--steps", -5], None,
+                           "train_sft.py: error: argument --steps: expected a positive integer, got '-5'"),
+        "temperature-zero": ("train_airl.py", ["--temperature", 0], None,
+                             "train_airl.py: error: argument --temperature: expected a finite number > 0, got '0'"),
+        "too-many-minibatches": ("train_airl.py", ["--num-minibatches", 1000], None,
+                                 "error: --num-minibatches 1000 must divide --rollout-batch-size 256"),
+        "bfloat16-on-the-toy": ("train_sft.py", ["--dtype", "bfloat16"], None,
+                                "error: --dtype bfloat16 is for text models; --model toy-tabular is evaluated exactly"),
+        "data-is-a-directory": ("train_sft.py", [*TEXT, "--data", tmp], None,
+                                f"train_sft.py: error: argument --data: {tmp} is a directory, not a JSONL file"),
+        "data-is-a-fifo": ("train_airl.py", [*TEXT, "--data", fifo], None,
+                           f"train_airl.py: error: argument --data: {fifo} is a FIFO (named pipe); give a regular file"),
+        "lone-surrogate": ("train_sft.py", [*TEXT, "--data", surrogate], None,
+                           f"error: {surrogate}:2: field 'prompt' holds a lone surrogate '\\ud800'"),
+        "gold-model-is-a-causal-lm": ("train_airl.py", [*TEXT, "--data", good, "--gold-model", causal_lm], None,
+                                      f"error: --gold-model {causal_lm}: {causal_lm} has no trained scalar head"),
+        "gold-model-missing": ("train_mlirl.py", [*TEXT, "--data", good, "--gold-model", tmp / "none"], None,
+                               f"error: --gold-model {tmp / 'none'}: "),
+        "resume-with-other-flags": ("train_sft.py", [*same, "--policy-class", "position"], finished_run("other-flags"),
+                                    "error: --resume: flags differ from the checkpoint's run "
+                                    "(--policy-class 'full' -> 'position'); resume with its flags"),
+        "resume-damaged-checkpoint": ("train_sft.py", same, damaged,
+                                      f"error: {damaged / 'ckpt.pt'}: cannot load the checkpoint: it is damaged"),
+        "resume-empty-checkpoint": ("train_sft.py", same, tmp / "empty-ckpt",
+                                    f"error: {tmp / 'empty-ckpt' / 'ckpt.pt'}: cannot load the checkpoint: it is empty"),
+        "resume-metrics-deleted": ("train_sft.py", same, tmp / "no-metrics",
+                                   f"error: --resume: {tmp / 'no-metrics' / 'metrics.jsonl'} is missing"),
+    })
     assert list(cases) == BAD
     before = {case: snapshot(out or tmp / case) for case, (_, _, out, _) in cases.items()}
     runs = run_all({case: Run(tmp, case, script, *flags, out=out) for case, (script, flags, out, _) in cases.items()})
