@@ -11,7 +11,7 @@ Sections: train (forward + backward + AdamW), sample (rollout sampling vs `gener
 PPO iteration as train_mlirl.py runs it, four models), memory (that iteration's peak estimated
 without a GPU: weights and AdamW states counted, activations tracked on fake tensors), toy (exact
 enumeration; memory and toy always run on the CPU).
-Numerics (DESIGN.md): fp32 master weights, forward passes under bf16 autocast, loss and
+Numerics (README, "Pythia weights"): fp32 master weights, forward passes under bf16 autocast, loss and
 log-softmax in fp32, fused AdamW, for ours and transformers' alike (fp32 throughout on CPU).
 Before timing, both models must give the same fp32 logits on the benchmark batch (<= 1e-4).
 With N = every parameter but the input embedding (a lookup; the untied head is a matmul):

@@ -9,8 +9,8 @@ iteration (toy only) or Best-of-N.
     python train_mlirl.py --model toy-tabular --policy-class markov --policy-step soft-pi
     python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
-    python train_mlirl.py --model random:pythia-70m --data fake.jsonl --rounds 1 --sft-steps 2 \
-        --ppo-iterations 2 --rollout-batch-size 8        # dry run on random weights
+    python -m nanoirl.data fake-prefs.jsonl --n 8 --preferences   # a dry run on a CPU (README), after train_sft.py's:
+    python train_mlirl.py --model out/dry-sft/policy --sft-steps 0 --data fake.jsonl --eval-pairs fake-prefs.jsonl --max-prompt-len 256 --eval-size 2 --rounds 1 --ppo-iterations 1 --rollout-batch-size 2 --out out/dry-mlirl
 
 Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and the reward model's
 held-out pair accuracy; mlirl_fig2.png draws MLIRL Fig. 2 from it: (a) reward accuracy, (b) gold
