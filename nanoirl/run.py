@@ -419,7 +419,7 @@ def checksum(obj, h=None):
     if isinstance(obj, torch.Tensor):
         t = obj.detach().to("cpu").contiguous()
         h.update(f"tensor {t.dtype} {list(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             if not (top and k == "sha256"):

@@ -131,3 +131,16 @@ def test_documented_commands_run(workspace):
     from nanoirl.tokenizer import ByteTokenizer, Tokenizer
     text = "SUBREDDIT: r/tifu\n\nTITLE: é ü 日本\n\nPOST: a  b\n\nTL;DR:"
     assert Tokenizer.from_pretrained(dry).encode(text) == ByteTokenizer().encode(text)
+
+
+def test_offline_model_fails_fast_and_names_every_file(tmp_path):
+    """--model pythia-1b with no cache and no network: a quick check of the Hub, not ~25 s of
+    download retries, and the printed fetch command names every file a model directory needs."""
+    env = {"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT),
+           "PATH": "/usr/bin:/bin"}  # port 9 (discard) refuses at once; HF_HUB_OFFLINE is not set
+    code = "from nanoirl.tokenizer import Tokenizer\ntry:\n Tokenizer.from_pretrained('pythia-1b')\nexcept FileNotFoundError as e:\n print(e)"
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert time.time() - t0 < 10, done.stderr
+    assert "127.0.0.1 is not reachable" in done.stdout, done.stdout + done.stderr
+    assert "huggingface-cli download EleutherAI/pythia-1b config.json model.safetensors tokenizer.json" in done.stdout

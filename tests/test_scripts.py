@@ -624,7 +624,8 @@ def test_text_dry_run(tmp_path, short_tldr, script):
             "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED, *TEXT_FLAGS[script])
     try:
         assert r.wait().returncode == 0, r.stderr
-        assert "the random-init dry run uses UTF-8 bytes as tokens" in r.stdout
+        assert ("the random-init dry run uses UTF-8 bytes as tokens (for Pythia's: huggingface-cli download "
+                "EleutherAI/pythia-70m tokenizer.json)") in r.stdout
         assert not any((tmp_path / "hf-cache").iterdir())  # nothing was downloaded
         rows = rows_of(r.out)
         n = len(rows)
