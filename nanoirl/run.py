@@ -386,9 +386,10 @@ def save_checkpoint(out, step, state, args, **extra):
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
     except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error (torch may wrap them)
         tmp.unlink(missing_ok=True)
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            why = "no space left on the device"
+        if isinstance(e, OSError):
+            why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        else:  # torch reports some failed writes itself: "[enforce fail ...] unexpected pos ..."
+            why = f"torch.save failed ({(str(e).splitlines() or [type(e).__name__])[0]})"
         raise RunError(f"cannot write the checkpoint of step {step - 1} to {tmp}: {why}; {last_good(out)}") from None
     os.replace(tmp, path)     # atomic: ckpt.pt is always either the old or the new checkpoint
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
