@@ -225,7 +225,7 @@ def load_gold_model(name, device):
     plausible-looking gold rewards and win rates of noise, so it is refused."""
     try:
         files = hub.resolve_weights(name)
-        if "score.weight" not in tensor_names(files):
+        if not {"score.weight", "scalar_head.weight"} & tensor_names(files):  # ours, or the TL;DR code's
             raise RunError(f"--gold-model {name}: {files[0].parent} has no trained scalar head (no tensor "
                            "score.weight: a causal LM?); give a reward model, e.g. a reward_model/ of train_mlirl.py")
         return ScalarGPT.from_pretrained(name, device=device)
@@ -241,8 +241,11 @@ def tensor_names(files):
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 names |= json.loads(fh.read(n)).keys()
-        else:
-            names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()
+        else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
+            try:
+                names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()
+            except RuntimeError:
+                names |= torch.load(f, map_location="cpu", weights_only=True).keys()
     return names
 
 

@@ -322,9 +322,9 @@ def resume_runs(tmp_path_factory):
     name = lambda c: c.replace(".py", "").replace(" ", "-")
     whole = {c: Run(tmp, f"{name(c)}-whole", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
     cut = {c: Run(tmp, f"{name(c)}-cut", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
-    resumed, done, refused = {}, {}, {}
-    while len(resumed) < len(RESUME):
-        for c in set(RESUME) - set(resumed):
+    done = {}
+    while len(done) < len(RESUME):
+        for c in set(RESUME) - set(done):
             metrics, ckpt = cut[c].out / "metrics.jsonl", cut[c].out / "ckpt.pt"
             lines = metrics.read_text().count("\n") if metrics.exists() else 0
             if cut[c].proc.poll() is None and not (ckpt.exists() and lines >= RESUME[c][2]):
@@ -333,11 +333,16 @@ def resume_runs(tmp_path_factory):
                 os.kill(cut[c].proc.pid, signal.SIGKILL)
             cut[c].wait()
             done[c] = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
-            refused[c] = Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
-                             out=cut[c].out).wait()  # another seed: not this run, refused, nothing written
-            resumed[c] = Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
         time.sleep(0.01)
-    return {c: (whole[c].wait(), cut[c], resumed[c].wait(), done[c], refused[c]) for c in RESUME}
+    # first a --resume with another --seed: not this run, so refused, and nothing may change
+    before = {c: snapshot(cut[c].out) for c in RESUME}
+    refused = run_all({c: Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                              out=cut[c].out) for c in RESUME})
+    for c in RESUME:
+        refused[c].untouched = snapshot(cut[c].out) == before[c]
+    resumed = run_all({c: Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
+                       for c in RESUME})
+    return {c: (whole[c].wait(), cut[c], resumed[c], done[c], refused[c]) for c in RESUME}
 
 
 @pytest.mark.parametrize("case", RESUME)
@@ -350,6 +355,7 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     whole, cut, resumed, ckpt, refused = resume_runs[case]
     assert refused.returncode == 1 and refused.stderr.startswith(
         f"error: --resume: flags differ from the checkpoint's run (--seed {SEED} -> {SEED + 1})"), refused.stderr
+    assert refused.untouched, "a refused --resume changed the run directory"
     assert cut.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
     assert whole.returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
     n = len(rows_of(whole.out))
@@ -366,7 +372,8 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     assert (cut.out / "metrics.jsonl").read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
     a, b = (torch.load(out / "ckpt.pt", weights_only=True) for out in (whole.out, cut.out))
     assert a["step"] == b["step"] == n
-    assert_same({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
+    same = lambda ckpt: {k: v for k, v in ckpt.items() if k not in ("config", "sha256")}  # the config holds --out
+    assert_same(same(a), same(b))
 
 
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
