@@ -126,6 +126,8 @@ def test_documented_commands_run(workspace):
         assert proc.returncode == 0 and "Traceback" not in stderr, f"{command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
     assert len(toy) >= 9
     assert any("random:pythia-70m" in c for c in ran) and any("out/dry-sft/policy" in c for c in ran)
+    check_dry_run(workspace / "out" / "dry-sft", "train_sft.py", 3)
+    check_dry_run(workspace / "out" / "dry-mlirl", "train_mlirl.py", 2)
     dry = workspace / "out" / "dry-sft" / "policy"
     assert (dry / "tokenizer.json").is_file()  # the byte tokens, saved with the policy
     from nanoirl.tokenizer import ByteTokenizer, Tokenizer
@@ -144,3 +146,19 @@ def test_offline_model_fails_fast_and_names_every_file(tmp_path):
     assert time.time() - t0 < 10, done.stderr
     assert "127.0.0.1 is not reachable" in done.stdout, done.stdout + done.stderr
     assert "huggingface-cli download EleutherAI/pythia-1b config.json model.safetensors tokenizer.json" in done.stdout
+
+
+def check_dry_run(out, script, n):
+    """What tests/test_scripts.py::test_text_dry_run checks of a text run: metrics.jsonl with the
+    shared names, ckpt.pt at the last step, policy/ equal to the checkpoint's policy."""
+    from test_scripts import TEXT_EVAL, assert_same, metric_names, rows_of
+    from nanoirl.model import GPT
+    rows = rows_of(out)
+    assert len(rows) == n
+    for row in rows:
+        assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, eval_every=50)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True, mmap=True)
+    assert ckpt["step"] == n
+    policy = GPT.from_pretrained(out / "policy")
+    assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
+    assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
