@@ -19,6 +19,7 @@ PPO update. On the toy every --eval-every steps adds the exact divergences to th
 """
 import argparse
 import copy
+import math
 
 import torch
 
@@ -26,35 +27,45 @@ from nanoirl import data, fdiv, gail, ppo, reward, run
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def alpha_arg(value):
+    """--alpha: finite, and not 0 or 1, where the alpha-divergence's formulas divide by zero."""
+    alpha = float(value)  # argparse turns a ValueError into 'invalid alpha_arg value'
+    if not math.isfinite(alpha) or alpha in (0, 1):
+        raise argparse.ArgumentTypeError(f"expected a finite alpha other than 0 and 1 (the reverse and "
+                                         f"forward KL: use their --divergence), got {value!r}")
+    return alpha
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/airl")
 add_task_args(parser)
 g = parser.add_argument_group("adversarial imitation")
 g.add_argument("--divergence", default="reverse-kl", choices=["reverse-kl", "js", "forward-kl", "alpha"],
                help="which divergence the reward minimises (Sun24 Appendix B)")
-g.add_argument("--alpha", type=float, default=0.5, help="alpha of the alpha-divergence")
+g.add_argument("--alpha", type=alpha_arg, default=0.5, help="alpha of the alpha-divergence (not 0 or 1)")
 g.add_argument("--level", default="sequence", choices=["sequence", "token"],
                help="discriminator per response (trajectory, Eq. 19-20) or per token (state-action, Eq. 17-18)")
 g.add_argument("--gail-reward", default="-log(1-D)-log2", choices=["-log(1-D)-log2", "-log(1-D)", "log D"],
-               help="js only: the GAIL reward. The default, centred at D = 1/2, has the JS gradient at the token "
-                    "level too; the uncentred -log(1-D) pays every extra token; log D is the non-saturating "
+               help="js only: the GAIL reward. Centred at D = 1/2, -log(1-D)-log2 has the JS gradient at the "
+                    "token level too; the uncentred -log(1-D) pays every extra token; log D is the non-saturating "
                     "convention (nanoirl/gail.py explains the difference)")
 g.add_argument("--fairl-reward", default="gradient", choices=["gradient", "published"],
                help="forward-kl only: e^h - 1, whose gradient is the forward KL's, or the published -h e^h")
-g.add_argument("--logit-clip", type=float, default=20.0,
+g.add_argument("--logit-clip", type=run.positive_float, default=20.0,
                help="the discriminator logit h is clipped to [-c, c] before its reward is read (e^h - 1 "
                     "overflows fp32 at h > 88; c = 20 is D within 2e-9 of 0 or 1); reward_clipfrac logs how often")
-g.add_argument("--steps", type=int, default=150, help="iterations (rollout, discriminator, PPO)")
-g.add_argument("--disc-steps", type=int, default=5, help="discriminator steps per iteration")
-g.add_argument("--disc-lr", type=float, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
-g.add_argument("--eval-every", type=int, default=25, help="evaluate every this many iterations")
+g.add_argument("--steps", type=run.positive_int, default=150, help="iterations (rollout, discriminator, PPO)")
+g.add_argument("--disc-steps", type=run.positive_int, default=5, help="discriminator steps per iteration")
+g.add_argument("--disc-lr", type=run.learning_rate, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
+g.add_argument("--eval-every", type=run.positive_int, default=25, help="evaluate every this many iterations")
 g = parser.add_argument_group("PPO policy step (nanoirl/ppo.py)")
-g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=float, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
-g.add_argument("--beta", type=float, default=0.0,
+g.add_argument("--rollout-batch-size", type=run.positive_int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=run.learning_rate, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
+g.add_argument("--beta", type=run.nonnegative_float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
-g.add_argument("--num-minibatches", type=int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
+g.add_argument("--num-minibatches", type=run.positive_int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--temperature", type=run.positive_float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
 
 
 def reward_map(args):
@@ -71,7 +82,6 @@ def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
-    out = run.prepare_out(args)
     policy, toy = task.policy, args.model.startswith("toy-")
     pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
     cfg = ppo.PPOConfig(
@@ -81,6 +91,8 @@ def main(args):
         missing_eos_penalty=None if toy else -1.0,
         autocast_dtype=task.autocast_dtype)
     batch_size = pick(args.rollout_batch_size, 256, 256, 64)
+    run.check_minibatches(cfg.num_minibatches, batch_size)
+    out = run.prepare_out(args)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)
     opt = ppo.make_optimizer(policy, value, cfg)

@@ -11,8 +11,8 @@ iteration (toy only) or Best-of-N.
     python train_mlirl.py --beta 0.05 --accumulate-pairs  # the authors' pipeline (not convergent: README)
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
     python train_mlirl.py --model pythia-1b         # TL;DR and its preferences (README: the MLIRL TL;DR experiment)
-    python train_mlirl.py --model random:pythia-70m --data fake.jsonl --rounds 1 --sft-steps 2 \
-        --ppo-iterations 2 --rollout-batch-size 8        # dry run on random weights
+    python -m nanoirl.data fake-prefs.jsonl --n 8 --preferences   # a dry run on a CPU (README), after train_sft.py's:
+    python train_mlirl.py --model out/dry-sft/policy --sft-steps 0 --data fake.jsonl --eval-pairs fake-prefs.jsonl --max-prompt-len 256 --eval-size 2 --rounds 1 --ppo-iterations 1 --rollout-batch-size 2 --out out/dry-mlirl
 
 Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and the reward model's
 held-out pair accuracy; mlirl_fig2.png draws MLIRL Fig. 2 from it: (a) reward accuracy, (b) gold
@@ -28,17 +28,17 @@ from nanoirl import data, mlirl, ppo, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
 add_task_args(parser)
 g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults: the scheme that converges exactly, README)")
-g.add_argument("--rounds", type=int, default=4, help="IRL rounds after round 0 (SFT)")
+g.add_argument("--rounds", type=run.nonnegative_int, default=4, help="IRL rounds after round 0 (SFT)")
 g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon"],
                help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only) or Best-of-N SFT (Sec. 6.2)")
 g.add_argument("--pairs", default="mlirl", choices=["mlirl", "init-sft", "init-demo", "sft-demo"],
                help="reward-model data: demonstration ≻ current sample (MLIRL Eq. 11), or one of "
                     "RLignment's fixed sets built from pi_init, pi_SFT and the demonstrations")
-g.add_argument("--beta", type=float, default=1.0,
+g.add_argument("--beta", type=run.positive_float, default=1.0,
                help="KL coefficient of the policy step: 1 as in MLIRL Eq. 5b and 9, where an exact reward fit "
                     "and an exact step land on the demonstrations in one round; the paper's runs use 0.05 "
                     "(Table 4), whose exact rounds diverge with a moving reference (README)")
@@ -49,7 +49,7 @@ g.add_argument("--accumulate-pairs", action="store_true",
 g.add_argument("--no-reinit", action="store_true", help="keep training one reward model across rounds")
 g.add_argument("--fixed-reference", action="store_true",
                help="anchor every policy step at the SFT policy instead of the previous round's")
-g.add_argument("--sample-temperature", type=float, default=None,
+g.add_argument("--sample-temperature", type=run.nonnegative_float, default=None,
                help="temperature of the policy samples in the pairs (default: --temperature, the one the "
                     "policy step optimises, so that the reward compares the demonstrations with that policy; "
                     "the authors' code: ~0)")
@@ -57,21 +57,21 @@ g = parser.add_argument_group("reward model")
 g.add_argument("--rm-loss", default=None, choices=["bt", "bce"],
                help="Bradley-Terry on pairs (MLIRL Eq. 11) or the logistic discriminator loss, chosen "
                     "labelled 1 (RLignment); default: bt with --pairs mlirl, bce with RLignment's sets")
-g.add_argument("--rm-epochs", type=int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
-g.add_argument("--rm-lr", type=float, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
-g.add_argument("--rm-batch-size", type=int, default=64, help="pairs per reward-model step")
+g.add_argument("--rm-epochs", type=run.positive_int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
+g.add_argument("--rm-lr", type=run.learning_rate, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--rm-batch-size", type=run.positive_int, default=64, help="pairs per reward-model step")
 g = parser.add_argument_group("policy steps")
-g.add_argument("--sft-steps", type=int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
-g.add_argument("--sft-lr", type=float, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
-g.add_argument("--batch-size", type=int, default=32, help="demonstrations per SFT / Best-of-N step")
-g.add_argument("--ppo-iterations", type=int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
-g.add_argument("--rollout-batch-size", type=int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=float, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
-g.add_argument("--num-minibatches", type=int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--temperature", type=float, default=None,
+g.add_argument("--sft-steps", type=run.nonnegative_int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
+g.add_argument("--sft-lr", type=run.learning_rate, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
+g.add_argument("--batch-size", type=run.positive_int, default=32, help="demonstrations per SFT / Best-of-N step")
+g.add_argument("--ppo-iterations", type=run.positive_int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
+g.add_argument("--rollout-batch-size", type=run.positive_int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=run.learning_rate, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
+g.add_argument("--num-minibatches", type=run.positive_int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--temperature", type=run.positive_float, default=None,
                help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
-g.add_argument("--bon-n", type=int, default=8, help="Best-of-N: samples per prompt")
-g.add_argument("--bon-steps", type=int, default=50, help="Best-of-N: SFT steps per round")
+g.add_argument("--bon-n", type=run.positive_int, default=8, help="Best-of-N: samples per prompt")
+g.add_argument("--bon-steps", type=run.positive_int, default=50, help="Best-of-N: SFT steps per round")
 
 
 def fill_defaults(args, task):
@@ -97,6 +97,8 @@ def main(args):
     fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:
         raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
+    if args.policy_step == "ppo":
+        run.check_minibatches(args.num_minibatches, args.rollout_batch_size)
     out = run.prepare_out(args)
     cfg = mlirl.MLIRLConfig(
         beta=args.beta, level=args.level, accumulate_pairs=args.accumulate_pairs and args.pairs == "mlirl",

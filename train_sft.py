@@ -7,7 +7,8 @@ Supervised fine-tuning: behaviour cloning, which is forward-KL imitation of the 
     python train_sft.py --model toy-gpt --lr 3e-3          # the tiny GPT on the toy
     python train_sft.py --occupancy                        # Sun24 Eq. 8-12: position re-weighting
     python train_sft.py --model pythia-1b --data tldr.jsonl --out out/sft-1b
-    python train_sft.py --model random:pythia-70m --data fake.jsonl --steps 3   # dry run
+    python -m nanoirl.data fake.jsonl --n 8               # a dry run on a CPU, offline (README): fake data,
+    python train_sft.py --model random:pythia-70m --data fake.jsonl --max-prompt-len 256 --eval-size 2 --steps 3 --batch-size 2 --out out/dry-sft
 
 The run directory (--out) gets config.json, metrics.jsonl, metrics.png, ckpt.pt and, for a GPT,
 policy/ (a Hugging Face GPT-NeoX checkpoint that the other scripts take as --model).
@@ -20,19 +21,19 @@ from nanoirl import data, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/sft")
 add_task_args(parser)
 g = parser.add_argument_group("SFT")
-g.add_argument("--steps", type=int, default=300, help="optimiser steps")
-g.add_argument("--batch-size", type=int, default=32, help="demonstrations per step")
-g.add_argument("--lr", type=float, default=None,
+g.add_argument("--steps", type=run.positive_int, default=300, help="optimiser steps")
+g.add_argument("--batch-size", type=run.positive_int, default=32, help="demonstrations per step")
+g.add_argument("--lr", type=run.learning_rate, default=None,
                help="AdamW learning rate, decayed linearly to 0 "
                     "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")
 g.add_argument("--occupancy", action="store_true",
                help="minimise the occupancy-measure cross-entropy: token t of an n-token "
                     "response weighted n - t (Sun24 Eq. 12, index corrected; nanoirl/sft.py)")
-g.add_argument("--eval-every", type=int, default=50, help="evaluate every this many steps")
+g.add_argument("--eval-every", type=run.positive_int, default=50, help="evaluate every this many steps")
 
 
 def main(args):

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import stat
 from pathlib import Path
 
 import torch
@@ -55,6 +56,12 @@ class DataError(ValueError):
 def read_jsonl(path):
     """Yield (line number, dict) for each non-blank line of a JSONL file."""
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path}: is a directory, not a JSONL file")
+        if not stat.S_ISREG(mode):  # a FIFO would block, and be gone on --resume
+            raise DataError(f"{path}: is {'a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'not a regular file'}, "
+                            "not a JSONL file")
         f = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
@@ -72,6 +79,13 @@ def read_jsonl(path):
                 raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            for k, v in record.items():  # JSON may escape a lone surrogate, which no text encodes
+                if isinstance(v, str) and not v.isascii():
+                    try:
+                        v.encode("utf-8")
+                    except UnicodeEncodeError as e:
+                        raise DataError(f"{path}:{n}: field {k!r} holds a lone surrogate "
+                                        f"{v[e.start]!r} at character {e.start}, which is not text") from None
             yield n, record
 
 
@@ -91,6 +105,9 @@ def read_dataset(source):
            "($NANOIRL_DATA moves that folder); or pass a JSONL file")
     if not Path(name).exists() and not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
         raise DataError(f"{source}: no such file, directory or Hub dataset owner/name")
+    if local.is_dir() and not any((local / f).exists() for f in ("dataset_dict.json", "state.json")):
+        raise DataError(f"{local}: is a directory, not a JSONL file or a saved dataset "
+                        "(datasets' save_to_disk writes dataset_dict.json or state.json)")
     try:
         import datasets  # optional: only for sources other than JSONL
     except ImportError:
@@ -122,7 +139,7 @@ def read_dataset(source):
 def read_records(source):
     """Yield (where, dict): "file:line" of a JSONL file, "source row i" of a dataset."""
     path = Path(source)
-    if path.suffix == ".jsonl" or (path.is_file() and path.suffix != ".parquet"):
+    if path.suffix == ".jsonl" or (path.exists() and not path.is_dir() and path.suffix != ".parquet"):
         for n, record in read_jsonl(path):
             yield f"{path}:{n}", record
         return
@@ -292,24 +309,26 @@ SUBREDDITS = ["relationships", "AskReddit", "personalfinance", "jobs", "tifu", "
 
 
 def fake_tldr(n, seed=0, preferences=False):
-    """n TL;DR records of random words (posts of 20-150 words, summaries of 3-8: under 53 tokens
-    even as the UTF-8 bytes of a dry run without a tokenizer); with
-    preferences=True, {"prompt", "chosen", "rejected"} pairs of random summaries instead."""
+    """n TL;DR records of random words, small enough for a dry run on a CPU: posts of 5-25
+    words, so that a prompt fits --max-prompt-len 256 even in byte tokens, and summaries of 2-6
+    words, which fit --max-response-len 53 with their EOS. With preferences=True,
+    {"prompt", "chosen", "rejected"} pairs of random summaries instead. A generator: records are
+    made one at a time, so any n streams to a file."""
     rng = random.Random(seed)
     words = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
-    records = []
     for _ in range(n):
-        r = {"subreddit": rng.choice(SUBREDDITS), "title": words(3, 12), "post": words(20, 150),
-             "summary": words(3, 8)}
+        r = {"subreddit": rng.choice(SUBREDDITS), "title": words(3, 12), "post": words(5, 25),
+             "summary": words(2, 6)}
         if preferences:
             r = {"prompt": TLDR_PROMPT.format(**r), "chosen": " " + r["summary"],
-                 "rejected": " " + words(3, 8)}
-        records.append(r)
-    return records
+                 "rejected": " " + words(2, 6)}
+        yield r
 
 
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as f:
+def write_jsonl(path, records, mode="w"):
+    """Write records one JSON line each, as they come (records may be a generator). mode "x"
+    refuses an existing file."""
+    with open(path, mode, encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
 
@@ -323,21 +342,33 @@ def download(name):
 
 
 if __name__ == "__main__":
-    # python -m nanoirl.data fake_tldr.jsonl --n 256 [--preferences]
+    # python -m nanoirl.data fake_tldr.jsonl --n 256 [--preferences] [--force]
     # python -m nanoirl.data --download vwxyzjn/summarize_from_feedback_tldr_3_filtered
+    from nanoirl.run import HelpFormatter, positive_int, seed_arg
     parser = argparse.ArgumentParser(description="Write synthetic TL;DR-shaped JSONL for dry runs, "
-                                                 "or save Hub datasets where --data finds them.")
+                                                 "or save Hub datasets where --data finds them.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("path", nargs="?", help="output JSONL file")
-    parser.add_argument("--n", type=int, default=256, help="number of records")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--n", type=positive_int, default=256, help="number of records")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="random seed")
     parser.add_argument("--preferences", action="store_true",
                         help='write {"prompt", "chosen", "rejected"} pairs instead of TL;DR posts')
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--download", nargs="+", metavar="OWNER/NAME",
                         help=f"save these Hub datasets under $NANOIRL_DATA (now {data_dir()}); "
                              f"MLIRL Sec. 6.1 needs {TLDR_SFT} {TLDR_PREFERENCES}")
     args = parser.parse_args()
+    if not args.path and not args.download:
+        parser.error("give the path of the JSONL file to write, or --download NAME")
     for name in args.download or []:
         print(f"saved {name} to {download(name)}")
     if args.path:
-        write_jsonl(args.path, fake_tldr(args.n, args.seed, args.preferences))
+        if os.path.isdir(args.path):
+            parser.error(f"{args.path} is a directory; give the path of the JSONL file to write")
+        if os.path.exists(args.path) and not args.force:
+            parser.error(f"{args.path} exists; pass --force to overwrite it")
+        try:
+            write_jsonl(args.path, fake_tldr(args.n, args.seed, args.preferences), "w" if args.force else "x")
+        except OSError as e:
+            parser.error(f"cannot write {args.path}: {e.strerror}")
         print(f"wrote {args.n} records to {args.path}")

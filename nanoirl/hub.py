@@ -6,7 +6,9 @@ nanoirl itself never needs huggingface_hub; `resolve` is shared by model.py and 
 import json
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 PYTHIA = ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pythia-2.8b",
           "pythia-6.9b", "pythia-12b"]
@@ -14,6 +16,7 @@ KNOWN = PYTHIA + [name + "-deduped" for name in PYTHIA]  # short names of Eleuth
 # weight files in order of preference; an index.json names the shards of a sharded checkpoint
 WEIGHTS = ["model.safetensors", "pytorch_model.bin",
            "model.safetensors.index.json", "pytorch_model.bin.index.json"]
+FETCH = ["config.json", "model.safetensors", "tokenizer.json"]  # what a model directory needs
 
 
 def cache_dir():
@@ -41,6 +44,18 @@ def repo_id(name):
         return name
     raise ValueError(f"{name!r} is not a directory and not a known model name. Known names: "
                      f"{', '.join(KNOWN)}; a Hub id 'owner/name' or a local directory also works")
+
+
+def reachable(timeout=3.0):
+    """None if the Hub ($HF_ENDPOINT, else huggingface.co) accepts a connection within `timeout`
+    seconds, else why not: offline, huggingface_hub would retry for ~25 s before failing."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname} is not reachable ({e.strerror or type(e).__name__})"
+    return None
 
 
 def cached(repo, files, revision="main"):
@@ -73,6 +88,8 @@ def resolve(name_or_path, files, download=True):
         why = "not downloading"
     elif os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         why = "HF_HUB_OFFLINE is set"
+    elif (offline := reachable()) is not None:
+        why = offline
     else:
         try:
             from huggingface_hub import hf_hub_download  # optional: only to fetch missing files
@@ -85,8 +102,8 @@ def resolve(name_or_path, files, download=True):
     raise FileNotFoundError(
         f"{', '.join(files)} of {repo}{'@' + revision if at else ''} not found: {str(name_or_path)!r} is not "
         f"a local directory, the Hugging Face cache {cache_dir()} has no snapshot of {repo} with those "
-        f"files, and {why}. Fetch them with (`hf download` in newer huggingface_hub)\n"
-        f"  huggingface-cli download {repo}{at} {' '.join(files)}\nor\n"
+        f"files, and {why}. Fetch the model with (`hf download` in newer huggingface_hub)\n"
+        f"  huggingface-cli download {repo}{at} {' '.join(dict.fromkeys(FETCH + files))}\nor\n"
         f"  git lfs install && git clone{' -b ' + revision if at else ''} https://huggingface.co/{repo}\n"
         f"and pass the model name again or the cloned directory (a local directory path works too).")
 

@@ -8,20 +8,33 @@ A run directory (--out) holds:
                   in every script
   metrics.png     one small panel per metric, drawn from metrics.jsonl
   ckpt.pt         the last checkpoint: written to ckpt.pt.tmp, fsynced, then renamed over ckpt.pt,
-                  so a run killed at any moment keeps its last good checkpoint
+                  so a run killed at any moment keeps its last good checkpoint; it holds the
+                  sha256 of its own contents, checked on every load
+One run at a time holds --out (an exclusive flock on the directory, for the whole process).
+--resume checks everything before it writes anything: the checkpoint's checksum, the flags against
+the checkpoint's (only RESUME_MAY_CHANGE may differ) and metrics.jsonl against the checkpoint.
 Step convention: the loop runs `for step in range(start, steps)`, logs metrics under `step`,
 and a checkpoint written after it stores step + 1, the number of steps done = where to resume.
 """
 import argparse
+import errno
+import hashlib
 import json
 import math
 import os
 import random
 import re
+import shutil
+import stat
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX; elsewhere --out is not locked
+except ImportError:
+    fcntl = None
 
 import numpy as np
 import torch
@@ -29,7 +42,14 @@ import torch
 from nanoirl.data import DataError
 
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
-RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, PLOT)  # what --force replaces, nothing else
+# what a run writes in --out, and all that --force removes: the files, and the saved models of
+# train_sft.py (policy/), train_airl.py (discriminator/) and train_mlirl.py (reward_model/)
+RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, "metrics.tmp", PLOT, "mlirl_fig2.png")
+RUN_DIRS = ("policy", "discriminator", "reward_model")
+# flags that may differ on --resume: where and how fast the run computes, not what it computes
+# (micro-batches sum the same gradients; --grad-checkpoint recomputes the same activations)
+RESUME_MAY_CHANGE = ("resume", "force", "out", "device", "log_every", "ckpt_every", "micro_batch_size",
+                     "grad_checkpoint")
 
 MODEL_FORMS = ("toy-tabular, toy-gpt, pythia-{70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}[-deduped], a Hub id "
                "owner/name, random:pythia-<size> (random init, for dry runs), "
@@ -42,14 +62,27 @@ class RunError(RuntimeError):
 
 def one_line_errors():
     """Make a DataError or RunError end the script with 'error: <message>' and exit status 1,
+    and Ctrl-C (KeyboardInterrupt) with one line naming the last checkpoint and how to resume,
     without a traceback; every other exception keeps its traceback."""
     default = sys.excepthook
     def hook(kind, error, tb):
         if issubclass(kind, (DataError, RunError)):
             print(f"error: {error}", file=sys.stderr)
+        elif issubclass(kind, KeyboardInterrupt):
+            print(f"error: {interrupted()}", file=sys.stderr)
         else:
             default(kind, error, tb)
     sys.excepthook = hook
+
+
+def interrupted():
+    """What a Ctrl-C leaves: nothing (before --out was prepared), or the last good checkpoint."""
+    if not _locks:
+        return "interrupted before the run directory was written; nothing to resume"
+    out = next(iter(_locks))
+    if not (out / CKPT).exists():
+        return f"interrupted; no checkpoint was written yet in {out}: start again (--force)"
+    return f"interrupted; the last good checkpoint is {out / CKPT}: continue with the same command and --resume"
 
 
 # ---- the flags every script shares ---------------------------------------------------------------
@@ -68,24 +101,113 @@ def model_arg(value):
 
 
 def file_arg(value):
-    if not os.path.isfile(value):
-        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    """An existing regular file (a directory or a FIFO is named as what it is)."""
+    try:
+        mode = os.stat(value).st_mode
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"no such file: {value}") from None
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {value}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise argparse.ArgumentTypeError(f"{value} is a directory, not a JSONL file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise argparse.ArgumentTypeError(f"{value} is {kind}; give a regular file (it is read once per run "
+                                         "and again on --resume)")
     return value
 
 
 def data_arg(value):
-    """argparse type of --data: an existing file or directory (":split" allowed after a dataset
-    directory), or what looks like a Hub dataset owner/name[:split] (looked up later)."""
+    """argparse type of --data: an existing file (regular, not a FIFO) or directory (":split"
+    allowed after a dataset directory), or what looks like a Hub dataset owner/name[:split]
+    (looked up later)."""
     name = value.split(":")[0] if not os.path.exists(value) else value
-    if os.path.exists(name) or re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+    if os.path.isdir(name) or re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name) and not os.path.exists(name):
         return value
-    raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return file_arg(name) and value
+
+
+# The types of numeric flags: each checks its range at parse time, so that argparse prints
+# 'error: argument --flag: ...' and exits before anything is written.
+def _number(value, kind):
+    try:
+        return kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                         f"got {value!r}") from None
 
 
 def positive_int(value):
-    if not value.isdigit() or int(value) < 1:
+    n = _number(value, int)
+    if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
+    return n
+
+
+def nonnegative_int(value):
+    n = _number(value, int)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return n
+
+
+def seed_arg(value):
+    n = _number(value, int)
+    if not 0 <= n < 2 ** 32:  # numpy's seeds
+        raise argparse.ArgumentTypeError(f"expected a seed in 0 ... 2**32 - 1, got {value!r}")
+    return n
+
+
+def positive_float(value):
+    x = _number(value, float)
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value!r}")
+    return x
+
+
+def nonnegative_float(value):
+    x = _number(value, float)
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
+    return x
+
+
+def learning_rate(value):
+    """> 0; inf is allowed: every weight becomes non-finite after one step, and the NaN guard
+    stops the run with one line (how the tests reach that guard)."""
+    x = _number(value, float)
+    if not x > 0:  # nan compares false
+        raise argparse.ArgumentTypeError(f"expected a learning rate > 0, got {value!r}")
+    return x
+
+
+def check_minibatches(num_minibatches, rollout_batch_size):
+    """PPO cuts each rollout into --num-minibatches equal minibatches: checked once the per-model
+    defaults are filled in, before --out is touched."""
+    if rollout_batch_size % num_minibatches:
+        raise RunError(f"--num-minibatches {num_minibatches} must divide --rollout-batch-size "
+                       f"{rollout_batch_size} (PPO cuts each rollout into equal minibatches)")
+
+
+def int_list(check, multiple_of=1):
+    """argparse type of a comma-separated list of integers, each passed through `check` (e.g.
+    positive_int) and a multiple of `multiple_of`."""
+    def parse(value):
+        items = [check(v.strip()) for v in value.split(",")]
+        if any(n % multiple_of for n in items):
+            raise argparse.ArgumentTypeError(f"expected multiples of {multiple_of}, got {value!r}")
+        return items
+    return parse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and '(default: X)' after every flag whose help does not
+    already say its default (a default of None is picked per model: the help says how)."""
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def add_common_args(parser, **defaults):
@@ -116,7 +238,7 @@ def add_common_args(parser, **defaults):
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
                    help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
-    g.add_argument("--seed", type=int, default=1, help="seed of every random number generator")
+    g.add_argument("--seed", type=seed_arg, default=1, help="seed of every random number generator")
     g.add_argument("--micro-batch-size", type=positive_int, default=None,
                    help="sequences (reward model: pairs) per forward/backward of every training step; "
                         "gradients accumulate to the whole batch's (default: whole batches on the toy, 8 on text)")
@@ -151,8 +273,9 @@ def plain_config(args):
 
 
 def prepare_out(args):
-    """Make --out and write config.json there. An --out that already holds files is refused
-    unless --resume (it must hold ckpt.pt) or --force (its run files are removed, others kept)."""
+    """Make --out, lock it for this process and write config.json there. An --out that already
+    holds files is refused unless --resume (its checkpoint, flags and metrics.jsonl are checked
+    first: see check_resume) or --force (every run file and saved model is removed, others kept)."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a directory")
@@ -161,17 +284,80 @@ def prepare_out(args):
         tempfile.TemporaryFile(dir=out).close()  # can we write there?
     except OSError as e:
         raise RunError(f"--out {out} is not writable: {e.strerror}") from None
+    lock(out)
     held = sorted(p.name for p in out.iterdir())
     if args.resume and not (out / CKPT).exists():
         raise RunError(f"--resume: there is no checkpoint {out / CKPT} to resume from")
     if held and not (args.resume or args.force):
         raise RunError(f"--out {out} already holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}; "
                        "pass --resume to continue that run or --force to start over")
+    if args.resume:
+        check_resume(out, args)
     if args.force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
     (out / CONFIG).write_text(json.dumps(plain_config(args), indent=2) + "\n")
     return out
+
+
+_locks = {}  # resolved --out -> the open directory this process holds the flock of
+
+
+def lock(out):
+    """Hold an exclusive flock on the directory --out until the process ends: a second run on the
+    same --out is refused instead of mixing its files with this one's."""
+    key = out.resolve()
+    if fcntl is None or key in _locks:  # not POSIX, or already ours (several calls in one process)
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunError(f"--out {out} is in use by another run (it holds a lock on the directory); "
+                       "wait for it to end or use another --out") from None
+    _locks[key] = fd
+
+
+def check_resume(out, args):
+    """Refuse a --resume that would not continue the run in out, before anything is written: the
+    checkpoint must load and match its checksum, the flags must equal the checkpoint's (except
+    RESUME_MAY_CHANGE), and metrics.jsonl must hold every step the checkpoint covers."""
+    ckpt = read_checkpoint(out)
+    old, new = ckpt["config"], plain_config(args)
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RunError(f"--resume: flags differ from the checkpoint's run ({flags}); resume with its flags "
+                       f"(see {out / CONFIG}), or start a new run with another --out or --force")
+    check_metrics(out / METRICS, ckpt["step"])
+
+
+def check_metrics(path, start):
+    """metrics.jsonl of a run to resume must hold steps 0 ... start - 1 in order (after them a line
+    cut by a kill, or steps the checkpoint does not cover, which the Logger drops)."""
+    if start == 0:
+        return
+    if not path.exists():
+        raise RunError(f"--resume: {path} is missing, and the checkpoint covers {start} steps: their "
+                       "history would be lost; restore the file, or start over with --force")
+    steps = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            step = None
+        if len(steps) < start:
+            if step != len(steps):
+                raise RunError(f"--resume: {path}:{n} is not the line of step {len(steps)} (damaged?), and "
+                               f"the checkpoint covers {start} steps; restore the file, or start over with --force")
+            steps.append(step)
+    if len(steps) < start:
+        raise RunError(f"--resume: {path} holds {len(steps)} steps, the checkpoint covers {start}; "
+                       "restore the file, or start over with --force")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -204,11 +390,20 @@ def save_checkpoint(out, step, state, args, **extra):
     ckpt = {"step": step, "config": plain_config(args), "rng": rng_states(), **extra,
             "state": {k: v.get_state() if isinstance(v, torch.Generator) else v.state_dict()
                       for k, v in state.items()}}
+    ckpt["sha256"] = checksum(ckpt)
     path, tmp = Path(out) / CKPT, Path(out) / (CKPT + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error (torch may wrap them)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        else:  # torch reports some failed writes itself: "[enforce fail ...] unexpected pos ..."
+            why = f"torch.save failed ({(str(e).splitlines() or [type(e).__name__])[0]})"
+        raise RunError(f"cannot write the checkpoint of step {step - 1} to {tmp}: {why}; {last_good(out)}") from None
     os.replace(tmp, path)     # atomic: ckpt.pt is always either the old or the new checkpoint
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -229,14 +424,57 @@ def restore(ckpt, state, out):
             v.load_state_dict(ckpt["state"][k])
 
 
-def load_checkpoint(out, state, args=None):
-    """Restore every object in `state` and every RNG from out/ckpt.pt; return the checkpoint dict,
-    whose "step" is the number of steps done. With args, print the flags that changed."""
+def checksum(obj, h=None):
+    """sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and the repr of
+    every other value, in order. Stored in the checkpoint, it is recomputed on load: a flipped
+    byte in a tensor changes it (torch.load itself checks no checksum)."""
+    top = h is None
+    h = h or hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"tensor {t.dtype} {list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if not (top and k == "sha256"):
+                h.update(f"key {k!r}".encode())
+                checksum(v, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__} {len(obj)}".encode())
+        for v in obj:
+            checksum(v, h)
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest() if top else None
+
+
+def read_checkpoint(out):
+    """The checkpoint dict of out/ckpt.pt, its checksum verified; a file that is empty, cut short,
+    damaged or not a checkpoint is a one-line RunError naming it."""
     path = Path(out) / CKPT
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated or not a checkpoint
-        raise RunError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
+        size = path.stat().st_size
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=size > 0)
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such checkpoint") from None
+    except Exception:  # torch's message may advise weights_only=False: unsafe, so it is not shown
+        what = "it is empty (0 bytes)" if size == 0 else f"it is damaged or not a checkpoint ({size} bytes)"
+        raise RunError(f"{path}: cannot load the checkpoint: {what}; start over with --force") from None
+    if not isinstance(ckpt, dict) or not {"step", "config", "state", "rng"} <= ckpt.keys():
+        raise RunError(f"{path} is not a nanoirl checkpoint (no step, config, state and rng)")
+    if "sha256" not in ckpt:
+        raise RunError(f"{path} holds no checksum (written by an older nanoirl?); start over with --force")
+    if checksum(ckpt) != ckpt["sha256"]:
+        raise RunError(f"{path}: cannot load the checkpoint: it is damaged (its contents do not match the "
+                       "checksum stored in it); start over with --force")
+    return ckpt
+
+
+def load_checkpoint(out, state, args=None):
+    """Restore every object in `state` and every RNG from out/ckpt.pt; return the checkpoint dict,
+    whose "step" is the number of steps done. With args, print the flags that changed (only
+    RESUME_MAY_CHANGE can: prepare_out refused the others)."""
+    ckpt = read_checkpoint(out)
     restore(ckpt, state, out)
     set_rng_states(ckpt["rng"])
     for k, new in (plain_config(args) if args else {}).items():

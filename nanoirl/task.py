@@ -24,12 +24,13 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               so that the directory works as the next script's --model
 """
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from nanoirl import data, hub, mlirl
+from nanoirl import data, hub, mlirl, run
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -38,12 +39,12 @@ from nanoirl.run import RunError
 
 def add_task_args(parser):
     g = parser.add_argument_group("task")
-    g.add_argument("--n-demos", type=int, default=60,
+    g.add_argument("--n-demos", type=run.positive_int, default=60,
                    help="toy: number of expert demonstrations (the low-demonstration regime matters)")
     g.add_argument("--policy-class", default="full", choices=["full", "position", "markov"],
                    help="toy-tabular: full-prefix table, or a restricted class where forward and "
                         "reverse KL have different optima")
-    g.add_argument("--eval-size", type=int, default=64,
+    g.add_argument("--eval-size", type=run.positive_int, default=64,
                    help="text: demonstrations held out for evaluation")
     g.add_argument("--eval-pairs", default=None,
                    help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
@@ -58,10 +59,11 @@ def add_task_args(parser):
                         "response does not fit, and say how many, instead of stopping")
     g.add_argument("--truncate-long-responses", action="store_true",
                    help="text: keep responses longer than --max-response-len cut short without EOS, "
-                        f"whatever their share (default: refused above {data.MAX_TRUNCATED_SHARE:.0%})")
+                        f"whatever their share (otherwise refused above {data.MAX_TRUNCATED_SHARE:.0%}%)")
     g.add_argument("--gold-model", default=None,
-                   help="text: a reward model (ours or the TL;DR ScalarModel, by name or directory) that "
-                        "judges samples: gold reward and win rate against the held-out demonstrations")
+                   help="text: a reward model with its trained head (ours, e.g. a reward_model/ of "
+                        "train_mlirl.py, or the TL;DR ScalarModel; by name or directory) that judges samples: "
+                        "gold reward and win rate against the held-out demonstrations")
 
 
 def load_task(args, device, dtype, default_pairs=None):
@@ -71,6 +73,9 @@ def load_task(args, device, dtype, default_pairs=None):
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
+        if args.dtype == "bfloat16":
+            raise RunError(f"--dtype bfloat16 is for text models; --model {args.model} is evaluated exactly, "
+                           "in float64 (auto) or float32")
         task = ToyTask(args, device, dtype)
     else:
         task = TextTask(args, device, dtype, default_pairs)
@@ -131,21 +136,21 @@ class ToyTask:
 
 
 def load_tokenizer(model):
-    """(tokenizer, path of its tokenizer.json) of --model; a random-init dry run without one at
-    hand falls back to UTF-8 bytes as tokens (path None)."""
+    """(tokenizer, path of its tokenizer.json) of --model. A random-init dry run downloads
+    nothing: it takes a cached tokenizer, else UTF-8 bytes as tokens (path None)."""
     from nanoirl.tokenizer import ByteTokenizer, Tokenizer
-    name = model.removeprefix("random:")
+    name, dry = model.removeprefix("random:"), model.startswith("random:")
     try:
-        tok = Tokenizer.from_pretrained(name)
-        path = Path(name)  # where it read tokenizer.json, for TextTask.save to copy
+        path = Path(name)  # where it reads tokenizer.json, for TextTask.save to copy
         if not path.exists():
-            path = hub.resolve(name, ["tokenizer.json"], download=False)  # a cached model name
-        return tok, path / "tokenizer.json" if path.is_dir() else path
+            path = hub.resolve(name, ["tokenizer.json"], download=not dry)  # a model name
+        return Tokenizer.from_pretrained(path), path / "tokenizer.json" if path.is_dir() else path
     except (FileNotFoundError, ValueError) as e:
-        if not model.startswith("random:"):
+        if not dry:
             raise RunError(f"--model {model}: {e}") from None
-        print(f"note: no tokenizer for {name} ({str(e).splitlines()[0]}); "
-              "the random-init dry run uses UTF-8 bytes as tokens")
+        print(f"note: no tokenizer.json of {name} in the Hugging Face cache, so the random-init dry run "
+              f"uses UTF-8 bytes as tokens (for Pythia's: huggingface-cli download {hub.repo_id(name)} "
+              "tokenizer.json)")
         return ByteTokenizer(), None
 
 
@@ -180,11 +185,9 @@ class TextTask:
             self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
-        try:  # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
-            gold_dtype = torch.bfloat16 if self.autocast_dtype else dtype
-            self.gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, gold_dtype, device)
-        except (FileNotFoundError, ValueError) as e:
-            raise RunError(f"--gold-model {args.gold_model}: {e}") from None
+        # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
+        self.gold = args.gold_model and load_gold_model(args.gold_model, device,
+                                                        torch.bfloat16 if self.autocast_dtype else dtype)
         if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")
@@ -200,11 +203,13 @@ class TextTask:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def save(self, model, directory):
-        """model.save_pretrained(directory) and a copy of the tokenizer.json (a byte-token dry run
-        has none), so that the directory works as --model of the next script."""
+        """model.save_pretrained(directory) and its tokenizer.json (a byte-token dry run writes
+        one that encodes as ByteTokenizer), so that the directory works as the next --model."""
         model.save_pretrained(directory)
         if self.tokenizer_json:
             shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
+        else:
+            self.tok.save(Path(directory) / "tokenizer.json")
 
     def new_scalar(self):
         if not self.args.reward_init:
@@ -249,6 +254,36 @@ class TextTask:
             r_c = mlirl.sequence_rewards(reward_model, p, m, self.pairs["chosen"], cfg)
             r_r = mlirl.sequence_rewards(reward_model, p, m, self.pairs["rejected"], cfg)
         return accuracy(r_c.float(), r_r.float())
+
+
+def load_gold_model(name, device, dtype=None):
+    """--gold-model: a reward model with its trained scalar head. A causal LM would load with a
+    fresh random head (model.py does that for reward models initialised from an LM) and give
+    plausible-looking gold rewards and win rates of noise, so it is refused."""
+    try:
+        files = hub.resolve_weights(name)
+        if not {"score.weight", "scalar_head.weight"} & tensor_names(files):  # ours, or the TL;DR code's
+            raise RunError(f"--gold-model {name}: {files[0].parent} has no trained scalar head (no tensor "
+                           "score.weight: a causal LM?); give a reward model, e.g. a reward_model/ of train_mlirl.py")
+        return ScalarGPT.from_pretrained(name, dtype, device)
+    except (FileNotFoundError, ValueError) as e:
+        raise RunError(f"--gold-model {name}: {e}") from None
+
+
+def tensor_names(files):
+    """The tensor names in weight files, read without the tensors (safetensors: the header)."""
+    names = set()
+    for f in files:
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                names |= json.loads(fh.read(n)).keys()
+        else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
+            try:
+                names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()
+            except RuntimeError:
+                names |= torch.load(f, map_location="cpu", weights_only=True).keys()
+    return names
 
 
 def scalar_from_policy(policy):

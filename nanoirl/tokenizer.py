@@ -201,3 +201,16 @@ class ByteTokenizer:
 
     def decode(self, ids):
         return bytes(int(i) - 2 for i in ids if 2 <= int(i) < 258).decode("utf-8", errors="replace")
+
+    def save(self, path):
+        """Write a tokenizer.json that Tokenizer reads back as these same ids (GPT-2's byte-level
+        BPE with no merges, byte b at id b + 2, the 243 bytes of UTF-8 text): a dry run's saved
+        policy/ then works as the next script's --model."""
+        vocab = {"<|endoftext|>": 0, "<|padding|>": 1,
+                 **{c: b + 2 for b, c in byte_to_unicode().items() if b not in NOT_IN_UTF8}}
+        added = [{"id": i, "content": s, "special": True, "normalized": False, "single_word": False,
+                  "lstrip": False, "rstrip": False} for i, s in enumerate(["<|endoftext|>", "<|padding|>"])]
+        spec = {"added_tokens": added, "normalizer": {"type": "NFC"},
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+                "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": vocab, "merges": []}}
+        Path(path).write_text(json.dumps(spec), encoding="utf-8")

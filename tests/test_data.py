@@ -1,7 +1,9 @@
 """nanoirl/data.py: every bad input gives one line naming file:line; the batch layout; batching."""
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,7 +137,7 @@ def test_batches_cover_each_epoch_and_resume_exactly():
 
 
 def test_fake_tldr(tmp_path):
-    assert fake_tldr(5, seed=1) == fake_tldr(5, seed=1) != fake_tldr(5, seed=2)
+    assert list(fake_tldr(5, seed=1)) == list(fake_tldr(5, seed=1)) != list(fake_tldr(5, seed=2))
     write_jsonl(tmp_path / "t.jsonl", fake_tldr(20))
     ex = load_demonstrations(tmp_path / "t.jsonl")
     assert len(ex) == 20 and ex[0]["prompt"].startswith("SUBREDDIT: r/")
@@ -207,7 +209,7 @@ def test_dataset_sources(tmp_path, monkeypatch):
     $NANOIRL_DATA read as the same records as JSONL; the reference's preference layout
     (query, chosen and rejected ending in <|endoftext|>) reads as prompt, chosen, rejected."""
     datasets = pytest.importorskip("datasets", reason="datasets writes the local data sets")
-    records = fake_tldr(6, seed=1)
+    records = list(fake_tldr(6, seed=1))
     sets = datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:4]),
                                  "validation": datasets.Dataset.from_list(records[4:])})
     sets.save_to_disk(str(tmp_path / "data" / "owner" / "tldr"))
@@ -241,3 +243,63 @@ def test_hub_dataset_without_datasets_is_one_line(monkeypatch, tmp_path):
     assert msg.startswith("vwxyzjn/summarize_from_feedback_tldr_3_filtered:train: reading it needs the "
                           "`datasets` package: pip install datasets; then python -m nanoirl.data --download")
     assert str(tmp_path / "vwxyzjn" / "summarize_from_feedback_tldr_3_filtered") in msg
+
+
+def test_fake_tldr_fits_a_dry_run(tmp_path):
+    """The documented dry runs keep the default --max-response-len 53 and pass --max-prompt-len
+    256: every fake prompt and summary fits them in byte tokens (nothing cut, nothing refused)."""
+    from nanoirl.tokenizer import ByteTokenizer
+    write_jsonl(tmp_path / "f.jsonl", (r for seed in range(3) for r in fake_tldr(2000, seed)))
+    tok = tokenize(load_demonstrations(tmp_path / "f.jsonl"), ByteTokenizer(), 256, 53)
+    assert ends_with_eos(tok["responses"], 0).all()
+
+
+def test_bad_text_and_bad_paths_are_one_line(tmp_path):
+    """A lone surrogate escaped in the JSON (no UTF-8 text can hold it) is file:line; a directory
+    or a FIFO given as a JSONL file is named as what it is (a FIFO would block the run)."""
+    path = write(tmp_path, GOOD, '{"prompt": "a\\ud800b", "response": "yo"}')
+    assert error_of(load_demonstrations, path) == \
+        f"{path}:2: field 'prompt' holds a lone surrogate '\\ud800' at character 1, which is not text"
+    assert error_of(load_demonstrations, tmp_path).startswith(
+        f"{tmp_path}: is a directory, not a JSONL file or a saved dataset")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert error_of(load_preferences, fifo) == f"{fifo}: is a FIFO (named pipe), not a JSONL file"
+
+
+def data_cli(*argv, timeout=60):
+    return subprocess.run([sys.executable, "-m", "nanoirl.data", *map(str, argv)], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=timeout)
+
+
+def test_data_cli_checks_its_flags_and_never_overwrites(tmp_path):
+    """python -m nanoirl.data: --n checked, an existing file refused without --force, a directory
+    or a missing parent one line (argparse's exit 2), nothing written on a refusal."""
+    out = tmp_path / "f.jsonl"
+    out.write_text("mine\n")
+    cases = [(["--n", "-5", tmp_path / "g.jsonl"], "argument --n: expected a positive integer, got '-5'"),
+             ([out, "--n", 3], f"{out} exists; pass --force to overwrite it"),
+             ([tmp_path, "--n", 3], f"{tmp_path} is a directory; give the path of the JSONL file to write"),
+             ([tmp_path / "no" / "f.jsonl"], f"cannot write {tmp_path / 'no' / 'f.jsonl'}: No such file or directory")]
+    for argv, error in cases:
+        r = data_cli(*argv)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("error: " + error), r.stderr
+        assert "Traceback" not in r.stderr
+    assert out.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["f.jsonl"]
+    assert data_cli(out, "--n", 3, "--force").returncode == 0 and len(load_demonstrations(out)) == 3
+
+
+def test_data_cli_streams_its_records(tmp_path):
+    """Records are written as they are made: a run asked for 10^9 records has written thousands
+    after a few seconds (built in memory first, it would have written nothing)."""
+    out = tmp_path / "big.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "nanoirl.data", str(out), "--n", str(10 ** 9)],
+                            cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and (not out.exists() or out.stat().st_size < 10 ** 6):
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.exists() and out.stat().st_size >= 10 ** 6

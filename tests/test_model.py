@@ -376,6 +376,7 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
         return str(tmp_path / "remote" / filename)
     fake = types.SimpleNamespace(hf_hub_download=hf_hub_download)
     monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    monkeypatch.setattr(hub, "reachable", lambda: None)  # the fake Hub answers
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     idx = torch.randint(0, 64, (1, 5))

@@ -1,5 +1,6 @@
 """nanoirl/run.py: flags, run directory, atomic checkpoints, exact resume, metrics, NaN guard."""
 import argparse
+import errno
 import json
 import os
 import random
@@ -225,11 +226,122 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, capsys):
     assert "note: --resume" not in capsys.readouterr().out  # resume/force are not config changes
 
 
-def test_changed_flags_are_noted_on_resume(tmp_path, capsys):
+def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
+    """A --resume with a flag that changes the run (--steps: the schedule; --seed; --model ...)
+    is refused in one line naming each such flag, before anything is written; the flags of
+    RESUME_MAY_CHANGE (--log-every ...) may differ and are noted. A refused resume leaves the run
+    resumable: killed, refused, then resumed, it ends as an uninterrupted run, byte for byte."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(a)
+    train(b, crash_at=7)  # checkpoint at step 4
+    before = snapshot(b)
+    for flags, named in [(["--steps", 12], "--steps 10 -> 12"), (["--seed", 1, "--model", "toy-gpt"],
+                         "--model 'toy-tabular' -> 'toy-gpt', --seed 0 -> 1")]:
+        msg = one_line_error(run.prepare_out, parse("--out", b, "--ckpt-every", 4, "--seed", 0, "--device", "cpu",
+                                                    "--dtype", "float64", "--resume", *flags))
+        assert msg.startswith(f"--resume: flags differ from the checkpoint's run ({named})"), msg
+        assert snapshot(b) == before  # config.json not rewritten, metrics.jsonl not cut
+    train(b, "--resume", "--log-every", 3)
+    assert (b / "metrics.jsonl").read_bytes() == (a / "metrics.jsonl").read_bytes()
+    assert "note: --log-every was 1 in the checkpoint, now 3" in capsys.readouterr().out
+
+
+def test_damaged_checkpoint_is_one_line_naming_it(tmp_path):
+    """Empty, random bytes, or 200 flipped bytes inside a tensor: one line naming the file, never
+    the advice to load with weights_only=False; with --resume, --out is left as it was."""
     train(tmp_path, "--steps", 4)
-    train(tmp_path, "--resume", "--steps", 6)
-    assert "note: --steps was 4 in the checkpoint, now 6" in capsys.readouterr().out
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+    ckpt = tmp_path / "ckpt.pt"
+    good = ckpt.read_bytes()
+    big = nn.Linear(64, 64).double()
+    run.save_checkpoint(tmp_path, 4, {"model": big}, parse("--out", tmp_path, "--steps", 4))
+    raw = bytearray(ckpt.read_bytes())
+    weight = bytes(big.weight.detach().numpy().tobytes()[:64])
+    at = raw.find(weight) + 1000  # inside the weight's bytes
+    raw[at:at + 200] = bytes(x ^ 0x5A for x in raw[at:at + 200])
+    cases = {"empty (0 bytes)": b"", "damaged or not a checkpoint": os.urandom(5000),
+             "damaged (its contents do not match the checksum": bytes(raw)}
+    for what, content in cases.items():
+        ckpt.write_bytes(content)
+        before = snapshot(tmp_path)
+        for call in (lambda: run.load_checkpoint(tmp_path, {"model": big}),
+                     lambda: run.prepare_out(parse("--out", tmp_path, "--resume", "--steps", 4))):
+            msg = one_line_error(call)
+            assert msg.startswith(f"{ckpt}: cannot load the checkpoint: it is {what}"), msg
+            assert "weights_only" not in msg
+        assert snapshot(tmp_path) == before
+    ckpt.write_bytes(good)
+    assert run.load_checkpoint(tmp_path, {})["step"] == 4
+
+
+def test_resume_refuses_a_lost_or_damaged_metrics_log(tmp_path):
+    """The checkpoint covers steps 0-3: a metrics.jsonl that is missing, short or damaged before
+    step 4 would lose history on resume, so --resume refuses (a line cut after them is fine)."""
+    train(tmp_path, crash_at=6)  # checkpoint at 4, steps 4 and 5 logged past it
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    args = parse("--out", tmp_path, "--resume", "--ckpt-every", 4, "--seed", 0, "--device", "cpu", "--dtype", "float64")
+    for content, what in [(None, f"{metrics} is missing"), ("".join(lines[:3]), f"{metrics} holds 3 steps"),
+                          ("".join(lines[:2]) + '{"step": 2, "lo\n' + "".join(lines[3:]), f"{metrics}:3 is not the line of step 2")]:
+        metrics.unlink(missing_ok=True)
+        if content is not None:
+            metrics.write_text(content)
+        msg = one_line_error(run.prepare_out, args)
+        assert msg.startswith(f"--resume: {what}"), msg
+    metrics.write_text("".join(lines[:5]) + '{"step": 5, "lo')  # cut by a kill after the covered steps
+    run.prepare_out(args)
+
+
+def test_one_run_per_directory(tmp_path):
+    """--out is locked (flock on the directory) for the whole run: a second run is refused in one
+    line, before it writes anything; the lock goes with the process that held it."""
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # another run holds it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert one_line_error(run.prepare_out, parse("--out", out)) == \
+            f"--out {out} is in use by another run (it holds a lock on the directory); wait for it to end or use another --out"
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    run.prepare_out(parse("--out", out))
+    assert (out / "config.json").exists()
+
+
+def test_force_removes_every_file_a_run_writes(tmp_path):
+    """--force over an earlier run: its checkpoints, logs, plots and saved models (policy/,
+    discriminator/, reward_model/) go, the user's files stay."""
+    for name in ["ckpt.pt", "ckpt.pt.tmp", "config.json", "metrics.jsonl", "metrics.png", "mlirl_fig2.png", "notes.txt"]:
+        (tmp_path / name).write_text("x")
+    for name in ["policy", "discriminator", "reward_model", "mine"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text("x")
+    run.prepare_out(parse("--out", tmp_path, "--force"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "mine", "notes.txt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_while_saving_is_one_line(tmp_path, monkeypatch):
+    """A full disk during a checkpoint write (ckpt.pt.tmp made a link to /dev/full, whose writes
+    fail with ENOSPC; then torch.save raising it): one line, the temp file removed, the previous
+    ckpt.pt intact and loadable."""
+    args = parse("--out", tmp_path)
+    model = nn.Linear(2, 2)
+    run.save_checkpoint(tmp_path, 4, {"model": model}, args)
+    good = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt.tmp").symlink_to("/dev/full")
+    msg = one_line_error(run.save_checkpoint, tmp_path, 8, {"model": model}, args)
+    assert msg == (f"cannot write the checkpoint of step 7 to {tmp_path / 'ckpt.pt.tmp'}: no space left on the "
+                   f"device; the last good checkpoint is {tmp_path / 'ckpt.pt'}")
+    def full(obj, f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", full)
+    assert one_line_error(run.save_checkpoint, tmp_path, 8, {"model": model}, args) == msg
+    assert not os.path.lexists(tmp_path / "ckpt.pt.tmp") and (tmp_path / "ckpt.pt").read_bytes() == good
+    monkeypatch.undo()
+    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 4
 
 
 # ---- metrics -------------------------------------------------------------------------------------
@@ -264,3 +376,73 @@ def test_logger_lines_plot_and_summary(tmp_path, capsys):
     for what in ["config", "metrics", "plot"]:
         assert what in printed
     assert str(out / "metrics.png") in printed and str(out / "config.json") in printed
+
+
+# ---- every flag of the scripts checked before anything is written -------------------------------
+BAD_FLAGS = [  # (script, flag, value): each value makes no sense for that flag
+    *[(s, "--steps", v) for s in ("train_sft", "train_airl") for v in ("0", "-5")],
+    *[(s, "--batch-size", v) for s in ("train_sft", "train_mlirl") for v in ("0", "-1")],
+    *[("train_sft", "--lr", v) for v in ("-1", "nan", "0")],
+    *[(s, "--eval-every", "0") for s in ("train_sft", "train_airl")],
+    *[(s, "--n-demos", v) for s in ("train_sft", "train_airl", "train_mlirl") for v in ("0", "-3")],
+    *[(s, "--seed", v) for s in ("train_sft", "train_mlirl") for v in ("-1", "4294967296", "1.5")],
+    *[("train_sft", "--eval-size", v) for v in ("0", "-3")],
+    ("train_airl", "--disc-steps", "0"), ("train_airl", "--disc-lr", "nan"), ("train_airl", "--alpha", "1"),
+    *[(s, "--num-minibatches", "0") for s in ("train_airl", "train_mlirl")],
+    *[(s, "--rollout-batch-size", "0") for s in ("train_airl", "train_mlirl")],
+    *[(s, "--temperature", v) for s in ("train_airl", "train_mlirl") for v in ("nan", "0", "-1", "inf")],
+    ("train_airl", "--beta", "-1"), ("train_airl", "--ppo-lr", "-1"),
+    ("train_mlirl", "--ppo-iterations", "0"), ("train_mlirl", "--rm-batch-size", "0"),
+    ("train_mlirl", "--rm-epochs", "0"), ("train_mlirl", "--bon-n", "0"), ("train_mlirl", "--bon-steps", "0"),
+    ("train_mlirl", "--rm-lr", "nan"), ("train_mlirl", "--sft-lr", "-1"), ("train_mlirl", "--sft-steps", "-1"),
+    ("train_mlirl", "--rounds", "-1"), ("train_mlirl", "--beta", "-1"), ("train_mlirl", "--beta", "0"),
+    ("train_mlirl", "--sample-temperature", "-1"),
+    ("train_sft", "--ckpt-every", "0"), ("train_sft", "--log-every", "-2"), ("train_sft", "--micro-batch-size", "0"),
+    ("train_sft", "--max-prompt-len", "0"), ("train_sft", "--max-response-len", "x"),
+]
+
+
+def script_parser(name):
+    import importlib
+    return importlib.import_module(name).parser
+
+
+@pytest.mark.parametrize("script,flag,value", BAD_FLAGS)
+def test_bad_flag_values_are_refused_at_parse_time(script, flag, value, capsys):
+    """argparse's exit 2 and one 'error: argument --flag: ...' line, before main() runs."""
+    with pytest.raises(SystemExit) as e:
+        script_parser(script).parse_args([flag, value])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f": error: argument {flag}: " in last, last
+
+
+@pytest.mark.parametrize("script", ["train_sft", "train_airl", "train_mlirl"])
+def test_help_shows_every_default(script):
+    """--help: every flag with a default prints it, or its help says how the default is picked."""
+    parser = script_parser(script)
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            continue  # a flag picked per model (None) says so in its help: "(default: 0.1 toy ...)"
+        assert f"(default: {action.default})" in text, action.option_strings
+    assert "(default: 1)" in text and "--seed SEED seed of every random number generator (default: 1)" in text
+
+
+@pytest.mark.parametrize("script,flags,error", [
+    ("train_airl", ["--num-minibatches", "3"], "--num-minibatches 3 must divide --rollout-batch-size 256"),
+    ("train_mlirl", ["--num-minibatches", "1000", "--rollout-batch-size", "8"],
+     "--num-minibatches 1000 must divide --rollout-batch-size 8"),
+    ("train_sft", ["--dtype", "bfloat16"], "--dtype bfloat16 is for text models; --model toy-tabular is evaluated exactly"),
+])
+def test_checks_after_defaults_come_before_out(tmp_path, script, flags, error):
+    """Checks that need the per-model defaults run before --out is made: a corrected rerun is
+    never refused because a failed one left a half-made run directory."""
+    import importlib
+    module = importlib.import_module(script)
+    out = tmp_path / "run"
+    args = module.parser.parse_args(["--model", "toy-tabular", "--device", "cpu", *flags, "--out", str(out)])
+    with pytest.raises(RunError) as e:
+        module.main(args)
+    assert str(e.value).startswith(error), str(e.value)
+    assert not out.exists()

@@ -327,9 +327,9 @@ def resume_runs(tmp_path_factory):
     name = lambda c: c.replace(".py", "").replace(" ", "-")
     whole = {c: Run(tmp, f"{name(c)}-whole", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
     cut = {c: Run(tmp, f"{name(c)}-cut", s, *flags[c]) for c, (s, _, _) in RESUME.items()}
-    resumed, done = {}, {}
-    while len(resumed) < len(RESUME):
-        for c in set(RESUME) - set(resumed):
+    done = {}
+    while len(done) < len(RESUME):
+        for c in set(RESUME) - set(done):
             metrics, ckpt = cut[c].out / "metrics.jsonl", cut[c].out / "ckpt.pt"
             lines = metrics.read_text().count("\n") if metrics.exists() else 0
             if cut[c].proc.poll() is None and not (ckpt.exists() and lines >= RESUME[c][2]):
@@ -338,9 +338,16 @@ def resume_runs(tmp_path_factory):
                 os.kill(cut[c].proc.pid, signal.SIGKILL)
             cut[c].wait()
             done[c] = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
-            resumed[c] = Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
         time.sleep(0.01)
-    return {c: (whole[c].wait(), cut[c], resumed[c].wait(), done[c]) for c in RESUME}
+    # first a --resume with another --seed: not this run, so refused, and nothing may change
+    before = {c: snapshot(cut[c].out) for c in RESUME}
+    refused = run_all({c: Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                              out=cut[c].out) for c in RESUME})
+    for c in RESUME:
+        refused[c].untouched = snapshot(cut[c].out) == before[c]
+    resumed = run_all({c: Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
+                       for c in RESUME})
+    return {c: (whole[c].wait(), cut[c], resumed[c], done[c], refused[c]) for c in RESUME}
 
 
 @pytest.mark.parametrize("case", RESUME)
@@ -348,8 +355,12 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
     on resume) and resumed with --resume ends with the metrics.jsonl bytes, weights, optimiser
     states, RNG states and (ML-IRL) pairs of an uninterrupted run. ML-IRL killed inside round 0
-    goes on with SFT from its last SFT checkpoint (RLignment's pi_init samples kept in it)."""
-    whole, cut, resumed, ckpt = resume_runs[case]
+    goes on with SFT from its last SFT checkpoint (RLignment's pi_init samples kept in it). A
+    --resume with another --seed before it was refused in one line and changed nothing."""
+    whole, cut, resumed, ckpt, refused = resume_runs[case]
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        f"error: --resume: flags differ from the checkpoint's run (--seed {SEED} -> {SEED + 1})"), refused.stderr
+    assert refused.untouched, "a refused --resume changed the run directory"
     assert cut.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
     assert whole.returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
     n = len(rows_of(whole.out))
@@ -366,7 +377,43 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     assert (cut.out / "metrics.jsonl").read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
     a, b = (torch.load(out / "ckpt.pt", weights_only=True) for out in (whole.out, cut.out))
     assert a["step"] == b["step"] == n
-    assert_same({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
+    same = lambda ckpt: {k: v for k, v in ckpt.items() if k not in ("config", "sha256")}  # the config holds --out
+    assert_same(same(a), same(b))
+
+
+def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
+    on; that checkpoint and metrics.jsonl pass --resume's checks."""
+    from nanoirl import run
+    r = Run(tmp_path, "sigint", "train_sft.py", "--steps", 10 ** 6, "--ckpt-every", 5, "--eval-every", 10 ** 6)
+    while r.proc.poll() is None and not ((r.out / "ckpt.pt").exists() and len(rows_of(r.out)) > 20):
+        time.sleep(0.05)
+    r.proc.send_signal(signal.SIGINT)
+    r.wait()
+    assert r.returncode == -signal.SIGINT and r.stderr == (
+        f"error: interrupted; the last good checkpoint is {r.out / 'ckpt.pt'}: continue with the same command "
+        "and --resume\n"), r.stderr
+    ckpt = run.read_checkpoint(r.out)
+    run.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
+    assert ckpt["step"] > 0
+
+
+def test_a_second_run_on_an_out_in_use_is_refused(tmp_path):
+    """A run holds --out for its whole life: a second one there, even with --force, is refused in
+    one line and touches nothing (unlocked, its --force would delete the first run's files under it)."""
+    first = Run(tmp_path, "first", "train_sft.py", "--steps", 10 ** 6, "--ckpt-every", 50, "--eval-every", 10 ** 6)
+    try:
+        while first.proc.poll() is None and not (first.out / "ckpt.pt").exists():
+            time.sleep(0.05)
+        second = Run(tmp_path, "second", "train_sft.py", "--steps", 3, "--force", out=first.out).wait()
+        assert second.returncode == 1 and second.stderr == (
+            f"error: --out {first.out} is in use by another run (it holds a lock on the directory); "
+            "wait for it to end or use another --out\n"), second.stderr
+        assert first.proc.poll() is None  # still running, its files in place
+        assert json.loads((first.out / "config.json").read_text())["steps"] == 10 ** 6
+    finally:
+        first.proc.kill()
+        first.wait()
 
 
 # ---- bad input: one line, the file:line or the flag, nothing lost ---------------------------------
@@ -375,7 +422,13 @@ TEXT = ["--model", "random:pythia-70m", "--max-prompt-len", 16, "--max-response-
 BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "prompt-too-long",
        "missing-data-file", "unknown-model", "out-under-a-file", "out-is-a-file", "out-exists",
        "resume-without-checkpoint", "resume-and-force", "resume-with-bad-data", "force-with-bad-data",
-       "toy-with-data", "more-positions-than-the-model"]
+       "toy-with-data", "more-positions-than-the-model",
+       # flags checked at parse time, or once the model's defaults are known: before --out is made
+       "steps-negative", "temperature-zero", "too-many-minibatches", "bfloat16-on-the-toy",
+       # --data that is not a regular file, text that is not text, a --gold-model without a head
+       "data-is-a-directory", "data-is-a-fifo", "lone-surrogate", "gold-model-is-a-causal-lm", "gold-model-missing",
+       # --resume that would not continue the run: refused before anything is written
+       "resume-with-other-flags", "resume-damaged-checkpoint", "resume-empty-checkpoint", "resume-metrics-deleted"]
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +455,20 @@ def bad_runs(tmp_path_factory, toy_runs):
     empty_prompt = jsonl("empty-prompt", ok, {"prompt": "  ", "response": " x"})
     empty_response = jsonl("empty-response", ok, ok, ok, {"prompt": "x", "response": ""})
     long_prompt = jsonl("long-prompt", ok, ok, {"prompt": "x" * 20, "response": " y"})
+    surrogate = jsonl("surrogate", ok, '{"prompt": "a\\ud800", "response": " b"}')
+    good = jsonl("good", ok, ok, ok)
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    from nanoirl.model import GPT, GPTConfig
+    causal_lm = tmp / "causal-lm"
+    GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=16)).save_pretrained(causal_lm)
+    damaged = finished_run("damaged")
+    raw = bytearray((damaged / "ckpt.pt").read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 200] = bytes(x ^ 0xFF for x in raw[len(raw) // 2:len(raw) // 2 + 200])
+    (damaged / "ckpt.pt").write_bytes(bytes(raw))
+    (finished_run("empty-ckpt") / "ckpt.pt").write_bytes(b"")
+    (finished_run("no-metrics") / "metrics.jsonl").unlink()
+    same = ["--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *TOY_FLAGS["train_sft.py"], "--resume"]
     afile = tmp / "afile"
     afile.write_text("not a directory")
     empty_dir = tmp / "empty"
@@ -442,6 +509,35 @@ def bad_runs(tmp_path_factory, toy_runs):
                                           "error: --max-prompt-len 2000 + --max-response-len 53 tokens exceed "
                                           "--model random:pythia-70m's 2048 positions"),
     }
+    cases.update({
+        "steps-negative": ("train_sft.py", ["--steps", -5], None,
+                           "train_sft.py: error: argument --steps: expected a positive integer, got '-5'"),
+        "temperature-zero": ("train_airl.py", ["--temperature", 0], None,
+                             "train_airl.py: error: argument --temperature: expected a finite number > 0, got '0'"),
+        "too-many-minibatches": ("train_airl.py", ["--num-minibatches", 1000], None,
+                                 "error: --num-minibatches 1000 must divide --rollout-batch-size 256"),
+        "bfloat16-on-the-toy": ("train_sft.py", ["--dtype", "bfloat16"], None,
+                                "error: --dtype bfloat16 is for text models; --model toy-tabular is evaluated exactly"),
+        "data-is-a-directory": ("train_sft.py", [*TEXT, "--data", tmp], None,
+                                f"train_sft.py: error: argument --data: {tmp} is a directory, not a JSONL file"),
+        "data-is-a-fifo": ("train_airl.py", [*TEXT, "--data", fifo], None,
+                           f"train_airl.py: error: argument --data: {fifo} is a FIFO (named pipe); give a regular file"),
+        "lone-surrogate": ("train_sft.py", [*TEXT, "--data", surrogate], None,
+                           f"error: {surrogate}:2: field 'prompt' holds a lone surrogate '\\ud800'"),
+        "gold-model-is-a-causal-lm": ("train_airl.py", [*TEXT, "--data", good, "--gold-model", causal_lm], None,
+                                      f"error: --gold-model {causal_lm}: {causal_lm} has no trained scalar head"),
+        "gold-model-missing": ("train_mlirl.py", [*TEXT, "--data", good, "--gold-model", tmp / "none"], None,
+                               f"error: --gold-model {tmp / 'none'}: "),
+        "resume-with-other-flags": ("train_sft.py", [*same, "--policy-class", "position"], finished_run("other-flags"),
+                                    "error: --resume: flags differ from the checkpoint's run "
+                                    "(--policy-class 'full' -> 'position'); resume with its flags"),
+        "resume-damaged-checkpoint": ("train_sft.py", same, damaged,
+                                      f"error: {damaged / 'ckpt.pt'}: cannot load the checkpoint: it is damaged"),
+        "resume-empty-checkpoint": ("train_sft.py", same, tmp / "empty-ckpt",
+                                    f"error: {tmp / 'empty-ckpt' / 'ckpt.pt'}: cannot load the checkpoint: it is empty"),
+        "resume-metrics-deleted": ("train_sft.py", same, tmp / "no-metrics",
+                                   f"error: --resume: {tmp / 'no-metrics' / 'metrics.jsonl'} is missing"),
+    })
     assert list(cases) == BAD
     before = {case: snapshot(out or tmp / case) for case, (_, _, out, _) in cases.items()}
     runs = run_all({case: Run(tmp, case, script, *flags, out=out) for case, (script, flags, out, _) in cases.items()})
@@ -522,7 +618,7 @@ TEXT_FLAGS = {  # the fewest steps that still go through every part of the loop
 @pytest.fixture(scope="module")
 def short_tldr(tmp_path_factory):
     """8 TL;DR records of `python -m nanoirl.data`, cut short: prompts of at most 64 byte tokens."""
-    records = data.fake_tldr(8, seed=0)
+    records = list(data.fake_tldr(8, seed=0))
     for r in records:
         r.update(subreddit="tifu", title="", post=" ".join(r["post"].split()[:2]),
                  summary=" ".join(r["summary"].split()[:2]))
@@ -531,7 +627,7 @@ def short_tldr(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ["train_airl.py"])  # SFT and ML-IRL: the README's dry run, tests/test_commands.py
 def test_text_dry_run(tmp_path, short_tldr, script):
     """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens
     and --dtype bfloat16 (CPU autocast; what a user runs on a GPU with pythia-1b): metrics.jsonl
@@ -545,7 +641,8 @@ def test_text_dry_run(tmp_path, short_tldr, script):
             *TEXT_FLAGS[script])
     try:
         assert r.wait().returncode == 0, r.stderr
-        assert "the random-init dry run uses UTF-8 bytes as tokens" in r.stdout
+        assert ("the random-init dry run uses UTF-8 bytes as tokens (for Pythia's: huggingface-cli download "
+                "EleutherAI/pythia-70m tokenizer.json)") in r.stdout
         assert not any((tmp_path / "hf-cache").iterdir())  # nothing was downloaded
         rows = rows_of(r.out)
         n = len(rows)
@@ -717,9 +814,9 @@ def test_mlirl_on_tldr_by_default(tmp_path):
     assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
     assert bare.stderr.startswith(f"error: {data.TLDR_SFT}:train: not in {tmp_path / 'no-data' / data.TLDR_SFT} "
                                   "and not loadable") and f"python -m nanoirl.data --download {data.TLDR_SFT}" in bare.stderr
-    records = data.fake_tldr(6, seed=0)
-    for r in records:  # paragraphs of ~1,500 bytes in all, the summaries of a few words
-        r.update(post="\n".join([r["post"]] * 3), summary=" ".join(r["summary"].split()[:3]))
+    records = list(data.fake_tldr(6, seed=0))
+    for r in records:  # paragraphs of well over 512 bytes in all, the summaries of a few words
+        r.update(post="\n".join([r["post"]] * 24), summary=" ".join(r["summary"].split()[:3]))
     root = tmp_path / "data"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:4]),
                           "validation": datasets.Dataset.from_list(records[4:])}).save_to_disk(str(root / data.TLDR_SFT))

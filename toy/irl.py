@@ -26,6 +26,7 @@ import torch
 from nanoirl import mlirl, soft_pi
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
+from nanoirl.run import int_list, positive_int, seed_arg
 from nanoirl.sft import sft_loss
 from toy import metrics
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
@@ -277,11 +278,12 @@ def main():
     parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes"],
                         help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table; "
                              "schemes: which reference / pairs / beta converge, exact (not part of all)")
-    parser.add_argument("--demos", default="30,300,3000", help="numbers of demonstrations (mlirl table)")
+    parser.add_argument("--demos", type=int_list(positive_int), default="30,300,3000",
+                        help="numbers of demonstrations (mlirl table; schemes: the first)")
     parser.add_argument("--classes", default="full,position,markov",
                         help="policy classes, comma-separated, from full, position, markov")
-    parser.add_argument("--rounds", type=int, default=8, help="ML-IRL rounds per variant")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the demonstration sets (mlirl table)")
+    parser.add_argument("--rounds", type=positive_int, default=8, help="ML-IRL rounds per variant")
+    parser.add_argument("--seed", type=seed_arg, default=1, help="seed of the demonstration sets (mlirl table)")
     parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")
     args = parser.parse_args()
     classes = [c.strip() for c in args.classes.split(",")]
@@ -293,7 +295,7 @@ def main():
         for n in (60, 600):
             gpt_vs_sft(mdp, n)
         return
-    ns = [int(n) for n in args.demos.split(",")]
+    ns = args.demos
     if args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
         return

@@ -28,6 +28,7 @@ import torch
 from nanoirl.airl import airl_reward
 from nanoirl.fdiv import f_reward, fairl_reward
 from nanoirl.gail import gail_reward
+from nanoirl.run import int_list, positive_float, positive_int
 from toy import metrics
 from toy.mdp import ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
@@ -199,10 +200,11 @@ def table(rows, first):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="figures", help="folder for the PNGs and results.jsonl")
-    parser.add_argument("--steps", type=int, default=300, help="policy steps per run")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the policy")
-    parser.add_argument("--demos", default="3,12,48,192,768", help="N values for (c), multiples of 3")
-    parser.add_argument("--seeds", type=int, default=2, help="demonstration sets per N in (c)")
+    parser.add_argument("--steps", type=positive_int, default=300, help="policy steps per run")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate of the policy")
+    parser.add_argument("--demos", type=int_list(positive_int, 3), default="3,12,48,192,768",
+                        help="N values for (c), multiples of 3 (N / 3 per prompt)")
+    parser.add_argument("--seeds", type=positive_int, default=2, help="demonstration sets per N in (c)")
     parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
                         help="which figures to draw, comma-separated, from " + ",".join(FIGURES) +
                              "; results.jsonl is written only when all three are drawn")
@@ -225,7 +227,7 @@ def main():
         print(f"  {label:<30}" + " ".join(f"{v:.3f}" for v in mode_profile(mdp, q)))
 
     if "low_demo" in args.figures:
-        low = run_low_demo(mdp, [int(n) for n in args.demos.split(",")], steps=150, lr=args.lr, seeds=args.seeds)
+        low = run_low_demo(mdp, args.demos, steps=150, lr=args.lr, seeds=args.seeds)
         plot_low_demo(seed_means(low), results, out / "low_demo.png")
         print(table([(f"N={r['n_demos']:<5} {r['method']}", r) for r in seed_means(low)],
                     f"(c) mean of {args.seeds} demo sets"))

@@ -1,0 +1,164 @@
+"""
+Every command that README.md and the three scripts' docstrings show runs (docs/guide.md's ladder is
+run by tests/test_docs.py), offline, in one working directory, in the order they are documented, so
+that the documented chains hold (SFT's policy/ is ML-IRL's --model):
+  as written  the text dry runs (`python -m nanoirl.data ...`, `--model random:pythia-70m`, and
+              ML-IRL from the dry run's policy/): random weights and byte tokens, on the CPU
+  fast        the toy commands, with FAST's small settings appended (argparse keeps the last value
+              of a repeated flag) and an --out of their own; the Pythia commands, the same way, on a
+              tiny GPT-NeoX with a byte-level tokenizer.json cached as EleutherAI/pythia-1b
+  skipped     installing, downloading, this test suite itself, and bench.py on CUDA without one
+"""
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
+FAST = {  # appended to the toy's and Pythia's commands
+    "train_sft.py": ["--steps", "3", "--eval-every", "3"],
+    "train_airl.py": ["--steps", "2", "--eval-every", "2", "--rollout-batch-size", "16", "--disc-steps", "1"],
+    "train_mlirl.py": ["--rounds", "1", "--sft-steps", "3", "--ppo-iterations", "1", "--rollout-batch-size", "16",
+                       "--rm-epochs", "1", "--bon-steps", "2"],
+}
+TEXT_FAST = {"train_sft.py": ["--max-prompt-len", "256", "--eval-size", "2", "--batch-size", "2"],
+             "train_airl.py": ["--max-prompt-len", "256", "--eval-size", "2", "--rollout-batch-size", "2"],
+             "train_mlirl.py": ["--max-prompt-len", "256", "--eval-size", "2", "--batch-size", "2",
+                                "--rollout-batch-size", "2"]}
+DRY_RUN_SECONDS = 120  # documented as "about a minute"; this machine may be shared
+
+
+def documented():
+    """[(source, command)]: the README's ```bash blocks, then each script's docstring, line by
+    line, comments cut, `a && b` split."""
+    readme = (ROOT / "README.md").read_text()
+    sources = [("README.md", line) for block in re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)
+               for line in block.splitlines()]
+    for script in SCRIPTS:
+        doc = (ROOT / script).read_text().split('"""')[1]
+        sources += [(script, line) for line in doc.splitlines() if line.strip().startswith("python ")]
+    commands = []
+    for source, line in sources:
+        if line.strip().startswith("#"):
+            continue
+        commands += [(source, part.strip()) for part in line.split(" #")[0].split("&&") if part.strip()]
+    return commands
+
+
+def is_dry_run(argv):
+    return argv[:3] == ["python", "-m", "nanoirl.data"] or any(
+        a.startswith("random:") or a.startswith("out/dry-") for a in argv)
+
+
+def fast_variant(argv, n):
+    """(argv to run, how) for a documented command; argv None: skipped, and why."""
+    if argv[0] in ("pip", "huggingface-cli", "git") or argv[:3] == ["python", "-m", "pytest"]:
+        return None, "installs, downloads, or is this test suite (CI runs it: tests/test_readme.py)"
+    if argv[:2] == ["python", "bench.py"]:
+        if "--device" in argv and argv[argv.index("--device") + 1] == "cpu":
+            return argv[1:], "as written"
+        return (argv[1:], "as written") if torch.cuda.is_available() else (None, "bench.py on CUDA")
+    if is_dry_run(argv):
+        return argv[1:], "as written"
+    script = argv[1]
+    model = argv[argv.index("--model") + 1] if "--model" in argv else "toy"
+    if model.startswith("pythia-") or model.startswith("out/"):
+        return argv[1:] + FAST[script] + TEXT_FAST[script], "fast, tiny cached pythia-1b"
+    return argv[1:] + FAST[script] + ["--out", f"toy-{n}"], "fast"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A working directory with the data the Pythia commands name (tldr.jsonl, prefs.jsonl) and a
+    Hugging Face cache holding a tiny GPT-NeoX as EleutherAI/pythia-1b."""
+    from nanoirl import data
+    from nanoirl.model import GPT, GPTConfig
+    from nanoirl.tokenizer import ByteTokenizer
+    tmp = tmp_path_factory.mktemp("commands")
+    data.write_jsonl(tmp / "tldr.jsonl", data.fake_tldr(8, seed=1))
+    data.write_jsonl(tmp / "prefs.jsonl", data.fake_tldr(8, seed=2, preferences=True))
+    snapshot = tmp / "hf-cache" / "models--EleutherAI--pythia-1b" / "snapshots" / "abc"
+    GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+    ByteTokenizer().save(snapshot / "tokenizer.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    return tmp
+
+
+def test_documented_commands_run(workspace):
+    """Each documented command: the text ones in order (the dry runs as written, within
+    DRY_RUN_SECONDS each), then the toy's, which depend on nothing, side by side."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(workspace / "hf-cache"), "PYTHONPATH": str(ROOT),
+           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}  # one thread: fastest on a busy CPU
+    commands = documented()
+    assert sum(s == "README.md" for s, _ in commands) >= 8 and {s for s, _ in commands} >= {"README.md", *SCRIPTS}
+    planned = {}  # command -> (source, argv, how); the scripts' docstrings repeat the README's dry run
+    for n, (source, command) in enumerate(commands):
+        argv, how = fast_variant(shlex.split(command), n)
+        if argv is None:
+            print(f"skipped ({how}): {command}")
+        elif command not in planned:
+            planned[command] = source, [str(ROOT / argv[0]) if argv[0].endswith(".py") else argv[0], *argv[1:]], how
+    start = lambda argv: subprocess.Popen([sys.executable, *argv], cwd=workspace, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ran = []
+    for command, (source, argv, how) in planned.items():
+        if how == "fast":
+            continue
+        t0 = time.time()
+        stdout, stderr = (proc := start(argv)).communicate(timeout=600)
+        seconds = time.time() - t0
+        print(f"{seconds:5.1f} s  {how}: {command}")
+        assert proc.returncode == 0 and "Traceback" not in stderr, f"{source}: {command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+        if how == "as written" and "bench.py" not in argv[0]:
+            assert seconds < DRY_RUN_SECONDS, f"{command}: {seconds:.0f} s"
+        ran.append(command)
+    toy = {command: start(argv) for command, (_, argv, how) in planned.items() if how == "fast"}
+    for command, proc in toy.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        print(f"fast: {command}")
+        assert proc.returncode == 0 and "Traceback" not in stderr, f"{command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    assert len(toy) >= 9
+    assert any("random:pythia-70m" in c for c in ran) and any("out/dry-sft/policy" in c for c in ran)
+    check_dry_run(workspace / "out" / "dry-sft", "train_sft.py", 3)
+    check_dry_run(workspace / "out" / "dry-mlirl", "train_mlirl.py", 2)
+    dry = workspace / "out" / "dry-sft" / "policy"
+    assert (dry / "tokenizer.json").is_file()  # the byte tokens, saved with the policy
+    from nanoirl.tokenizer import ByteTokenizer, Tokenizer
+    text = "SUBREDDIT: r/tifu\n\nTITLE: é ü 日本\n\nPOST: a  b\n\nTL;DR:"
+    assert Tokenizer.from_pretrained(dry).encode(text) == ByteTokenizer().encode(text)
+
+
+def test_offline_model_fails_fast_and_names_every_file(tmp_path):
+    """--model pythia-1b with no cache and no network: a quick check of the Hub, not ~25 s of
+    download retries, and the printed fetch command names every file a model directory needs."""
+    env = {"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT),
+           "PATH": "/usr/bin:/bin"}  # port 9 (discard) refuses at once; HF_HUB_OFFLINE is not set
+    code = "from nanoirl.tokenizer import Tokenizer\ntry:\n Tokenizer.from_pretrained('pythia-1b')\nexcept FileNotFoundError as e:\n print(e)"
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert time.time() - t0 < 10, done.stderr
+    assert "127.0.0.1 is not reachable" in done.stdout, done.stdout + done.stderr
+    assert "huggingface-cli download EleutherAI/pythia-1b config.json model.safetensors tokenizer.json" in done.stdout
+
+
+def check_dry_run(out, script, n):
+    """What tests/test_scripts.py::test_text_dry_run checks of a text run: metrics.jsonl with the
+    shared names, ckpt.pt at the last step, policy/ equal to the checkpoint's policy."""
+    from test_scripts import TEXT_EVAL, assert_same, metric_names, rows_of
+    from nanoirl.model import GPT
+    rows = rows_of(out)
+    assert len(rows) == n
+    for row in rows:
+        assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, eval_every=50)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True, mmap=True)
+    assert ckpt["step"] == n
+    policy = GPT.from_pretrained(out / "policy")
+    assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
+    assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
