@@ -11,7 +11,8 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
 
-Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for the tiny GPT; a part:
+Run `python -m toy.irl` for the tables (2.5-3.5 min on 2 cores; the time taken is printed at the end),
+`python -m toy.irl --gpt` for the tiny GPT; a part:
     python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL rounds, ~20 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
 """
@@ -19,6 +20,7 @@ import argparse
 import copy
 import itertools
 import math
+import time
 from dataclasses import replace
 
 import torch
@@ -250,8 +252,22 @@ VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
 KEYS = ("fkl_demos", "fkl", "rkl", "tv", "traj_entropy", "gold_reward")
 
 
+def _fmt(v):
+    """A KL above 1e6 nats is printed "inf": it comes from mass where the other distribution has
+    none (log 0 read as the NEG_INF = -1e9 floor). Between float64 distributions without zeros a
+    KL is at most ~745 nats, the log of the smallest double."""
+    return f"{'inf':>9s}" if v > 1e6 else f"{v:9.4f}"
+
+
 def _row(name, d):
-    return f"  {name:46s} " + " ".join(f"{d[k]:9.4f}" for k in KEYS)
+    return f"  {name:46s} " + " ".join(_fmt(d[k]) for k in KEYS)
+
+
+def _print_columns(rounds):
+    print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert), "
+          "fkl_demos = KL(demonstrations || pi))")
+    print(f"rows: SFT to convergence; 'name r{rounds}' = that ML-IRL variant after {rounds} rounds, "
+          "'round k' = after k rounds")
 
 
 def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref",
@@ -265,7 +281,7 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
     fit_sft(mdp, sft, demos, steps=500)
     with torch.no_grad():
         ls = mdp.trajectory_logprobs(sft)
-    print(f" tiny GPT, {n_demos} demonstrations")
+    print(f"\n tiny GPT, {n_demos} demonstrations")
     print(_row("SFT", metrics.summary(mdp, ls, d)))
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
@@ -288,34 +304,38 @@ def main():
     if not classes or any(c not in ("full", "position", "markov") for c in classes):
         parser.error(f"--classes {args.classes}: use a comma-separated list of full, position, markov")
     torch.set_num_threads(1)
+    t0 = time.time()
     mdp = ToyMDP(ToyConfig())
+    ns = [int(n) for n in args.demos.split(",")]
     if args.gpt:
+        _print_columns(5)
         for n in (60, 600):
             gpt_vs_sft(mdp, n)
-        return
-    ns = [int(n) for n in args.demos.split(",")]
-    if args.table == "schemes":
+    elif args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
-        return
-    if args.table in ("all", "mlirl"):
-        mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
-    if args.table in ("all", "bon"):
-        print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
-        for kind in [c for c in ("markov", "position", "full") if c in classes]:
-            print(f" {kind} policy class, 300 demonstrations")
-            for name, v in best_of_n_table(mdp, kind).items():
-                print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+    else:
+        if args.table in ("all", "mlirl"):
+            mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
+        if args.table in ("all", "bon"):
+            print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
+            for kind in [c for c in ("markov", "position", "full") if c in classes]:
+                print(f" {kind} policy class, 300 demonstrations")
+                for name, v in best_of_n_table(mdp, kind).items():
+                    print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+    print(f"\ndone in {time.time() - t0:.0f} s")
 
 
 def mlirl_table(mdp, ns, classes, rounds, seed):
     """SFT against each ML-IRL variant after `rounds` rounds, per number of demonstrations and
     policy class; every round is shown for the full table at the smallest number."""
-    print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert))")
+    _print_columns(rounds)
     for n in ns:
         demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
         d = mdp.empirical_logprob(demos[0], demos[2])
-        print(f"\n== {n} demonstrations; empirical distribution = the full-class SFT / ML policy")
-        print(_row("empirical", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
+        print(f"\n== {n} demonstrations. 'empirical' is their empirical distribution, the full-class optimum of SFT\n"
+              "   and of ML-IRL; its fkl is inf (responses no demonstration holds). The full table's SFT row is\n"
+              "   that optimum after 200 L-BFGS steps: the unseen responses keep a little mass, so its fkl is finite")
+        print(_row("empirical (full-class optimum)", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
         for kind in classes:
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
