@@ -26,6 +26,7 @@ from dataclasses import replace
 import torch
 
 from nanoirl import mlirl, soft_pi
+from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
 from nanoirl.sft import sft_loss
@@ -154,6 +155,27 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
     return history
 
 
+def spin_exact(mdp, policy, demo_logd, rounds, beta=1.0, steps=200):
+    """SPIN (nanoirl/dpo.py) with every expectation exact: each round the reference is pi_k and the
+    policy minimises the exact expected DPO loss over every pair (y ~ demonstrations) ≻ (y' ~ pi_k),
+    by L-BFGS from pi_k. At pi = pi_k every margin is 0 and the gradient of that loss is
+    beta/2 grad E_demos[-log pi], SFT's: SFT's stationary points are SPIN's fixed points in every
+    class, and SPIN from SFT does not move (tests/test_dpo.py). Returns per-round metric dicts."""
+    history = []
+    for k in range(rounds):
+        with torch.no_grad():
+            ref = mdp.trajectory_logprobs(policy)
+        w = demo_logd.exp()[:, :, None] * ref.exp()[:, None, :]     # (n_prompts, y, y') pair weights
+
+        def loss():
+            logd = mdp.trajectory_logprobs(policy)
+            return dpo_loss(logd[:, :, None], logd[:, None, :], ref[:, :, None], ref[:, None, :], beta, w)
+        minimise(policy, loss, steps)
+        with torch.no_grad():
+            history.append({"round": k + 1, **metrics.summary(mdp, mdp.trajectory_logprobs(policy), demo_logd)})
+    return history
+
+
 def bt_optimum(demo_logd, neg_logd):
     """The exact minimiser of Eq. 11's expected loss over every pair (y ~ demonstrations) ≻
     (y' ~ negatives), one free reward per response: r = log p_demo - log q + c (its gradient
@@ -267,7 +289,8 @@ def _print_columns(rounds):
     print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert), "
           "fkl_demos = KL(demonstrations || pi))")
     print(f"rows: SFT to convergence; 'name r{rounds}' = that ML-IRL variant after {rounds} rounds, "
-          "'round k' = after k rounds")
+          "'round k' = after k rounds (tables: from the uniform policy; tiny GPT: from SFT); SPIN = exact DPO\n"
+          "rounds against the last round's policy, beta = 1 (its exact round leaves SFT where it is)")
 
 
 def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref",
@@ -286,6 +309,8 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
             print(_row(f"{name} r{row['round']}", row))
+    for row in spin_exact(mdp, copy.deepcopy(sft), d, rounds, steps=50):
+        print(_row(f"SPIN from SFT r{row['round']}", row))
 
 
 def main():
@@ -349,6 +374,9 @@ def mlirl_table(mdp, ns, classes, rounds, seed):
                 if kind == "full" and n == min(ns):
                     for row in h[:-1]:
                         print(_row(f"   round {row['round']}", row))
+            # SPIN from the ML-IRL rows' start; from SFT it does not move (SFT is stationary for it)
+            h = spin_exact(mdp, TabularPolicy(mdp, kind), d, rounds)
+            print(_row(f"SPIN r{rounds}", h[-1]))
 
 
 if __name__ == "__main__":
