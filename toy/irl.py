@@ -8,12 +8,13 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
                                     class (or the tiny GPT) its reverse-KL projection
   fit_sft(mdp, policy, demos)       SFT (nanoirl/sft.py) to convergence with exact gradients
   mlirl_exact(...)                  ML-IRL rounds with exact expectations over pairs and policies
+  spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
 
-Run `python -m toy.irl` for the tables (2.5-3.5 min on 2 cores; the time taken is printed at the end),
+Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is printed at the end),
 `python -m toy.irl --gpt` for the tiny GPT; a part:
-    python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL rounds, ~20 s
+    python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
 """
 import argparse
