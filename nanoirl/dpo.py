@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoirl import ppo
+from nanoirl.model import upcast
 from nanoirl.policy import sequence_logprob
 
 
@@ -40,7 +41,7 @@ def spin_policy_step(policy, ref, pairs, cfg, *, optimizer, epochs, batch_size, 
     autocast). Returns {"dpo_loss", "dpo_accuracy"}: means over the steps, accuracy = how often the
     implicit reward beta log(pi / ref) ranks the demonstration above the sample."""
     def seq_logprobs(model, p, m, y):
-        return sequence_logprob(model.logprobs(p, m, y), y, cfg.eos_id).float()
+        return upcast(sequence_logprob(model.logprobs(p, m, y), y, cfg.eos_id))  # bf16 -> fp32, fp64 stays
 
     p, m, yw, yl = pairs["prompts"], pairs["prompt_mask"], pairs["chosen"], pairs["rejected"]
     with torch.no_grad(), ppo.autocast(p.device, cfg):  # the reference's log-probs, once

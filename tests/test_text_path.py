@@ -135,8 +135,8 @@ def test_learned_rewards_score_the_demonstrations_zero(tmp_path, monkeypatch):
     means.clear()
     load_task = train_mlirl.load_task
 
-    def task_demos(*args):
-        task = load_task(*args)
+    def task_demos(*args, **kwargs):
+        task = load_task(*args, **kwargs)
         demos["batch"] = task.demos
         return task
     monkeypatch.setattr(train_mlirl, "load_task", task_demos)

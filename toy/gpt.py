@@ -48,6 +48,7 @@ def prefix_tree_logprobs(model, mdp, temperature=1.0):
     cfg, w = model.config, model.embed_out.weight
     nh, hs, L = cfg.n_head, cfg.n_embd // cfg.n_head, mdp.L
     prompts, _ = mdp.prompt_tokens(torch.arange(mdp.n_prompts))          # (n_prompts, P), no padding
+    letters = torch.tensor(mdp.action_ids[1:])                            # the L letter tokens, in order
     idx, pos, parents, depths = prompts, 0, None, []
     for t in range(mdp.T):               # states of depth t: every prompt x every prefix of t letters
         B, S = idx.shape[0], pos + idx.shape[1]
@@ -60,7 +61,7 @@ def prefix_tree_logprobs(model, mdp, temperature=1.0):
         h = model.gpt_neox(idx, torch.ones(B, S, dtype=torch.bool), cache, pos)[:, -1]   # (B, C)
         depths.append(F.log_softmax(model.head(h) / (temperature or 1.0), dim=-1).view(mdp.n_prompts, L ** t, -1))
         # children: batch row b * L + c extends row b by letter c (prompt-major, lexicographic)
-        idx, pos, parents = (2 + torch.arange(L)).repeat(B)[:, None], S, cache
+        idx, pos, parents = letters.repeat(B)[:, None], S, cache
     # the full table numbers prompt x's letter prefixes x * 2 n_tree + node, depth by depth in
     # lexicographic order; the prefixes of T letters and the terminal states never act: rows of 0
     acting = torch.cat(depths, dim=1)                                     # (n_prompts, sum_t L^t, V)
