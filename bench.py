@@ -397,7 +397,10 @@ def bench_numerics(args, device, hw):
 
 def bench_toy(args, device, hw):
     """Enumerate every response of the toy MDP and evaluate a table and the tiny GPT on all of
-    them exactly (toy.metrics.summary), as the letters and the horizon grow. On CPU."""
+    them exactly (toy.metrics.summary), as the letters and the horizon grow. On CPU. The tiny GPT
+    twice: once per prefix (mdp.trajectory_logprobs, the prefix tree through the KV cache) and
+    once per response (mdp.trajectory_logprobs_by_trajectory, the reference), with the largest
+    difference of log d(y|x) between the two."""
     from toy import metrics
     from toy.gpt import tiny_gpt
     from toy.mdp import ToyConfig, ToyMDP
@@ -408,13 +411,22 @@ def bench_toy(args, device, hw):
         s, mdp = clock(lambda: ToyMDP(ToyConfig(n_letters=L, horizon=T, n_modes=min(3, L))), device)
         point = {"letters": L, "horizon": T, "trajectories": mdp.n_prompts * len(mdp.responses),
                  "enumerate_s": s}
-        for name, policy in (("table", TabularPolicy(mdp)), ("gpt", tiny_gpt(mdp))):
+        gpt, logd = tiny_gpt(mdp), {}
+        for name, policy, logprobs in (("table", TabularPolicy(mdp), mdp.trajectory_logprobs),
+                                       ("gpt", gpt, mdp.trajectory_logprobs),
+                                       ("gpt_by_trajectory", gpt, mdp.trajectory_logprobs_by_trajectory)):
+            def evaluate():
+                logd[name] = logprobs(policy)
+                return metrics.summary(mdp, logd[name])
             with torch.no_grad():
-                evaluate = lambda: metrics.summary(mdp, mdp.trajectory_logprobs(policy))
                 point[f"eval_{name}_s"] = clock(evaluate, device)[0]
+        point["gpt_tree_max_err"] = (logd["gpt"] - logd["gpt_by_trajectory"]).abs().max().item()
         res["grid"].append(point)
-        res["rows"].append(row(f"toy {L} letters, T={T}, {point['trajectories']} traj.: enum/table/gpt s",
-                               "/".join(f"{point[k]:.2g}" for k in ("enumerate_s", "eval_table_s", "eval_gpt_s"))))
+        keys = ("enumerate_s", "eval_table_s", "eval_gpt_s", "eval_gpt_by_trajectory_s")
+        res["rows"].append(row(f"toy {L}x{T}, {point['trajectories']} traj.: enum/table/gpt/by traj. s",
+                               "/".join(f"{point[k]:.2g}" for k in keys),
+                               ratio=point["eval_gpt_by_trajectory_s"] / point["eval_gpt_s"],
+                               target="gpt = by traj. to 1e-12", met=point["gpt_tree_max_err"] <= 1e-12))
     torch.set_num_threads(threads)
     return res
 

@@ -3,11 +3,13 @@ Maximum-likelihood IRL (MLIRL Algorithm 1; nanoirl/mlirl.py): learn a reward fro
 alone. Round 0 is SFT; every later round pairs each demonstration with a sample of the current
 policy (demonstration ≻ sample), fits a Bradley-Terry reward to the pairs (Eq. 11) and takes a
 KL-regularised policy step on it, pi_{k+1} ∝ pi_k exp(r / beta) (Eq. 9): PPO, exact soft policy
-iteration (toy only) or Best-of-N.
+iteration (toy only) or Best-of-N. --policy-step spin runs SPIN instead (nanoirl/dpo.py), MLIRL's
+baseline: DPO on the same pairs against the last round's policy, with no reward model.
 
     python train_mlirl.py                            # toy MDP, tiny GPT, PPO: exact evaluation
     python train_mlirl.py --model toy-tabular --policy-class markov --policy-step soft-pi
     python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
+    python train_mlirl.py --policy-step spin             # SPIN: DPO on (demonstration ≻ sample) pairs
     python train_mlirl.py --beta 0.05 --accumulate-pairs  # the authors' pipeline (not convergent: README)
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
     python train_mlirl.py --model pythia-1b         # TL;DR and its preferences (README: the MLIRL TL;DR experiment)
@@ -24,7 +26,7 @@ import json
 
 import torch
 
-from nanoirl import data, mlirl, ppo, run, sft
+from nanoirl import data, dpo, mlirl, ppo, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
@@ -33,8 +35,10 @@ run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
 add_task_args(parser)
 g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults: the scheme that converges exactly, README)")
 g.add_argument("--rounds", type=run.nonnegative_int, default=4, help="IRL rounds after round 0 (SFT)")
-g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon"],
-               help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only) or Best-of-N SFT (Sec. 6.2)")
+g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon", "spin"],
+               help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only), Best-of-N SFT (Sec. 6.2), "
+                    "or spin: SPIN, DPO (MLIRL Eq. 4) on the round's pairs against the last round's policy, "
+                    "in place of both the reward step and the policy step")
 g.add_argument("--pairs", default="mlirl", choices=["mlirl", "init-sft", "init-demo", "sft-demo"],
                help="reward-model data: demonstration ≻ current sample (MLIRL Eq. 11), or one of "
                     "RLignment's fixed sets built from pi_init, pi_SFT and the demonstrations")
@@ -72,6 +76,10 @@ g.add_argument("--temperature", type=run.positive_float, default=None,
                help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
 g.add_argument("--bon-n", type=run.positive_int, default=8, help="Best-of-N: samples per prompt")
 g.add_argument("--bon-steps", type=run.positive_int, default=50, help="Best-of-N: SFT steps per round")
+g.add_argument("--dpo-epochs", type=run.positive_int, default=None,
+               help="SPIN: DPO epochs over the pairs per round (default: 20 toy, 2 text)")
+g.add_argument("--dpo-lr", type=run.learning_rate, default=None,
+               help="SPIN: DPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, as PPO; 5e-7 text, as SPIN)")
 
 
 def fill_defaults(args, task):
@@ -80,7 +88,8 @@ def fill_defaults(args, task):
     defaults = {"rm_epochs": (20, 20, 1), "rm_lr": (0.05, 1e-3, 3e-6),
                 "sft_lr": (0.1, 3e-3, 1e-5), "ppo_iterations": (40, 40, 100),
                 "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-4, 3e-6),  # toy GPT: at 1e-3 PPO misses pi* by nats (README)
-                "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7)}
+                "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7),
+                "dpo_epochs": (20, 20, 2), "dpo_lr": (0.05, 1e-4, 5e-7)}  # toy: PPO's lr; text: SPIN's (Chen et al. 2024)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, task.pick(*v))
@@ -185,12 +194,25 @@ def main(args):
                                      iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
                                      generator=gen, progress=show)
 
-    # ---- rounds 1..K: reward step (Eq. 11), then policy step (Eq. 9) ----
+    def spin_round(pairs):  # SPIN: the same pairs, DPO against the last round's policy, no reward model
+        new = mlirl.sample_pairs(policy, task.demos, cfg, gen) if args.pairs == "mlirl" else pairs
+        pairs = mlirl.cat_pairs(pairs, new) if cfg.accumulate_pairs and pairs is not None else new
+        ref.load_state_dict(policy.state_dict())
+        opt = torch.optim.AdamW(policy.parameters(), lr=args.dpo_lr, eps=1e-5, weight_decay=0.0)
+        stats = dpo.spin_policy_step(policy, ref, pairs, cfg, optimizer=opt, epochs=args.dpo_epochs,
+                                     batch_size=args.batch_size, generator=gen)
+        return pairs, {**stats, "pairs": len(pairs["chosen"])}
+
+    # ---- rounds 1..K: reward step (Eq. 11), then policy step (Eq. 9); or a SPIN round ----
+    spin = args.policy_step == "spin"
     for k in range(start, args.rounds + 1):
-        pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
-                                         reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
+        if spin:
+            pairs, stats = spin_round(pairs)
+        else:
+            pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
+                                             reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
         stats = {k_: v for k_, v in stats.items() if isinstance(v, (int, float))}
-        acc = task.reward_accuracy(reward_model, args.level)
+        acc = None if spin else task.reward_accuracy(reward_model, args.level)
         metrics = {**stats, **({"rm_accuracy_heldout": acc} if acc is not None else {}),
                    **task.evaluate(policy)}
         run.check_finite(metrics, k, out)
@@ -199,12 +221,13 @@ def main(args):
 
     if isinstance(policy, GPT):
         task.save(policy, out / "policy")
-        task.save(reward_model, out / "reward_model")
+        if not spin:  # SPIN trains no reward model
+            task.save(reward_model, out / "reward_model")
     run.plot_metrics(out, xlabel="round")
     run.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
     if toy:  # the headline number: exact forward KL to the true expert, before and after ML-IRL
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> ML-IRL {rows[-1]['fkl']:.4f} "
+        print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> {'SPIN' if spin else 'ML-IRL'} {rows[-1]['fkl']:.4f} "
               f"(gold reward {rows[0]['gold_reward']:.4f} -> {rows[-1]['gold_reward']:.4f})")
     run.summary(out)
 

@@ -541,27 +541,69 @@ class Logger:
             print(f"step {step}/{self.total} | {hms(elapsed)} | eta {hms(eta)} | {values}", flush=True)
 
 
+# metrics.png: panel titles by group, in this order (a metric not named here keeps its key, under
+# "other"); the accuracies and win rates get a dashed line at chance, 0.5
+PANEL_GROUPS = {
+    "evaluation (exact on the toy)": {
+        "gold_reward": "gold reward", "win_rate": "win rate vs demonstrations",
+        "fkl": "KL(expert || pi)", "rkl": "KL(pi || expert)", "js": "JS(expert, pi)", "tv": "TV(expert, pi)",
+        "fkl_demos": "KL(demonstrations || pi)", "traj_entropy": "entropy of d(y|x), nats",
+        "length": "response length, tokens with EOS", "eos_rate": "responses ending in EOS",
+        "modes_covered": "expert modes holding > 5% mass", "outside_support": "mass outside expert's support"},
+    "reward model / discriminator": {
+        "rm_accuracy_heldout": "reward accuracy, held-out pairs", "rm_accuracy": "reward accuracy, training pairs",
+        "rm_loss": "reward-model loss", "pairs": "pairs in the reward step",
+        "reward_offset": "reward offset (demos' mean score)",
+        "disc_loss": "discriminator loss", "disc_accuracy": "discriminator accuracy"},
+    "policy step": {
+        "loss": "SFT loss, NLL per response", "sft_loss": "SFT loss, NLL per response",
+        "score": "PPO: reward per response", "kl_ref": "PPO: KL(pi || pi_ref) per response",
+        "entropy": "PPO: entropy per token", "pg_loss": "PPO: policy loss", "v_loss": "PPO: value loss",
+        "approx_kl": "PPO: approx. KL per update", "clipfrac": "PPO: fraction of ratios clipped",
+        "explained_variance": "PPO: value explained variance", "bon_reward": "Best-of-N: reward of the picks",
+        "kl_to_target": "exact step: KL(pi || pi*)"},
+}
+CHANCE = {"win_rate", "rm_accuracy_heldout", "rm_accuracy", "disc_accuracy"}
+
+
 def plot_metrics(out, names=None, filename=PLOT, xlabel="step"):
-    """Draw one small panel per numeric metric of out/metrics.jsonl (or per metric in `names`)
-    into out/metrics.png (or out/filename)."""
+    """Draw one small panel per numeric metric of out/metrics.jsonl into out/metrics.png, titled
+    and grouped by PANEL_GROUPS; or, with `names`, one row of the panels (a), (b), ... of those
+    metrics in that order into out/filename (MLIRL Fig. 2: train_mlirl.py)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe on a headless machine
+    from matplotlib.ticker import MaxNLocator
     rows = [json.loads(line) for line in (Path(out) / METRICS).read_text().splitlines() if line]
     is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    names = [k for k in names or dict.fromkeys(k for r in rows for k in r) if k != "step"
-             and any(is_num(r.get(k)) for r in rows)]
-    if not names:
+    logged = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "step" and any(is_num(r.get(k)) for r in rows)]
+    titles = {k: t for group in PANEL_GROUPS.values() for k, t in group.items()}
+    if names:
+        groups = {None: [k for k in names if k in logged]}
+    else:
+        groups = {g: [k for k in keys if k in logged] for g, keys in PANEL_GROUPS.items()}
+        groups["other"] = [k for k in logged if k not in titles]
+    groups = {g: keys for g, keys in groups.items() if keys}
+    if not groups:
         return None
-    cols = min(4, len(names))
-    fig = Figure(figsize=(3 * cols, 2.2 * math.ceil(len(names) / cols)), layout="constrained")
-    axes = fig.subplots(math.ceil(len(names) / cols), cols, squeeze=False).ravel()
-    for ax, name in zip(axes, names):
-        steps, values = zip(*[(r["step"], r[name]) for r in rows if is_num(r.get(name))])
-        ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=7)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(names):]:
-        ax.axis("off")
+    cols = min(4, max(len(keys) for keys in groups.values()))
+    height = [math.ceil(len(keys) / cols) for keys in groups.values()]
+    fig = Figure(figsize=(3 * cols, 2.2 * sum(height) + 0.3 * (names is None) * len(groups)), layout="constrained")
+    subfigs = fig.subfigures(len(groups), 1, height_ratios=height, squeeze=False).ravel()
+    for sub, (group, keys), n_rows in zip(subfigs, groups.items(), height):
+        if group:
+            sub.suptitle(group, fontsize=10, fontweight="bold")
+        axes = sub.subplots(n_rows, cols, squeeze=False).ravel()
+        for i, (ax, name) in enumerate(zip(axes, keys)):
+            steps, values = zip(*[(r["step"], r[name]) for r in rows if is_num(r.get(name))])
+            ax.plot(steps, values, lw=1, marker="." if len(steps) < 30 else None)
+            if name in CHANCE:
+                ax.axhline(0.5, color="0.5", ls="--", lw=0.8, label="chance")
+                ax.legend(fontsize=7, loc="best")
+            ax.set_title(("(%s) " % "abcdefghijklmnopqrstuvwxyz"[i] if names else "") + titles.get(name, name), fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and rounds are whole numbers
+            ax.tick_params(labelsize=7)
+        for ax in axes[len(keys):]:
+            ax.axis("off")
     fig.savefig(Path(out) / filename, dpi=100)
     return Path(out) / filename
 

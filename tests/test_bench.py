@@ -141,7 +141,8 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     assert out["ppo"]["static_gb"] == pytest.approx(sum(bench.ppo_state_gb(bench.CONFIGS["tiny"]).values()))
     (toy,) = out["toy"]["grid"]
     assert toy["trajectories"] == 3 * (1 + 3 + 9 + 27)  # 3 prompts x (k < 3 letters + EOS, or 3 letters)
-    assert all(toy[k] > 0 for k in ("enumerate_s", "eval_table_s", "eval_gpt_s"))
+    assert all(toy[k] > 0 for k in ("enumerate_s", "eval_table_s", "eval_gpt_s", "eval_gpt_by_trajectory_s"))
+    assert toy["gpt_tree_max_err"] <= 1e-12  # the prefix tree against every response evaluated
     n = out["numerics"]  # the two heads differ on the same hidden states: the bf16 head rounds
     assert n["head_x10_bf16_head_vs_fp32_head"]["max_err"] > 0 and n["head_x1_fp32_head"]["max_abs_logit"] > 0
     rows = out["table"]

@@ -716,7 +716,7 @@ def test_forward_passes_run_under_autocast_and_optimizer_steps_outside(tmp_path,
     """--dtype bfloat16: fp32 weights, bf16 autocast. Autocast keeps its bf16 copy of each weight
     until the outermost autocast block ends, so an optimizer step inside a block would leave later
     forward passes on stale weights. Each script (ML-IRL with its PPO and its Best-of-N policy
-    step) runs in this process with global hooks: every transformer forward pass is under
+    step, and SPIN) runs in this process with global hooks: every transformer forward pass is under
     autocast, and no optimizer step is."""
     import train_airl
     import train_mlirl
@@ -733,10 +733,11 @@ def test_forward_passes_run_under_autocast_and_optimizer_steps_outside(tmp_path,
     try:
         for script, module, extra in [("train_sft.py", train_sft, []), ("train_airl.py", train_airl, []),
                                       ("train_mlirl.py", train_mlirl, []),
-                                      ("train_mlirl.py", train_mlirl, ["--policy-step", "bon", "--bon-steps", 2])]:
+                                      ("train_mlirl.py", train_mlirl, ["--policy-step", "bon", "--bon-steps", 2]),
+                                      ("train_mlirl.py", train_mlirl, ["--policy-step", "spin", "--dpo-epochs", 1])]:
             seen["forward"].clear()
             seen["step"].clear()
-            flags = [*text, *TEXT_FLAGS[script], *extra, "--out", tmp_path / f"{script}{len(extra)}"]
+            flags = [*text, *TEXT_FLAGS[script], *extra, "--out", tmp_path / f"{script}{len(extra)}{''.join(extra[1:2])}"]
             module.main(module.parser.parse_args(list(map(str, flags))))
             assert seen["forward"] and all(seen["forward"]), (script, extra, seen["forward"].count(False))
             assert seen["step"] and not any(seen["step"]), (script, extra, seen["step"].count(True))

@@ -14,7 +14,7 @@ from nanoirl.fdiv import f_divergence
 from nanoirl.policy import left_pad, response_mask
 from toy import metrics
 from toy.gpt import tiny_gpt
-from toy.mdp import EOS, PAD
+from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
 from toy.tabular import TabularPolicy
 from toy.train import full_table_policy
 
@@ -61,6 +61,30 @@ def test_tabular_trajectory_distribution_sums_to_one(mdp, kind):
 def test_gpt_trajectory_distribution_sums_to_one(mdp):
     logd = mdp.trajectory_logprobs(tiny_gpt(mdp, seed=1))
     assert torch.allclose(logd.exp().sum(-1), torch.ones(mdp.n_prompts, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("letters, horizon, temperature", [(3, 5, 1.0), (4, 5, 0.7)])
+def test_gpt_prefix_tree_equals_every_response_evaluated(letters, horizon, temperature):
+    """mdp.trajectory_logprobs evaluates the tiny GPT once per prefix (toy.gpt.prefix_tree_logprobs,
+    through the KV cache); evaluated on every response instead (GPT.logprobs), log d(y|x) and the
+    gradient of a weighted sum of it agree to 1e-12 relative, in float64, with weights perturbed so
+    that the logits are far from uniform."""
+    mdp = ToyMDP(ToyConfig(n_letters=letters, horizon=horizon))
+    policy = tiny_gpt(mdp, seed=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    w = torch.randn(mdp.n_prompts, len(mdp.responses), generator=g, dtype=torch.float64)
+    logd, grads = [], []
+    for evaluate in (mdp.trajectory_logprobs, mdp.trajectory_logprobs_by_trajectory):
+        policy.zero_grad()
+        logd.append(evaluate(policy, temperature))
+        (w * logd[-1]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    assert logd[1].min() < -10                                   # far from uniform (-log 1092 = -7)
+    assert (logd[0] - logd[1]).abs().max() < 1e-12
+    assert (grads[0] - grads[1]).abs().max() < 1e-12 * grads[1].abs().max()
 
 
 def test_expert_and_empirical_are_distributions(mdp):

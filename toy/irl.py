@@ -8,22 +8,26 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
                                     class (or the tiny GPT) its reverse-KL projection
   fit_sft(mdp, policy, demos)       SFT (nanoirl/sft.py) to convergence with exact gradients
   mlirl_exact(...)                  ML-IRL rounds with exact expectations over pairs and policies
+  spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
 
-Run `python -m toy.irl` for the tables (~4 min), `python -m toy.irl --gpt` for the tiny GPT; a part:
-    python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL rounds, ~20 s
+Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is printed at the end),
+`python -m toy.irl --gpt` for the tiny GPT; a part:
+    python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
 """
 import argparse
 import copy
 import itertools
 import math
+import time
 from dataclasses import replace
 
 import torch
 
 from nanoirl import mlirl, soft_pi
+from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
 from nanoirl.run import int_list, positive_int, seed_arg
@@ -153,6 +157,27 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
     return history
 
 
+def spin_exact(mdp, policy, demo_logd, rounds, beta=1.0, steps=200):
+    """SPIN (nanoirl/dpo.py) with every expectation exact: each round the reference is pi_k and the
+    policy minimises the exact expected DPO loss over every pair (y ~ demonstrations) ≻ (y' ~ pi_k),
+    by L-BFGS from pi_k. At pi = pi_k every margin is 0 and the gradient of that loss is
+    beta/2 grad E_demos[-log pi], SFT's: SFT's stationary points are SPIN's fixed points in every
+    class, and SPIN from SFT does not move (tests/test_dpo.py). Returns per-round metric dicts."""
+    history = []
+    for k in range(rounds):
+        with torch.no_grad():
+            ref = mdp.trajectory_logprobs(policy)
+        w = demo_logd.exp()[:, :, None] * ref.exp()[:, None, :]     # (n_prompts, y, y') pair weights
+
+        def loss():
+            logd = mdp.trajectory_logprobs(policy)
+            return dpo_loss(logd[:, :, None], logd[:, None, :], ref[:, :, None], ref[:, None, :], beta, w)
+        minimise(policy, loss, steps)
+        with torch.no_grad():
+            history.append({"round": k + 1, **metrics.summary(mdp, mdp.trajectory_logprobs(policy), demo_logd)})
+    return history
+
+
 def bt_optimum(demo_logd, neg_logd):
     """The exact minimiser of Eq. 11's expected loss over every pair (y ~ demonstrations) ≻
     (y' ~ negatives), one free reward per response: r = log p_demo - log q + c (its gradient
@@ -251,8 +276,23 @@ VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
 KEYS = ("fkl_demos", "fkl", "rkl", "tv", "traj_entropy", "gold_reward")
 
 
+def _fmt(v):
+    """A KL above 1e6 nats is printed "inf": it comes from mass where the other distribution has
+    none (log 0 read as the NEG_INF = -1e9 floor). Between float64 distributions without zeros a
+    KL is at most ~745 nats, the log of the smallest double."""
+    return f"{'inf':>9s}" if v > 1e6 else f"{v:9.4f}"
+
+
 def _row(name, d):
-    return f"  {name:46s} " + " ".join(f"{d[k]:9.4f}" for k in KEYS)
+    return f"  {name:46s} " + " ".join(_fmt(d[k]) for k in KEYS)
+
+
+def _print_columns(rounds):
+    print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert), "
+          "fkl_demos = KL(demonstrations || pi))")
+    print(f"rows: SFT to convergence; 'name r{rounds}' = that ML-IRL variant after {rounds} rounds, "
+          "'round k' = after k rounds (tables: from the uniform policy; tiny GPT: from SFT); SPIN = exact DPO\n"
+          "rounds against the last round's policy, beta = 1 (its exact round leaves SFT where it is)")
 
 
 def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref",
@@ -266,11 +306,13 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref
     fit_sft(mdp, sft, demos, steps=500)
     with torch.no_grad():
         ls = mdp.trajectory_logprobs(sft)
-    print(f" tiny GPT, {n_demos} demonstrations")
+    print(f"\n tiny GPT, {n_demos} demonstrations")
     print(_row("SFT", metrics.summary(mdp, ls, d)))
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
             print(_row(f"{name} r{row['round']}", row))
+    for row in spin_exact(mdp, copy.deepcopy(sft), d, rounds, steps=50):
+        print(_row(f"SPIN from SFT r{row['round']}", row))
 
 
 def main():
@@ -290,34 +332,38 @@ def main():
     if not classes or any(c not in ("full", "position", "markov") for c in classes):
         parser.error(f"--classes {args.classes}: use a comma-separated list of full, position, markov")
     torch.set_num_threads(1)
+    t0 = time.time()
     mdp = ToyMDP(ToyConfig())
+    ns = args.demos
     if args.gpt:
+        _print_columns(5)
         for n in (60, 600):
             gpt_vs_sft(mdp, n)
-        return
-    ns = args.demos
-    if args.table == "schemes":
+    elif args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
-        return
-    if args.table in ("all", "mlirl"):
-        mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
-    if args.table in ("all", "bon"):
-        print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
-        for kind in [c for c in ("markov", "position", "full") if c in classes]:
-            print(f" {kind} policy class, 300 demonstrations")
-            for name, v in best_of_n_table(mdp, kind).items():
-                print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+    else:
+        if args.table in ("all", "mlirl"):
+            mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
+        if args.table in ("all", "bon"):
+            print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
+            for kind in [c for c in ("markov", "position", "full") if c in classes]:
+                print(f" {kind} policy class, 300 demonstrations")
+                for name, v in best_of_n_table(mdp, kind).items():
+                    print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+    print(f"\ndone in {time.time() - t0:.0f} s")
 
 
 def mlirl_table(mdp, ns, classes, rounds, seed):
     """SFT against each ML-IRL variant after `rounds` rounds, per number of demonstrations and
     policy class; every round is shown for the full table at the smallest number."""
-    print("columns:", " ".join(KEYS), "(fkl = KL(expert || pi), rkl = KL(pi || expert))")
+    _print_columns(rounds)
     for n in ns:
         demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
         d = mdp.empirical_logprob(demos[0], demos[2])
-        print(f"\n== {n} demonstrations; empirical distribution = the full-class SFT / ML policy")
-        print(_row("empirical", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
+        print(f"\n== {n} demonstrations. 'empirical' is their empirical distribution, the full-class optimum of SFT\n"
+              "   and of ML-IRL; its fkl is inf (responses no demonstration holds). The full table's SFT row is\n"
+              "   that optimum after 200 L-BFGS steps: the unseen responses keep a little mass, so its fkl is finite")
+        print(_row("empirical (full-class optimum)", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
         for kind in classes:
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
@@ -331,6 +377,9 @@ def mlirl_table(mdp, ns, classes, rounds, seed):
                 if kind == "full" and n == min(ns):
                     for row in h[:-1]:
                         print(_row(f"   round {row['round']}", row))
+            # SPIN from the ML-IRL rows' start; from SFT it does not move (SFT is stationary for it)
+            h = spin_exact(mdp, TabularPolicy(mdp, kind), d, rounds)
+            print(_row(f"SPIN r{rounds}", h[-1]))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoirl.model import GPT
 from nanoirl.policy import right_pad, sequence_logprob
 
 EOS, PAD = 0, 1
@@ -104,7 +105,20 @@ class ToyMDP:
         return torch.tensor([self.index[tuple(r)] for r in responses.tolist()], dtype=torch.long)
 
     def trajectory_logprobs(self, policy, temperature=1.0):
-        """Exact log d^pi(y|x) for every prompt and response: (n_prompts, N). Differentiable."""
+        """Exact log d^pi(y|x) for every prompt and response: (n_prompts, N). Differentiable.
+        The tiny GPT is evaluated once per prefix (toy.gpt.prefix_tree_logprobs), then read like a
+        full table; the tables, one lookup per token already, answer policy.logprobs."""
+        if not isinstance(policy, GPT):
+            return self.trajectory_logprobs_by_trajectory(policy, temperature)
+        from toy.gpt import prefix_tree_logprobs  # toy/gpt.py builds on this file's MDP
+        responses = self.all_pairs()[2]
+        table = prefix_tree_logprobs(policy, self, temperature)               # (rows, V)
+        token_lp = table.view(-1)[self.pair_states[:, :-1] * table.shape[1] + responses]  # (B, T)
+        return sequence_logprob(token_lp, responses, EOS).view(self.n_prompts, -1)
+
+    def trajectory_logprobs_by_trajectory(self, policy, temperature=1.0):
+        """The same through policy.logprobs on every (prompt, response) pair: the reference that
+        the prefix tree is tested and benchmarked against (bench.py --sections toy)."""
         prompts, mask, responses = self.all_pairs()
         token_lp = policy.logprobs(prompts, mask, responses, temperature)
         return sequence_logprob(token_lp, responses, EOS).view(self.n_prompts, -1)

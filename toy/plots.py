@@ -34,19 +34,23 @@ from toy.mdp import ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
 from toy.train import train_adversarial_exact, train_adversarial_sampled, train_sft_exact
 
-# label -> (how the policy learns, line style); all from the uniform position-only policy
+# label -> (how the policy learns, line style and marker); all from the uniform position-only policy
 OBJECTIVES = {
     "SFT (forward KL)": ("sft", None, "-"),
     "AIRL r=h (reverse KL)": ("adv", airl_reward, "-"),
     "GAIL r=-log(1-D) (JS)": ("adv", gail_reward, "-"),
-    "GAIL r=log D": ("adv", functools.partial(gail_reward, convention="log D"), ":"),
+    "GAIL r=log D": ("adv", functools.partial(gail_reward, convention="log D"), ":o"),
     "alpha-IRL a=0.5": ("adv", functools.partial(f_reward, kind="alpha"), "-"),
-    "FAIRL r=e^h-1 (= SFT grad)": ("adv", functools.partial(f_reward, kind="fkl"), "--"),
+    "FAIRL r=e^h-1 (= SFT grad)": ("adv", functools.partial(f_reward, kind="fkl"), "--x"),
     "FAIRL r=-h e^h (published)": ("adv", fairl_reward, "-."),
 }
+# (b)'s lines that lie on or next to another one, said in its legend; markers tell them apart and
+# the line beneath is drawn wider: {label: (legend note, the label beneath)}
+ON_TOP = {"FAIRL r=e^h-1 (= SFT grad)": ("exactly on SFT's line", "SFT (forward KL)"),
+          "GAIL r=log D": ("next to AIRL's line", "AIRL r=h (reverse KL)")}
 KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
 PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
-FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures
+FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures; panels (a1), (a2), ...
 
 
 def mode_profile(mdp, logd):
@@ -121,7 +125,7 @@ def plot_modes(mdp, results, path):
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability mass (mean over prompts)")
-    ax.set_title("(a) where each objective puts its mass\nposition-only policy class pi(y_t | x, t)")
+    ax.set_title("(a1) where each objective puts its mass\nposition-only policy class pi(y_t | x, t)")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.28), ncol=5, fontsize=8, frameon=False)
     # right: prompt 0's expert modes and each policy's most likely responses, side by side
     shown = ["SFT (forward KL)", "GAIL r=-log(1-D) (JS)", "AIRL r=h (reverse KL)"]
@@ -139,7 +143,7 @@ def plot_modes(mdp, results, path):
     for tick, j in zip(ax2.get_xticklabels(), picks):
         tick.set_color("k" if j in mdp.modes[x] else ("0.4" if mdp.support[x, j] else "#c00000"))
     ax2.set_ylabel("d(y | x)")
-    ax2.set_title("(a) prompt 0: expert modes (black) and each policy's top\n"
+    ax2.set_title("(a2) prompt 0: expert modes (black) and each policy's top\n"
                   "responses (grey: a mode's one-letter tail, red: outside support)", fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -149,11 +153,13 @@ def plot_modes(mdp, results, path):
 
 def plot_training(results, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    for ax, (key, name) in zip(axes, PANELS):
+    for i, (ax, (key, name)) in enumerate(zip(axes, PANELS)):
         for label, (history, _) in results.items():
-            style = OBJECTIVES[label][2]
-            ax.plot([s for s, _ in history], [m[key] for _, m in history], style, label=label, lw=1.5)
-        ax.set_title(f"(b) {name}, exact")
+            note = f" ({ON_TOP[label][0]})" if label in ON_TOP else ""
+            lw = 3.5 if label in {beneath for _, beneath in ON_TOP.values()} else 1.5
+            ax.plot([s for s, _ in history], [m[key] for _, m in history], OBJECTIVES[label][2],
+                    label=label + note, lw=lw, markevery=3, markersize=5, markerfacecolor="none")
+        ax.set_title(f"(b{i + 1}) {name}, exact")
         ax.set_xlabel("policy step")
         ax.set_yscale("log")
     axes[0].legend(fontsize=7.5)
@@ -167,7 +173,7 @@ def plot_low_demo(rows, results, path):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     infinite = {"SFT": "SFT (forward KL)", "AIRL, learned D": "AIRL r=h (reverse KL)",
                 "GAIL, learned D": "GAIL r=-log(1-D) (JS)"}
-    for ax, (key, name) in zip(axes, PANELS):
+    for j, (ax, (key, name)) in enumerate(zip(axes, PANELS)):
         for i, method in enumerate(methods):
             pts = [(r["n_demos"], r[key]) for r in rows if r["method"] == method]
             line, = ax.plot(*zip(*pts), "o-", label=method, color=f"C{i}")
@@ -176,7 +182,7 @@ def plot_low_demo(rows, results, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of demonstrations N (N/3 per prompt)")
-        ax.set_title(f"(c) {name} to the true expert (mean of demo sets)", fontsize=10)
+        ax.set_title(f"(c{j + 1}) {name} to the true expert (mean of demo sets)", fontsize=10)
     axes[0].legend(fontsize=8, title="dotted: same objective, N = infinity", title_fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
