@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoirl.model import CONFIGS as MODEL_CONFIGS, GPT, GPTConfig, upcast
+from nanoirl.run import nonnegative_int, positive_int
 
 # model.CONFIGS["tiny"] is the toy's (64 positions); the benchmark's tiny has room for 512 + 53
 CONFIGS = {**MODEL_CONFIGS, "tiny": GPTConfig(vocab_size=512, block_size=1024, n_layer=2, n_head=4, n_embd=64)}
@@ -448,22 +449,30 @@ def print_table(rows):
 
 SECTIONS = {"train": bench_train, "sample": bench_sample, "ppo": bench_ppo, "memory": bench_memory,
             "numerics": bench_numerics, "toy": bench_toy}
-grid = lambda s: [tuple(int(v) for v in g.split("x")) for g in s.split(",")]
+def grid(s):
+    """argparse type of --ppo-grid / --toy-grid: "AxB,CxD" of positive integers."""
+    try:
+        points = [tuple(positive_int(v) for v in g.split("x")) for g in s.split(",")]
+    except argparse.ArgumentTypeError:
+        points = []
+    if not points or any(len(p) != 2 for p in points):
+        raise argparse.ArgumentTypeError(f"expected AxB,CxD,... of positive integers, got {s!r}")
+    return points
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--config", default="pythia-1b", choices=list(CONFIGS), help="random-init model size")
 parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of the default")
 parser.add_argument("--device", default="cuda", help="cuda or cpu (the toy section always runs on CPU)")
 parser.add_argument("--json", default=None, help="write every number to this JSON file")
 g = parser.add_argument_group("shapes and repeats (defaults: SIZES; CUDA's in brackets)")
-g.add_argument("--batch", type=int, help="training-step batch; PPO micro-batch [8]")
-g.add_argument("--sample-batch", type=int, help="prompts per sampling call [64]")
-g.add_argument("--prompt-len", type=int, help="prompt tokens, left-padded [512]")
-g.add_argument("--response-len", type=int, help="new tokens per response [53]")
+g.add_argument("--batch", type=positive_int, help="training-step batch; PPO micro-batch [8]")
+g.add_argument("--sample-batch", type=positive_int, help="prompts per sampling call [64]")
+g.add_argument("--prompt-len", type=positive_int, help="prompt tokens, left-padded [512]")
+g.add_argument("--response-len", type=positive_int, help="new tokens per response [53]")
 g.add_argument("--ppo-grid", type=grid, help="PPO rollout batch x response length [16x53,32x53,64x53,64x106]")
 g.add_argument("--toy-grid", type=grid, help="toy letters x horizon [3x5,4x6,5x6]")
 g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (train, ppo)")
-g.add_argument("--warmup", type=int, help="untimed runs before each measurement [2]")
-g.add_argument("--repeats", type=int, help="timed runs, the median reported; PPO does half [5]")
+g.add_argument("--warmup", type=nonnegative_int, help="untimed runs before each measurement [2]")
+g.add_argument("--repeats", type=positive_int, help="timed runs, the median reported; PPO does half [5]")
 
 
 def main(args):

@@ -25,22 +25,22 @@ from pathlib import Path
 import torch
 
 from nanoirl import data, mlirl, run
-from nanoirl.model import GPT, ScalarGPT
+from nanoirl.model import GPT
 from nanoirl.policy import ends_with_eos
-from nanoirl.task import load_tokenizer
+from nanoirl.task import load_gold_model, load_tokenizer
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 parser.add_argument("--model", type=run.model_arg, required=True, help="the policy that writes the demonstrations")
 parser.add_argument("--data", type=run.data_arg, default=data.TLDR_SFT + ":train",
                     help="prompts: any --data source of the scripts (default: TL;DR's train split)")
 parser.add_argument("--n", type=run.positive_int, default=10000, help="demonstrations: the first n prompts")
 parser.add_argument("--out", required=True, help="output JSONL; an existing one is continued")
 parser.add_argument("--batch-size", type=run.positive_int, default=64, help="prompts per sampling batch")
-parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+parser.add_argument("--temperature", type=run.nonnegative_float, default=0.7, help="sampling temperature (0: greedy)")
 parser.add_argument("--max-prompt-len", type=run.positive_int, default=512, help="prompt tokens (left-padded)")
 parser.add_argument("--max-response-len", type=run.positive_int, default=53, help="new tokens, EOS included")
 parser.add_argument("--gold-model", default=None, help="a reward model that scores each sample and the data's response")
-parser.add_argument("--seed", type=int, default=1, help="batch i is sampled with seed * 1_000_003 + i")
+parser.add_argument("--seed", type=run.seed_arg, default=1, help="batch i is sampled with seed * 1_000_003 + i")
 parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
                     help="weights and compute; auto: bfloat16 on CUDA, float32 on CPU")
@@ -69,7 +69,7 @@ def main(args):
     d = data.tokenize(examples, tok, args.max_prompt_len, args.max_response_len, max_truncated_share=1.0)
     try:
         policy = GPT.from_pretrained(args.model, dtype, device).eval()
-        gold = args.gold_model and ScalarGPT.from_pretrained(args.gold_model, dtype, device).eval()
+        gold = args.gold_model and load_gold_model(args.gold_model, device, dtype).eval()
     except (FileNotFoundError, ValueError) as e:
         raise run.RunError(str(e).splitlines()[0]) from None
     meta.write_text(json.dumps(flags, indent=2) + "\n")

@@ -39,7 +39,7 @@ def documented():
     line, comments cut, `a && b` split."""
     readme = (ROOT / "README.md").read_text()
     sources = [("README.md", line) for block in re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)
-               for line in block.splitlines()]
+               for line in block.replace("\\\n", " ").splitlines()]  # a line continued with \ is one command
     for script in SCRIPTS:
         doc = (ROOT / script).read_text().split('"""')[1]
         sources += [(script, line) for line in doc.splitlines() if line.strip().startswith("python ")]
@@ -58,8 +58,13 @@ def is_dry_run(argv):
 
 def fast_variant(argv, n):
     """(argv to run, how) for a documented command; argv None: skipped, and why."""
-    if argv[0] in ("pip", "huggingface-cli", "git") or argv[:3] == ["python", "-m", "pytest"]:
+    if argv[0] in ("pip", "huggingface-cli", "git") or argv[:3] == ["python", "-m", "pytest"] or "--download" in argv:
         return None, "installs, downloads, or is this test suite (CI runs it: tests/test_readme.py)"
+    if "=" in argv[0] or any("$" in a for a in argv):
+        return None, "names the TL;DR reference models (a shell variable): they need the network"
+    if argv[1].endswith(".py") and "--data" not in argv and "--model" in argv and not is_dry_run(argv) \
+            and not argv[argv.index("--model") + 1].startswith("toy-"):
+        return None, "reads the TL;DR datasets (the default --data on text): tests/test_scripts.py::test_mlirl_on_tldr_by_default"
     if argv[:2] == ["python", "bench.py"]:
         if "--device" in argv and argv[argv.index("--device") + 1] == "cpu":
             return argv[1:], "as written"
@@ -75,19 +80,23 @@ def fast_variant(argv, n):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A working directory with the data the Pythia commands name (tldr.jsonl, prefs.jsonl) and a
-    Hugging Face cache holding a tiny GPT-NeoX as EleutherAI/pythia-1b."""
+    """A working directory with the data the Pythia commands name (tldr.jsonl, prefs.jsonl,
+    demos.jsonl) and a Hugging Face cache holding a tiny GPT-NeoX as EleutherAI/pythia-1b and
+    EleutherAI/pythia-1b-deduped."""
     from nanoirl import data
     from nanoirl.model import GPT, GPTConfig
     from nanoirl.tokenizer import ByteTokenizer
     tmp = tmp_path_factory.mktemp("commands")
     data.write_jsonl(tmp / "tldr.jsonl", data.fake_tldr(8, seed=1))
     data.write_jsonl(tmp / "prefs.jsonl", data.fake_tldr(8, seed=2, preferences=True))
-    snapshot = tmp / "hf-cache" / "models--EleutherAI--pythia-1b" / "snapshots" / "abc"
-    GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
-    ByteTokenizer().save(snapshot / "tokenizer.json")
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    data.write_jsonl(tmp / "demos.jsonl", ({"prompt": data.TLDR_PROMPT.format(**r), "response": " " + r["summary"]}
+                                           for r in data.fake_tldr(8, seed=3)))  # as nanoirl.generate writes
+    for name in ("pythia-1b", "pythia-1b-deduped"):
+        snapshot = tmp / "hf-cache" / f"models--EleutherAI--{name}" / "snapshots" / "abc"
+        GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+        ByteTokenizer().save(snapshot / "tokenizer.json")
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("abc")
     return tmp
 
 

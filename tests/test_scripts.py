@@ -519,7 +519,7 @@ def bad_runs(tmp_path_factory, toy_runs):
         "bfloat16-on-the-toy": ("train_sft.py", ["--dtype", "bfloat16"], None,
                                 "error: --dtype bfloat16 is for text models; --model toy-tabular is evaluated exactly"),
         "data-is-a-directory": ("train_sft.py", [*TEXT, "--data", tmp], None,
-                                f"train_sft.py: error: argument --data: {tmp} is a directory, not a JSONL file"),
+                                f"error: {tmp}: is a directory, not a JSONL file or a saved dataset"),
         "data-is-a-fifo": ("train_airl.py", [*TEXT, "--data", fifo], None,
                            f"train_airl.py: error: argument --data: {fifo} is a FIFO (named pipe); give a regular file"),
         "lone-surrogate": ("train_sft.py", [*TEXT, "--data", surrogate], None,
