@@ -213,3 +213,21 @@ def test_divergences_with_zeros():
     assert abs(f_divergence(p, q, "fkl").item() - math.log(2)) < 1e-12
     assert metrics.reverse_kl(p, q).item() > 1e6 and f_divergence(p, q, "rkl").item() == math.inf
     assert abs(metrics.js(p, q).item() - brute_force(p.exp().tolist(), q.exp().tolist(), "js")) < 1e-12
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["toy.plots", "--demos", "4"], "argument --demos: expected multiples of 3, got '4'"),
+    (["toy.irl", "--demos", "0"], "argument --demos: expected a positive integer, got '0'"),
+    (["toy.irl", "--rounds", "-1"], "argument --rounds: expected a positive integer, got '-1'"),
+])
+def test_toy_commands_check_their_flags(argv, error, tmp_path):
+    """python -m toy.plots / toy.irl: a bad count is argparse's one-line error (status 2) before
+    any work or file (toy.plots --demos takes one demonstration set per prompt, so multiples of 3;
+    toy.irl --demos 0 used to print rows of NaN and exit 0)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    r = subprocess.run([sys.executable, "-m", *argv, *(["--out", str(tmp_path)] if argv[0] == "toy.plots" else [])],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("error: " + error), r.stderr
+    assert not any(tmp_path.iterdir())
