@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from nanoirl import data, fdiv, gail, ppo, reward, run
+from nanoirl import data, dist, fdiv, gail, ppo, reward, run
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
@@ -94,6 +94,9 @@ def main(args):
     run.check_minibatches(cfg.num_minibatches, batch_size)
     out = run.prepare_out(args)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
+    # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py); the frozen reference is sharded by --fsdp
+    policy, disc, value = (dist.wrap(m, args.fsdp) for m in (policy, disc, value))
+    ref = dist.wrap(ref, args.fsdp, trained=False)
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)
     opt = ppo.make_optimizer(policy, value, cfg)
     gen = torch.Generator(device).manual_seed(args.seed)
@@ -120,8 +123,8 @@ def main(args):
                                              args.level, read, autocast=task.autocast)  # reward.py: the scale
         clipped.clear()
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
-        ro["stats"].update(reward_offset=offset,
-                           reward_clipfrac=sum(c for c, _ in clipped) / sum(n for _, n in clipped))
+        n_clipped, n_read = dist.total(sum(c for c, _ in clipped), sum(n for _, n in clipped))  # all ranks
+        ro["stats"].update(reward_offset=offset, reward_clipfrac=n_clipped / n_read)
         for _ in range(args.disc_steps):  # Sun24 Eq. (18) / (20): expert label 1, policy label 0
             d_loss, d_acc = reward.discriminator_step(disc, disc_opt, b["prompts"], b["prompt_mask"], b["responses"],
                                                       ro["responses"], task.eos_id, args.level,
@@ -137,7 +140,7 @@ def main(args):
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save_checkpoint(out, step + 1, state, args)
 
-    if isinstance(policy, GPT):
+    if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
         task.save(disc, out / "discriminator")
     run.plot_metrics(out)

@@ -26,7 +26,7 @@ import json
 
 import torch
 
-from nanoirl import data, dpo, mlirl, ppo, run, sft
+from nanoirl import data, dist, dpo, mlirl, ppo, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
@@ -108,7 +108,14 @@ def main(args):
         raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
     if args.policy_step == "ppo":
         run.check_minibatches(args.num_minibatches, args.rollout_batch_size)
+    if dist.world() > 1 and (args.policy_step != "ppo" or args.pairs != "mlirl"):
+        raise run.RunError(f"under torchrun train_mlirl.py runs --policy-step ppo on --pairs mlirl; "
+                           f"--policy-step {args.policy_step} --pairs {args.pairs} runs in one process")
     out = run.prepare_out(args)
+    # the KL anchor pi_ref: a copy of the policy, made before either is wrapped for torchrun; it
+    # gets the SFT policy's weights after round 0 (nanoirl/dist.py: FSDP2 models cannot be copied)
+    ref = copy.deepcopy(policy)
+    policy, ref = dist.wrap(policy, args.fsdp), dist.wrap(ref, args.fsdp, trained=False)
     cfg = mlirl.MLIRLConfig(
         beta=args.beta, level=args.level, accumulate_pairs=args.accumulate_pairs and args.pairs == "mlirl",
         reinit_reward=not args.no_reinit, moving_reference=not args.fixed_reference,
@@ -139,7 +146,7 @@ def main(args):
         init_samples = ckpt["init_samples"] if ckpt else sample(policy) if args.pairs.startswith("init-") else None
         opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
         if ckpt:
-            opt.load_state_dict(ckpt["state"]["sft_opt"])
+            dist.load_state_dict(opt, ckpt["state"]["sft_opt"])
         batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed,
                                        sft_start)
         for step in range(sft_start, args.sft_steps):
@@ -153,15 +160,15 @@ def main(args):
                 run.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
                                     sft_step=step + 1, init_samples=init_samples)
         del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
-        ref = copy.deepcopy(policy)  # the KL anchor pi_ref, from the SFT policy
-        reward_model, value = task.new_scalar(), task.new_scalar()  # from the SFT policy on a GPT
+        dist.load_state_dict(ref, dist.state_dict(policy))  # the KL anchor pi_ref, from the SFT policy
+        reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))  # from the SFT policy on a GPT
         # the reward model's initial weights, kept on the CPU: read once a round, when it is re-initialised
-        reward_init = {k: v.to("cpu", copy=True) for k, v in reward_model.state_dict().items()}
+        reward_init = {k: v.to("cpu", copy=True) for k, v in dist.state_dict(reward_model).items()}
         pairs, start = None, 0
         if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
             pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
     else:  # resumed after round 0: the other models need only their shapes, the checkpoint fills them
-        ref, reward_model, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
+        reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))
         run.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
         run.set_rng_states(ckpt["rng"])  # the new heads drew from the global RNG: back to the checkpoint's
         start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
@@ -182,7 +189,7 @@ def main(args):
             return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=prompts,
                                          prompt_mask=prompt_mask, n=args.bon_n, steps=args.bon_steps,
                                          batch_size=args.batch_size, temperature=args.temperature, generator=gen)
-        value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
+        dist.load_state_dict(value, dist.state_dict(reward_model))  # the value model starts as the reward model
         opt = ppo.make_optimizer(policy, value, ppo_cfg)
         def show(i, s):  # after each PPO update: progress, and stop on a NaN before the next rollout
             if i % 10 == 0 or i + 1 == args.ppo_iterations:
@@ -219,13 +226,13 @@ def main(args):
         log(k, metrics)
         run.save_checkpoint(out, k + 1, state, args, reward_init=reward_init, pairs=pairs)
 
-    if isinstance(policy, GPT):
+    if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
         if not spin:  # SPIN trains no reward model
             task.save(reward_model, out / "reward_model")
     run.plot_metrics(out, xlabel="round")
     run.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
-    if toy:  # the headline number: exact forward KL to the true expert, before and after ML-IRL
+    if toy and dist.is_main():  # the headline number: exact forward KL to the true expert, before and after ML-IRL
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> {'SPIN' if spin else 'ML-IRL'} {rows[-1]['fkl']:.4f} "
               f"(gold reward {rows[0]['gold_reward']:.4f} -> {rows[-1]['gold_reward']:.4f})")

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from nanoirl import data, run, sft
+from nanoirl import data, dist, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import add_task_args, load_task
 
@@ -41,7 +41,7 @@ def main(args):
     run.seed_everything(args.seed)
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
-    policy = task.policy
+    policy = dist.wrap(task.policy, args.fsdp)  # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py)
     lr = args.lr or task.pick(0.1, 3e-3, 1e-5)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, eps=1e-5, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / args.steps)
@@ -66,7 +66,7 @@ def main(args):
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save_checkpoint(out, step + 1, state, args)
 
-    if isinstance(policy, GPT):
+    if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
     run.plot_metrics(out)
     print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))

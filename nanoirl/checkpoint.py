@@ -144,10 +144,18 @@ def atomic_write(path, write):
 
 def save_model(model, directory):
     """model.save_pretrained: config.json + model.safetensors, loadable by HF's
-    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained."""
-    directory = Path(directory)
+    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained. Under torchrun every
+    rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights."""
+    from nanoirl import dist
+    state = {k: v.detach().cpu().contiguous() for k, v in dist.state_dict(model).items()}
+    if dist.is_main():
+        _save_model(dist.unwrap(model), state, Path(directory))
+    dist.barrier()
+
+
+def _save_model(model, state, directory):
     directory.mkdir(parents=True, exist_ok=True)
-    c, state = model.config, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    c = model.config
     config = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
               **{theirs: getattr(c, ours) for ours, theirs in HF_NAMES.items()},
               "use_parallel_residual": True, "hidden_act": "gelu", "tie_word_embeddings": False,

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanoirl import dist
 from nanoirl.policy import NEG_INF
 
 
@@ -270,11 +271,11 @@ class GPT(nn.Module):
                 token = logits.argmax(dim=-1)
             else:
                 probs = F.softmax(filter_top_k_top_p(logits, top_k, top_p), dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                token = dist.sample_tokens(probs, generator)  # = torch.multinomial(probs, 1)
             token = token.masked_fill(done, pad_id)  # everything after the first EOS is pad
             responses[:, t], logprobs[:, t] = token, logp.gather(-1, token[:, None]).squeeze(-1)
             done |= token == eos_id
-            if t == max_new_tokens - 1 or done.all():  # stop once every row has finished
+            if t == max_new_tokens - 1 or dist.all_done(done):  # every row (of every rank) has finished
                 break
             h = self.gpt_neox(token[:, None], key_mask[:, :P + t + 1], cache, P + t)[:, -1]
         return responses, logprobs

@@ -28,7 +28,9 @@ Implementation details (each names where it lives; 13 is ours, for memory):
  7. Reward whitening off; advantages whitened over the valid tokens of the whole batch (`whiten`).
  8. Clipped surrogate loss max(-A r, -A clip(r, 1 - eps, 1 + eps)) (`update`).
  9. Clipped value loss 0.5 max((v - R)^2, (v_old + clip(v - v_old, +-eps_v) - R)^2), weight 0.1 (`update`).
-10. Token losses are means over the valid tokens of a micro-batch (`masked_mean`).
+10. Token losses are means over the valid tokens of a minibatch: each micro-batch adds its token
+    sum divided by the minibatch's count (`token_sum`), so the gradient does not depend on the
+    micro-batch size or the number of ranks (the TL;DR code averages per micro-batch and GPU).
 11. Several epochs of shuffled minibatches per rollout; micro-batches accumulate gradients, so
     a 512-sequence minibatch fits on one GPU (`update`).
 12. Only forward passes run under (optional) bf16 autocast; losses are computed in fp32 or
@@ -54,6 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoirl import dist
 from nanoirl.policy import response_mask
 from nanoirl.reward import scores, token_rewards
 
@@ -157,15 +160,19 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
     responses) -> (B, R) task reward per token (see reward_from_scorer); R = cfg.response_length."""
     cols = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "task")}
     for i in range(0, len(prompts), cfg.forward_batch_size):  # one chunk of logits at a time
-        p, pm = prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]
+        # under torchrun each rank takes its share of the chunk, and every rank gets the whole
+        # chunk back: the rest of the rollout and the update see the global batch (nanoirl/dist.py)
+        p, pm = dist.shard((prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]))
         with autocast(p.device, cfg):
             y, _ = policy.sample(p, pm, cfg.response_length, cfg.eos_id, cfg.pad_id,
                                  cfg.temperature, generator=generator)
-            cols["responses"].append(y)
-            cols["logprobs"].append(_up(policy.logprobs(p, pm, y, cfg.temperature)))  # detail 2
-            cols["ref_logprobs"].append(_up(ref.logprobs(p, pm, y, cfg.temperature)))
-            cols["values"].append(_up(value_model.state_scores(p, pm, y)[:, :-1]))  # V(s_t), detail 5
-            cols["task"].append(_up(reward_fn(p, pm, y)))
+            chunk = {"responses": y,
+                     "logprobs": _up(policy.logprobs(p, pm, y, cfg.temperature)),  # detail 2
+                     "ref_logprobs": _up(ref.logprobs(p, pm, y, cfg.temperature)),
+                     "values": _up(value_model.state_scores(p, pm, y)[:, :-1]),  # V(s_t), detail 5
+                     "task": _up(reward_fn(p, pm, y))}
+        for k, v in dist.gather(chunk).items():
+            cols[k].append(v)
     ro = {k: torch.cat(v) for k, v in cols.items()}
     y, mask = ro["responses"], response_mask(ro["responses"], cfg.eos_id)
     task = torch.where(mask, ro["task"], 0.0)
@@ -196,27 +203,37 @@ def update(policy, value_model, optimizer, ro, cfg, generator=None):
     v_loss, while memory holds one model's activations and gradients at a time, not both."""
     B = len(ro["responses"])
     mb_size = B // cfg.num_minibatches
-    micro = cfg.micro_batch_size or mb_size
-    metrics = {"pg_loss": [], "v_loss": [], "approx_kl": [], "clipfrac": []}  # one entry per micro-batch
+    metrics = {"pg_loss": [], "v_loss": [], "approx_kl": [], "clipfrac": []}  # one entry per minibatch
     for _ in range(cfg.num_epochs):
         y = ro["responses"]
         b_inds = torch.randperm(B, generator=generator, device=draw_device(generator, y)).to(y.device)
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
             mb_inds = b_inds[start:start + mb_size]
+            n_valid = ro["mask"][mb_inds].sum().clamp_min(1)  # detail 10: the minibatch's valid tokens
             for model, loss_fn in ((policy, policy_loss), (value_model, value_loss)):  # detail 13
                 optimizer.zero_grad(set_to_none=True)
-                for m_start in range(0, mb_size, micro):  # detail 11: gradient accumulation
-                    i = mb_inds[m_start:m_start + micro]
-                    loss, stats = loss_fn(model, ro, i, cfg)
-                    (loss * len(i) / len(mb_inds)).backward()
+                sums = {}
+                for j in dist.micro_batches(mb_size, cfg.micro_batch_size, y.device):  # detail 11
+                    loss, stats = loss_fn(model, ro, mb_inds[j], n_valid, cfg)
+                    (loss * dist.grad_scale()).backward()
                     for k, v in stats.items():
-                        metrics[k].append(v)
+                        sums[k] = sums.get(k, 0.0) + v
+                for k, v in dist.total(sums).items():  # the minibatch's token means, over all ranks
+                    metrics[k].append(v)
                 optimizer.step()
     return {**ro["stats"], **{k: sum(v) / len(v) for k, v in metrics.items()}}
 
 
-def policy_loss(policy, ro, i, cfg):
-    """Detail 8 on the rollout rows i: (clipped surrogate loss, its float metrics)."""
+def token_sum(x, mask, n_valid):
+    """Detail 10: the sum of x over the valid tokens of some rows of a minibatch, divided by the
+    minibatch's number of valid tokens: summed over its micro-batches (and ranks), the minibatch's
+    token mean, whatever the micro-batch size and the number of ranks."""
+    return torch.where(mask, x, 0.0).sum() / n_valid
+
+
+def policy_loss(policy, ro, i, n_valid, cfg):
+    """Detail 8 on the rollout rows i: (clipped surrogate loss, its float metrics), each a share
+    of the minibatch's token mean (token_sum)."""
     mask, adv = ro["mask"][i], ro["advantages"][i]
     with autocast(mask.device, cfg):  # detail 12: autocast forward passes only
         new_logprobs = _up(policy.logprobs(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i],
@@ -225,18 +242,18 @@ def policy_loss(policy, ro, i, cfg):
     ratio = torch.exp(logratio)
     pg_losses = -adv * ratio
     pg_losses2 = -adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_loss = token_sum(torch.max(pg_losses, pg_losses2), mask, n_valid)
     with torch.no_grad():
-        stats = {"pg_loss": pg_loss.item(), "approx_kl": masked_mean((ratio - 1) - logratio, mask).item(),
-                 "clipfrac": masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask).item()}
+        stats = {"pg_loss": pg_loss.item(), "approx_kl": token_sum((ratio - 1) - logratio, mask, n_valid).item(),
+                 "clipfrac": token_sum(((ratio - 1).abs() > cfg.cliprange).to(ratio.dtype), mask, n_valid).item()}
     return pg_loss, stats
 
 
-def value_loss(value_model, ro, i, cfg):
+def value_loss(value_model, ro, i, n_valid, cfg):
     """Detail 9 on the rollout rows i: (vf_coef * clipped value loss, {"v_loss": without vf_coef})."""
     mask, ret, v_old = ro["mask"][i], ro["returns"][i], ro["values"][i]
     with autocast(mask.device, cfg):
         vpred = _up(value_model.state_scores(ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i])[:, :-1])
     v_clipped = v_old + torch.clamp(vpred - v_old, -cfg.cliprange_value, cfg.cliprange_value)
-    v_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask)
+    v_loss = 0.5 * token_sum(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mask, n_valid)
     return cfg.vf_coef * v_loss, {"v_loss": v_loss.item()}

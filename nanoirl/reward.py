@@ -29,6 +29,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from nanoirl import dist
 from nanoirl.model import upcast
 from nanoirl.policy import response_mask, sequence_lengths
 
@@ -68,25 +69,32 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
     """One optimiser step of discriminator_loss on expert responses (label 1) and policy samples
     (label 0) for the same prompts, in micro-batches of rows whose gradients accumulate, each
     weighted by its share of the rows: the whole batch's gradient exactly at the sequence level
-    (at the token level each micro-batch averages over its own tokens, as PPO does). Returns
-    (loss, accuracy) as floats; a non-finite loss returns at once, without a step."""
-    B, micro = len(expert), micro_batch_size or len(expert)
+    (at the token level each micro-batch averages over its own tokens). Returns (loss, accuracy)
+    as floats; a non-finite loss returns at once, without a step. Under torchrun the batch is the
+    global one and each rank computes on its share (nanoirl/dist.py): at the sequence level the
+    numbers of one process; at the token level those of one process whose --micro-batch-size cuts
+    the same micro-batches."""
+    B = len(expert)
     optimizer.zero_grad(set_to_none=True)
     loss_sum, acc_sum = 0.0, 0.0
-    for i in range(0, B, micro):
-        p, m = prompts[i:i + micro], prompt_mask[i:i + micro]
+    for i in dist.micro_batches(B, micro_batch_size, expert.device):  # under torchrun: this rank's rows
+        p, m = prompts[i], prompt_mask[i]
         with autocast():
-            h_e, m_e = scores(disc, p, m, expert[i:i + micro], eos_id, level)
-            h_p, m_p = scores(disc, p, m, samples[i:i + micro], eos_id, level)
+            h_e, m_e = scores(disc, p, m, expert[i], eos_id, level)
+            h_p, m_p = scores(disc, p, m, samples[i], eos_id, level)
         h_e, h_p = upcast(h_e), upcast(h_p)
-        loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B
+        if len(p) == 0:  # a rank out of rows still runs its forward and backward (a collective)
+            loss, acc = (h_e.sum() + h_p.sum()) * 0, 0.0
+        else:
+            loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B
+            acc = ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
         if not torch.isfinite(loss):
             return loss.item(), float("nan")
-        loss.backward()
+        (loss * dist.grad_scale()).backward()
         loss_sum += loss.item()
-        acc_sum += ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
+        acc_sum += acc
     optimizer.step()
-    return loss_sum, acc_sum
+    return dist.total(loss_sum, acc_sum)
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ except ImportError:
 import numpy as np
 import torch
 
+from nanoirl import dist
 from nanoirl.data import DataError
 
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
@@ -47,9 +48,10 @@ CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metric
 RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, "metrics.tmp", PLOT, "mlirl_fig2.png")
 RUN_DIRS = ("policy", "discriminator", "reward_model")
 # flags that may differ on --resume: where and how fast the run computes, not what it computes
-# (micro-batches sum the same gradients; --grad-checkpoint recomputes the same activations)
+# (micro-batches sum the same gradients; --grad-checkpoint recomputes the same activations; the
+# number of ranks and --fsdp split the same computation: a checkpoint resumes with any of them)
 RESUME_MAY_CHANGE = ("resume", "force", "out", "device", "log_every", "ckpt_every", "micro_batch_size",
-                     "grad_checkpoint")
+                     "grad_checkpoint", "fsdp")
 
 MODEL_FORMS = ("toy-tabular, toy-gpt, pythia-{70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}[-deduped], a Hub id "
                "owner/name, random:pythia-<size> (random init, for dry runs), "
@@ -245,11 +247,16 @@ def add_common_args(parser, **defaults):
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="GPT models recompute each layer's activations in backward: less memory, the "
                         "same numbers, about a third more compute (pythia-1b PPO within 40 GB)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the trained models (and the frozen reference) over the ranks "
+                        "with FSDP2, per transformer layer, instead of replicating them with DDP (README: "
+                        "past one GPU)")
     parser.set_defaults(**defaults)
 
 
 def device_and_dtype(args):
-    """(torch.device, torch.dtype) from --device and --dtype."""
+    """(torch.device, torch.dtype) from --device and --dtype. Under torchrun it also starts the
+    process group (nanoirl/dist.py), and each rank takes the GPU of its local rank."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         device = torch.device(name)
@@ -257,6 +264,12 @@ def device_and_dtype(args):
         raise RunError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {name}: CUDA is not available on this machine")
+    if args.fsdp and "RANK" not in os.environ:
+        raise RunError("--fsdp shards the models over the ranks of torchrun: launch with "
+                       "torchrun --nproc_per_node N (README: past one GPU)")
+    local = dist.init(device.type)
+    if device.type == "cuda" and dist.world() > 1:
+        device = torch.device("cuda", local)
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
     return device, getattr(torch, dtype)
 
@@ -275,7 +288,12 @@ def plain_config(args):
 def prepare_out(args):
     """Make --out, lock it for this process and write config.json there. An --out that already
     holds files is refused unless --resume (its checkpoint, flags and metrics.jsonl are checked
-    first: see check_resume) or --force (every run file and saved model is removed, others kept)."""
+    first: see check_resume) or --force (every run file and saved model is removed, others kept).
+    Under torchrun rank 0 does it, and every rank stops with its error."""
+    return dist.on_main(lambda: _prepare_out(args))
+
+
+def _prepare_out(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a directory")
@@ -383,13 +401,17 @@ def save_checkpoint(out, step, state, args, **extra):
     torch.Generator; extra: more tensors or plain values to keep (e.g. MLIRL's pairs).
     A model holding a NaN or inf weight is refused (an update can overflow after a finite loss):
     ckpt.pt stays the last good checkpoint."""
+    # whole tensors (a collective: FSDP2's shards are gathered), identical on every rank
+    states = {k: v.get_state() if isinstance(v, torch.Generator) else dist.state_dict(v) for k, v in state.items()}
     for name, v in state.items():
-        if isinstance(v, torch.nn.Module) and not all(
-                t.isfinite().all() for t in v.state_dict().values() if t.is_floating_point()):
-            raise RunError(f"{name} has non-finite weights after step {step - 1}; {last_good(out)}")
-    ckpt = {"step": step, "config": plain_config(args), "rng": rng_states(), **extra,
-            "state": {k: v.get_state() if isinstance(v, torch.Generator) else v.state_dict()
-                      for k, v in state.items()}}
+        if isinstance(v, torch.nn.Module) or isinstance(dist.unwrap(v), torch.nn.Module):
+            if not all(t.isfinite().all() for t in states[name].values() if t.is_floating_point()):
+                raise RunError(f"{name} has non-finite weights after step {step - 1}; {last_good(out)}")
+    return dist.on_main(lambda: _write_checkpoint(out, step, states, args, extra))
+
+
+def _write_checkpoint(out, step, states, args, extra):
+    ckpt = {"step": step, "config": plain_config(args), "rng": rng_states(), **extra, "state": states}
     ckpt["sha256"] = checksum(ckpt)
     path, tmp = Path(out) / CKPT, Path(out) / (CKPT + ".tmp")
     try:
@@ -421,7 +443,7 @@ def restore(ckpt, state, out):
         if isinstance(v, torch.Generator):
             v.set_state(ckpt["state"][k])
         else:
-            v.load_state_dict(ckpt["state"][k])
+            dist.load_state_dict(v, ckpt["state"][k])  # whole tensors, sharded again under FSDP2
 
 
 def checksum(obj, h=None):
@@ -524,11 +546,14 @@ class Logger:
     not cover, so that the file ends equal to that of an uninterrupted run."""
     def __init__(self, out, total, start=0, every=1):
         self.path, self.total, self.start, self.every = Path(out) / METRICS, total, start, every
-        truncate_metrics(self.path, start)
-        self.file = open(self.path, "a", encoding="utf-8")
         self.t0 = time.time()
+        if dist.is_main():  # under torchrun rank 0 logs; every rank holds the same global metrics
+            truncate_metrics(self.path, start)
+            self.file = open(self.path, "a", encoding="utf-8")
 
     def __call__(self, step, metrics):
+        if not dist.is_main():
+            return
         row = {"step": step, **{k: number(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
@@ -569,7 +594,9 @@ CHANCE = {"win_rate", "rm_accuracy_heldout", "rm_accuracy", "disc_accuracy"}
 def plot_metrics(out, names=None, filename=PLOT, xlabel="step"):
     """Draw one small panel per numeric metric of out/metrics.jsonl into out/metrics.png, titled
     and grouped by PANEL_GROUPS; or, with `names`, one row of the panels (a), (b), ... of those
-    metrics in that order into out/filename (MLIRL Fig. 2: train_mlirl.py)."""
+    metrics in that order into out/filename (MLIRL Fig. 2: train_mlirl.py). Rank 0's job."""
+    if not dist.is_main():
+        return None
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe on a headless machine
     from matplotlib.ticker import MaxNLocator
     rows = [json.loads(line) for line in (Path(out) / METRICS).read_text().splitlines() if line]
@@ -610,6 +637,8 @@ def plot_metrics(out, names=None, filename=PLOT, xlabel="step"):
 
 def summary(out):
     """Print where everything of the run is."""
+    if not dist.is_main():
+        return
     kinds = {CONFIG: "config", METRICS: "metrics", ".png": "plot", ".pt": "checkpoint"}
     print(f"run directory {Path(out)}")
     for p in sorted(Path(out).iterdir()):

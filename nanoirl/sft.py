@@ -30,6 +30,7 @@ import contextlib
 
 import torch
 
+from nanoirl import dist
 from nanoirl.policy import response_mask, sequence_lengths
 
 
@@ -63,18 +64,20 @@ def occupancy_sft_loss(token_logprobs, responses, eos_id):
 def sft_step(policy, optimizer, prompts, prompt_mask, responses, eos_id, loss_fn=sft_loss,
              micro_batch_size=None, autocast=contextlib.nullcontext):
     """One optimiser step of loss_fn (sft_loss or occupancy_sft_loss) on a batch, in micro-batches
-    whose gradients accumulate to those of the whole batch. Returns the loss (a float)."""
-    B, micro = len(responses), micro_batch_size or len(responses)
+    whose gradients accumulate to those of the whole batch. Returns the loss (a float). Under
+    torchrun the batch is the global one and each rank takes its share (nanoirl/dist.py)."""
+    B = len(responses)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for i in range(0, B, micro):
-        p, m, y = prompts[i:i + micro], prompt_mask[i:i + micro], responses[i:i + micro]
+    for j in dist.micro_batches(B, micro_batch_size, responses.device):
+        p, m, y = prompts[j], prompt_mask[j], responses[j]
         with autocast():
             lp = policy.logprobs(p, m, y)
-        loss = loss_fn(lp.float() if lp.dtype == torch.bfloat16 else lp, y, eos_id) * len(y) / B
+        lp = lp.float() if lp.dtype == torch.bfloat16 else lp
+        loss = loss_fn(lp, y, eos_id) * len(y) / B if len(y) else lp.sum() * 0  # an empty share adds 0
         if not torch.isfinite(loss):
             return loss.item()  # the caller stops the run; no step is taken on a bad loss
-        loss.backward()
+        (loss * dist.grad_scale()).backward()
         total += loss.item()
     optimizer.step()
-    return total
+    return dist.total(total)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from nanoirl import data, hub, mlirl, run
+from nanoirl import data, dist, hub, mlirl, run
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -124,7 +124,8 @@ class ToyTask:
     @torch.no_grad()
     def evaluate(self, policy):
         from toy import metrics
-        logd = self.mdp.trajectory_logprobs(policy)
+        with dist.full_weights(policy) as model:  # FSDP2: whole on every rank; every rank evaluates
+            logd = self.mdp.trajectory_logprobs(model)
         return {**metrics.summary(self.mdp, logd, self.demo_logd),
                 "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item()}
 
@@ -132,7 +133,8 @@ class ToyTask:
     def reward_accuracy(self, reward_model, level="sequence"):
         from toy import metrics
         from toy.irl import all_rewards
-        return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, reward_model, level)).mean().item()
+        with dist.full_weights(reward_model) as model:
+            return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, model, level)).mean().item()
 
 
 def load_tokenizer(model):
@@ -205,7 +207,9 @@ class TextTask:
     def save(self, model, directory):
         """model.save_pretrained(directory) and its tokenizer.json (a byte-token dry run writes
         one that encodes as ByteTokenizer), so that the directory works as the next --model."""
-        model.save_pretrained(directory)
+        model.save_pretrained(directory)  # every rank: FSDP2's shards are gathered; rank 0 writes
+        if not dist.is_main():
+            return
         if self.tokenizer_json:
             shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
         else:
@@ -229,10 +233,11 @@ class TextTask:
         # the same draws at every evaluation (common random numbers), and none from the global RNG,
         # which a resumed run reaches in another state (its models are rebuilt after the restore)
         gen = torch.Generator(self.device).manual_seed(self.args.seed)
-        with self.autocast():
+        with self.autocast():  # under torchrun each rank samples its share of each chunk
             for i in range(0, len(p), batch_size):
-                ys.append(policy.sample(p[i:i + batch_size], m[i:i + batch_size], self.response_len,
-                                        self.eos_id, self.pad_id, temperature=0.7, generator=gen)[0])
+                p_i, m_i = dist.shard((p[i:i + batch_size], m[i:i + batch_size]))
+                ys.append(dist.gather(policy.sample(p_i, m_i, self.response_len, self.eos_id, self.pad_id,
+                                                    temperature=0.7, generator=gen)[0]))
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
                "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}
@@ -288,8 +293,9 @@ def tensor_names(files):
 
 def scalar_from_policy(policy):
     """A ScalarGPT whose transformer is a copy of the policy's and whose head is new."""
-    p = next(policy.parameters())
+    p, policy = next(dist.unwrap(policy).parameters()), dist.unwrap(policy)
     scalar = ScalarGPT(policy.config).to(device=p.device, dtype=p.dtype)
-    scalar.gpt_neox.load_state_dict(policy.gpt_neox.state_dict())
+    whole = dist.state_dict(policy)  # FSDP2: the shards gathered
+    scalar.gpt_neox.load_state_dict({k.removeprefix("gpt_neox."): v for k, v in whole.items() if k.startswith("gpt_neox.")})
     scalar.gradient_checkpointing = policy.gradient_checkpointing
     return scalar

@@ -145,7 +145,7 @@ def test_ppo_tiny_gpt_approaches_the_optimum():
 def test_update_equals_one_backward_of_the_joint_loss():
     """ppo.update steps the policy and the value model one after the other (detail 13). Reference:
     the TL;DR form written out here, one backward of pg_loss + vf_coef * v_loss per micro-batch and
-    one AdamW step per minibatch. Tiny GPT policy and GPT value model in fp64, weight decay on,
+    one AdamW step per minibatch, token means over each minibatch's valid tokens (detail 10). Tiny GPT policy and GPT value model in fp64, weight decay on,
     2 epochs x 2 minibatches x 2 micro-batches: weights within 1e-12, metrics within 1e-12."""
     from nanoirl.task import scalar_from_policy
     from toy.gpt import tiny_gpt
@@ -170,6 +170,7 @@ def test_update_equals_one_backward_of_the_joint_loss():
         perm = torch.randperm(24, generator=g)
         for mb in perm.view(cfg.num_minibatches, -1):
             opt.zero_grad()
+            n_valid, mb_pg, mb_v = ro["mask"][mb].sum(), 0.0, 0.0  # detail 10: the minibatch's token mean
             for i in mb.view(-1, cfg.micro_batch_size):
                 m, adv, ret, v_old = ro["mask"][i], ro["advantages"][i], ro["returns"][i], ro["values"][i]
                 p, pm, y = ro["prompts"][i], ro["prompt_mask"][i], ro["responses"][i]
@@ -178,10 +179,11 @@ def test_update_equals_one_backward_of_the_joint_loss():
                 v = twin_value.state_scores(p, pm, y)[:, :-1]
                 vc = v_old + (v - v_old).clamp(-cfg.cliprange_value, cfg.cliprange_value)
                 vl = 0.5 * torch.maximum((v - ret) ** 2, (vc - ret) ** 2)
-                pg_loss, v_loss = pg[m].mean(), vl[m].mean()
-                ((pg_loss + cfg.vf_coef * v_loss) * len(i) / len(mb)).backward()
-                seen["pg_loss"].append(pg_loss.item())
-                seen["v_loss"].append(v_loss.item())
+                pg_loss, v_loss = pg[m].sum() / n_valid, vl[m].sum() / n_valid
+                (pg_loss + cfg.vf_coef * v_loss).backward()
+                mb_pg, mb_v = mb_pg + pg_loss.item(), mb_v + v_loss.item()
+            seen["pg_loss"].append(mb_pg)
+            seen["v_loss"].append(mb_v)
             opt.step()
     for a, b in ((policy, twin_policy), (value, twin_value)):
         for (name, x), y in zip(a.named_parameters(), b.parameters()):

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanoirl import dist
 from nanoirl.policy import NEG_INF, pad_after_eos
 
 
@@ -51,7 +52,7 @@ class TabularPolicy(nn.Module):
             if temperature == 0:
                 tok = masked.argmax(-1)
             else:
-                tok = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(1)
+                tok = dist.sample_tokens(masked.softmax(-1), generator)  # = torch.multinomial(., 1)
             out[:, t] = tok
             lps[:, t] = logp.gather(1, tok[:, None]).squeeze(1)
         return pad_after_eos(out, eos_id, pad_id), lps

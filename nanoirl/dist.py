@@ -1,0 +1,297 @@
+"""
+Data parallelism with torchrun, in PyTorch's own engine: torch.distributed, DDP and FSDP2.
+
+    torchrun --nproc_per_node 8 train_mlirl.py --model pythia-1b ...          # DDP: replicated models
+    torchrun --nproc_per_node 8 train_mlirl.py --model pythia-6.9b --fsdp ... # FSDP2: sharded per layer
+
+`python script.py` alone is one rank, and every function here is then the identity (or a no-op).
+The rule that makes N ranks compute what one process computes, to rounding:
+
+  * Every rank holds the whole data set, the same flags and the same generators (seeded from
+    --seed), so every random index (batches, PPO's permutations, the pairs' shuffles) is drawn
+    identically everywhere: the global batch is the same on every rank.
+  * A rank computes on its share of each global batch (`shard`: rows r B/N .. (r+1) B/N) and
+    gathers what the rest of the step needs (`gather`: a rollout's (B, R) tensors, samples).
+  * Sampling is rank-independent: a token is argmax(p / q), q ~ Exp(1), which is exactly how
+    torch.multinomial draws one sample; every rank draws the noise of the *global* batch from the
+    shared generator and keeps its own rows (`sample_tokens`). The samples are those of one
+    process on the whole batch, bit for bit, and each rank's stream is its rows of that draw.
+    Generation stops when every row of every rank has ended (`all_done`), so ranks never wait on
+    a collective another rank skipped, and the generator advances the same on every rank.
+  * A loss is a sum over rows (or tokens) divided by the global count; DDP and FSDP2 average
+    gradients over ranks, so each rank's loss is multiplied by N (`grad_scale`).
+Forward passes that need gradients go through the DDP module (`wrap`: its forward dispatches to
+logprobs and state_scores; calling the inner module would silently skip the gradient all-reduce);
+FSDP2 registers those methods and `sample` as forward methods. Checkpoints are gathered to full
+weights and written by rank 0 (run.save_checkpoint): one file, the same for every rank count.
+"""
+import contextlib
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as td
+import torch.nn as nn
+
+METHODS = ("logprobs", "sample", "state_scores")  # the policy and scalar-model interface (policy.py)
+
+
+def init(device_type):
+    """Start the process group when launched by torchrun (RANK in the environment): nccl on CUDA,
+    gloo on CPU, with a timeout (NANOIRL_DIST_TIMEOUT seconds, default 600), so that a rank stuck
+    in a collective fails instead of hanging. Returns the local rank (0 without torchrun)."""
+    if "RANK" not in os.environ or td.is_initialized():
+        return int(os.environ.get("LOCAL_RANK", 0))
+    timeout = datetime.timedelta(seconds=float(os.environ.get("NANOIRL_DIST_TIMEOUT", 600)))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    if td.get_rank() != 0:  # rank 0 prints the progress; every rank still prints its errors
+        sys.stdout = open(os.devnull, "w")
+    return local
+
+
+def rank():
+    return td.get_rank() if td.is_initialized() else 0
+
+
+def world():
+    return td.get_world_size() if td.is_initialized() else 1
+
+
+def is_main():
+    return rank() == 0
+
+
+def grad_scale():
+    """The factor on a rank's loss that undoes DDP's and FSDP2's average of gradients over ranks."""
+    return world()
+
+
+def bounds(n, r=None):
+    """Rows [lo, hi) of a global batch of n rows that rank r (default: this one) computes on."""
+    r, w = rank() if r is None else r, world()
+    return r * n // w, (r + 1) * n // w
+
+
+def shard(x):
+    """This rank's rows of a global batch: a tensor, or a tuple / dict of tensors of equal length."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(shard(v) for v in x)
+    if isinstance(x, dict):
+        return {k: shard(v) for k, v in x.items()}
+    lo, hi = bounds(len(x))
+    return x[lo:hi]
+
+
+def gather(x):
+    """The inverse of shard: every rank's rows, in rank order, on every rank (tuples and dicts too)."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(gather(v) for v in x)
+    if isinstance(x, dict):
+        return {k: gather(v) for k, v in x.items()}
+    if world() == 1:
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world())]
+    td.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    td.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def global_rows(n_local, device):
+    """(offset of this rank's rows, global batch size) of a batch of which this rank holds n_local."""
+    if world() == 1:
+        return 0, n_local
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world())]
+    td.all_gather(sizes, torch.tensor([n_local], device=device))
+    sizes = [int(s) for s in sizes]
+    return sum(sizes[:rank()]), sum(sizes)
+
+
+def sample_tokens(probs, generator=None):
+    """(B,) one token per row of probs (B, V), exactly torch.multinomial(probs, 1, generator) on one
+    rank: argmax(p / q) with q ~ Exp(1). With N ranks, rows of a global batch: the noise of every
+    rank's rows is drawn and this rank keeps its own, so the result does not depend on N."""
+    lo, n = global_rows(len(probs), probs.device)
+    device = probs.device if generator is None else generator.device
+    q = torch.empty((n, probs.shape[1]), dtype=probs.dtype, device=device).exponential_(1, generator=generator)
+    return (probs / q[lo:lo + len(probs)].to(probs.device)).argmax(-1)
+
+
+def all_done(done):
+    """True when every row of every rank is done (generation stops on all ranks at one step)."""
+    flag = done.all()
+    if world() > 1:
+        flag = flag.to(torch.int32)
+        td.all_reduce(flag, op=td.ReduceOp.MIN)
+    return bool(flag)
+
+
+def total(*values):
+    """The sums over ranks of some floats (a tuple of floats; one float for one value; a dict of
+    floats for a dict)."""
+    if len(values) == 1 and isinstance(values[0], dict):
+        return dict(zip(values[0], total(*values[0].values(), 0.0)))
+    if world() == 1:
+        return values if len(values) > 1 else values[0]
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    td.all_reduce(t)
+    return tuple(t.tolist()) if len(values) > 1 else t.item()
+
+
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if td.get_backend() == "nccl" else torch.device("cpu")
+
+
+def barrier():
+    if world() > 1:
+        td.barrier()
+
+
+def broadcast(obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    if world() == 1:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0, device=_device())
+    return box[0]
+
+
+def on_main(fn):
+    """Run fn() on rank 0 only and give every rank its result; an exception there is raised on
+    every rank, so that all stop with the same one-line error instead of waiting on rank 0."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 -- re-raised below, on every rank
+            error = e
+    if world() > 1:
+        result, error = broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+# ---- wrapping models -----------------------------------------------------------------------------
+class Dispatch(nn.Module):
+    """A module whose forward calls one of the model's methods: DDP averages gradients only for
+    computations that run through forward, so logprobs and state_scores must come this way."""
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, method, *args, **kwargs):
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class DDPModel:
+    """The model's interface with every method of METHODS run through DDP; everything else
+    (parameters, state_dict, config, ...) is the model's own."""
+    def __init__(self, model):
+        ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+        self.ddp = nn.parallel.DistributedDataParallel(Dispatch(model), device_ids=ids, broadcast_buffers=False)
+        self.module = model
+
+    def __getattr__(self, name):
+        if name in METHODS:
+            return lambda *args, **kwargs: self.ddp(name, *args, **kwargs)
+        return getattr(self.module, name)
+
+
+def wrap(model, fsdp=False, trained=True):
+    """A model for this process: itself on one rank, DDP (replicated, gradients all-reduced) or
+    FSDP2 (each transformer layer and the rest sharded over the ranks, gathered one layer at a
+    time for every forward) on several. A GPT's interface stays the same; the toy's tables are
+    always replicated (a few kB), and so is a frozen model (trained=False) without fsdp."""
+    if world() == 1 or not (trained or fsdp):
+        return model
+    if fsdp and hasattr(model, "gpt_neox"):
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        for layer in model.gpt_neox.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        for name in METHODS:
+            if hasattr(model, name):
+                register_fsdp_forward_method(model, name)
+        return model
+    return DDPModel(model)
+
+
+def unwrap(model):
+    """The model behind a DDP wrapper (an FSDP2 model is its own module)."""
+    return model.module if isinstance(model, DDPModel) else model
+
+
+def is_sharded(model):
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in unwrap(model).parameters())
+
+
+@contextlib.contextmanager
+def full_weights(model):
+    """Within the block, an FSDP2 model's weights are whole on every rank, so code that reaches
+    into its modules (toy.gpt.prefix_tree_logprobs) runs as on one process."""
+    sharded = is_sharded(model)
+    if sharded:
+        model.unshard()
+    try:
+        yield unwrap(model)
+    finally:
+        if sharded:
+            model.reshard()
+
+
+def _full(x):
+    from torch.distributed.tensor import DTensor
+    if isinstance(x, DTensor):
+        return x.full_tensor()
+    if isinstance(x, dict):
+        return {k: _full(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_full(v) for v in x)
+    return x
+
+
+def state_dict(obj):
+    """obj.state_dict() with every sharded tensor gathered whole (a collective under FSDP2)."""
+    return _full(unwrap(obj).state_dict())
+
+
+def load_state_dict(obj, sd):
+    """obj.load_state_dict(sd) from whole tensors, sharding them as obj's own are sharded (a model,
+    or an optimizer whose parameters are FSDP2's DTensors)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    obj = unwrap(obj)
+    if isinstance(obj, nn.Module):
+        mine = obj.state_dict()
+        sd = {k: distribute_tensor(v.to(mine[k].device), mine[k].device_mesh, mine[k].placements)
+              if isinstance(mine.get(k), DTensor) else v for k, v in sd.items()}
+        obj.load_state_dict(sd)
+        return
+    obj.load_state_dict(sd)  # an optimizer: its moments are loaded whole, then sharded like their weights
+    if hasattr(obj, "state"):
+        for p, st in obj.state.items():
+            if isinstance(p, DTensor):
+                for k, v in st.items():
+                    if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
+                        st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+
+
+def micro_batches(n, micro_batch_size, device=None):
+    """This rank's rows of a global batch of n rows, cut into micro-batches of at most
+    micro_batch_size (None: one): index tensors, as many on every rank (each forward and backward
+    is a collective under DDP and FSDP2), an empty one where a rank has run out of rows."""
+    lo, hi = bounds(n)
+    most = -(-n // world())                              # the largest share
+    micro = micro_batch_size or most or 1
+    rows = torch.arange(lo, hi, device=device)
+    chunks = list(rows.split(micro)) if hi > lo else []
+    return chunks + [rows[:0]] * (max(1, -(-most // micro)) - len(chunks))

@@ -1,0 +1,192 @@
+"""
+torchrun on the CPU: gloo, 2 ranks, float64 (nanoirl/dist.py).
+
+  the same numbers  each script on the toy GPT, 2 ranks with DDP and with FSDP2 against one
+                    process (plain `python`) with the same global batch and seed: the weights of
+                    every model in ckpt.pt and every logged metric agree to 1e-9
+  resume            a 2-rank run killed with SIGKILL resumes on 2 ranks to the uninterrupted
+                    run's weights and metrics; its checkpoint resumes on 1 rank as well
+  text              a random-init Pythia-70m SFT dry run, 2 ranks against 1
+  a hang fails      a collective that one rank never joins fails within the process-group timeout
+
+Every launch is a subprocess; the tests of a group start theirs side by side (start-up dominates).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-9
+ENV = {**os.environ, "NANOIRL_DIST_TIMEOUT": "120", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "PYTHONPATH": str(ROOT)}
+TOY = {"train_sft.py": ["--model", "toy-gpt", "--steps", "8", "--batch-size", "16", "--eval-every", "4",
+                        "--ckpt-every", "2"],
+       "train_airl.py": ["--model", "toy-gpt", "--steps", "6", "--rollout-batch-size", "32", "--eval-every", "3",
+                         "--ckpt-every", "2"],
+       "train_mlirl.py": ["--sft-steps", "6", "--batch-size", "16", "--rounds", "2", "--ppo-iterations", "2",
+                          "--rollout-batch-size", "32", "--n-demos", "40"]}
+
+
+def launch(script, out, flags, ranks):
+    """Start `script` on `ranks` ranks (0: plain python, one process) writing to out/."""
+    cmd = [sys.executable, script] if ranks == 0 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), script]
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out.parent / f"{out.name}.log", "w")
+    return subprocess.Popen(cmd + flags + ["--out", str(out), "--seed", "2"], cwd=ROOT, env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc, out, timeout=300):
+    rc = proc.wait(timeout=timeout)
+    assert rc == 0, (out.parent / f"{out.name}.log").read_text()[-3000:]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a, b, tol=TOL):
+    """Every model and optimizer tensor of ckpt.pt and every logged metric agree to tol."""
+    ma, mb = metrics(a), metrics(b)
+    assert len(ma) == len(mb) and len(ma) > 1
+    for ra, rb in zip(ma, mb):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert abs(ra[k] - rb[k]) <= tol, (k, ra["step"], ra[k], rb[k])
+    ca, cb = (torch.load(d / "ckpt.pt", weights_only=True) for d in (a, b))
+    assert ca["step"] == cb["step"]
+    n = 0
+    for name, sa in ca["state"].items():
+        if isinstance(sa, torch.Tensor):  # a generator's state: the same draws on every rank count
+            assert torch.equal(sa, cb["state"][name]), name
+            continue
+        for k, v in flat(sa).items():
+            w = flat(cb["state"][name])[k]
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                assert (v - w).abs().max().item() <= tol, (name, k)
+                n += v.numel()
+    assert n > 1000  # the models' weights were compared, not only counters
+
+
+def flat(x, prefix=""):
+    if isinstance(x, dict):
+        return {k2: v2 for k, v in x.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
+    if isinstance(x, (list, tuple)):
+        return {k2: v2 for i, v in enumerate(x) for k2, v2 in flat(v, f"{prefix}{i}.").items()}
+    return {prefix: x}
+
+
+def kill_tree(proc):
+    """SIGKILL a process and all its descendants (torchrun's workers are not in its process group),
+    and wait until none of them holds the run directory's lock."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    for pid in tree[1:]:
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    """Every script on the toy GPT in float64: one process, 2 ranks with DDP, 2 ranks with FSDP2."""
+    root = tmp_path_factory.mktemp("dist")
+    runs = {}
+    for script, flags in TOY.items():
+        for kind, ranks, extra in (("one", 0, []), ("ddp", 2, []), ("fsdp", 2, ["--fsdp"])):
+            runs[script, kind] = root / f"{script[:-3]}-{kind}", launch(script, root / f"{script[:-3]}-{kind}",
+                                                                       flags + extra, ranks)
+    for out, proc in runs.values():
+        finish(proc, out)
+    return {k: out for k, (out, _) in runs.items()}
+
+
+@pytest.mark.parametrize("script", list(TOY))
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_ranks_compute_what_one_process_does(toy_runs, script, kind):
+    assert_same_run(toy_runs[script, "one"], toy_runs[script, kind])
+
+
+def test_rank_zero_alone_writes_and_prints(toy_runs):
+    out = toy_runs["train_airl.py", "ddp"]
+    log = (out.parent / f"{out.name}.log").read_text()
+    assert log.count("run directory") == 1 and (out / "policy" / "model.safetensors").is_file()
+    one = metrics(toy_runs["train_airl.py", "one"])
+    assert len(metrics(out)) == len(one) == 6  # one line per step, not one per rank
+
+
+def test_killed_two_rank_run_resumes_on_two_and_on_one_rank(toy_runs, tmp_path):
+    """SIGKILL after the checkpoint of step 2 (train_airl.py: PPO, the discriminator, generators)."""
+    script, flags = "train_airl.py", TOY["train_airl.py"]
+    out = tmp_path / "killed"
+    proc = launch(script, out, flags, 2)
+    deadline = time.time() + 200
+    while not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    kill_tree(proc)  # torchrun and both ranks at once, as a preempted job loses them
+    assert 2 <= torch.load(out / "ckpt.pt", weights_only=True)["step"] < 6
+    copy = tmp_path / "one-rank"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    resumed = [launch(script, out, flags + ["--resume"], 2), launch(script, copy, flags + ["--resume"], 0)]
+    finish(resumed[0], out)
+    finish(resumed[1], copy)
+    assert_same_run(toy_runs[script, "ddp"], out)
+    assert_same_run(toy_runs[script, "one"], copy)
+
+
+def test_text_dry_run_on_two_ranks(tmp_path):
+    """train_sft.py on a random-init Pythia-70m with byte tokens (the README's dry run), float64."""
+    from nanoirl import data
+    path = tmp_path / "fake.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data.fake_tldr(12)))
+    flags = ["--model", "random:pythia-70m", "--data", str(path), "--max-prompt-len", "256", "--eval-size", "2",
+             "--steps", "2", "--batch-size", "4", "--dtype", "float64", "--eval-every", "2"]
+    procs = [launch("train_sft.py", tmp_path / "one", flags, 0), launch("train_sft.py", tmp_path / "two", flags, 2)]
+    finish(procs[0], tmp_path / "one")
+    finish(procs[1], tmp_path / "two")
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+HANG = """
+import sys, time, torch, torch.distributed as td
+from nanoirl import dist
+dist.init("cpu")
+if dist.rank() == 0:
+    td.all_reduce(torch.ones(1))  # rank 1 never joins
+else:
+    time.sleep(120)
+"""
+
+
+def test_a_collective_that_a_rank_skips_fails_within_the_timeout(tmp_path):
+    (tmp_path / "hang.py").write_text(HANG)
+    env = {**ENV, "NANOIRL_DIST_TIMEOUT": "5"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "0", str(tmp_path / "hang.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode != 0 and time.time() - t0 < 60
+    assert "timed out" in (proc.stdout + proc.stderr).lower() or "timeout" in (proc.stdout + proc.stderr).lower()
