@@ -66,6 +66,22 @@ def ppo_state_gb(cfg):
             "grads": 4 * P / 1e9}
 
 
+def layer_params(cfg):
+    """One Pythia layer: QKV 3d^2 + 3d, output d^2 + d, MLP 8d^2 + 5d (4d wide), two LayerNorms 4d."""
+    return 12 * cfg.n_embd ** 2 + 13 * cfg.n_embd
+
+
+def fsdp_state_gb(cfg, ranks):
+    """GB per GPU of ppo_state_gb under torchrun --fsdp with `ranks` ranks: every model's weights,
+    AdamW moments and gradients sharded 1/ranks (FSDP2, nanoirl/dist.py), plus what FSDP2 holds
+    whole during a forward: the root's own weights (the embedding, the head and the final norm,
+    one unit) and two transformer layers (the one computing, the next one prefetched), in fp32.
+    DDP replicates: ppo_state_gb on every GPU, whatever the rank count."""
+    P, layer = n_params(cfg)[0], layer_params(cfg)
+    root = P - cfg.n_layer * layer
+    return sum(ppo_state_gb(cfg).values()) / ranks + 4 * (root + 2 * layer) / 1e9
+
+
 def estimate_micro_step_gb(cfg, B, P, R, grad_checkpoint):
     """Estimated peak GB of one PPO policy micro-step (ppo.policy_loss: log-probs of R response
     tokens after P prompt tokens, under bf16 autocast, then backward) above the policy's weights
@@ -359,6 +375,10 @@ def bench_memory(args, device, hw):
         res["checkpointing" if ckpt else "plain"] = {"micro_step_gb": extra, "ppo_peak_gb": state + extra}
         res["rows"].append(row(f"ppo peak GB, estimated, micro-batch {args.batch}x{T}" + (", checkpointing" if ckpt else ""),
                                state + extra, target=f"< {limit} GB if measured" if limit else ""))
+    for ranks in (2, 4, 8):  # torchrun --fsdp: per GPU, the micro-batch's activations with checkpointing
+        gb = fsdp_state_gb(cfg, ranks) + res["checkpointing"]["micro_step_gb"]
+        res[f"fsdp_{ranks}_ppo_peak_gb"] = gb
+        res["rows"].append(row(f"ppo peak GB per GPU, --fsdp on {ranks} ranks, checkpointing, estimated", gb))
     return res
 
 

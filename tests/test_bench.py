@@ -158,3 +158,17 @@ def test_without_transformers_its_columns_are_skipped(monkeypatch, capsys):
     assert "transformers is not installed" in capsys.readouterr().out
     assert out["transformers"] is None and "hf" not in out["train"] and "hf" not in out["sample"]
     assert all(r["transformers"] is None for r in out["table"]) and out["sample"]["ours"]["new_tokens"] == 5
+
+
+def test_fsdp_memory_counts_a_layer_and_shards_the_states():
+    """bench.fsdp_state_gb: a Pythia layer's weights as counted on a meta-device Layer, the states
+    divided by the rank count, and what FSDP2 holds whole (root + two layers) added once."""
+    from nanoirl.model import Layer
+    for name in ("pythia-160m", "pythia-1b"):
+        cfg = bench.CONFIGS[name]
+        with torch.device("meta"):
+            assert sum(p.numel() for p in Layer(cfg).parameters()) == bench.layer_params(cfg)
+        state = sum(bench.ppo_state_gb(cfg).values())
+        assert bench.fsdp_state_gb(cfg, 2) - bench.fsdp_state_gb(cfg, 4) == pytest.approx(state / 4, rel=1e-12)
+        whole = bench.fsdp_state_gb(cfg, 10 ** 9)  # states -> 0: the root and two layers, fp32
+        assert whole == pytest.approx(4 * (bench.n_params(cfg)[0] - (cfg.n_layer - 2) * bench.layer_params(cfg)) / 1e9)
