@@ -88,7 +88,7 @@ def main(args):
         beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
         micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
-        missing_eos_penalty=None if toy else -1.0,
+        missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
     batch_size = pick(args.rollout_batch_size, 256, 256, 64)
     run.check_minibatches(cfg.num_minibatches, batch_size)

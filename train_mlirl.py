@@ -123,11 +123,11 @@ def main(args):
         rm_loss=args.rm_loss or ("bt" if args.pairs == "mlirl" else "bce"),
         rm_epochs=args.rm_epochs, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr,
         micro_batch_size=args.micro_batch_size, eos_id=task.eos_id, pad_id=task.pad_id,
-        autocast_dtype=task.autocast_dtype)
+        sample_batch_size=args.forward_batch_size, autocast_dtype=task.autocast_dtype)
     ppo_cfg = ppo.PPOConfig(
         lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=args.micro_batch_size,
         temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
-        pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0,
+        pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
     gen = torch.Generator(device).manual_seed(args.seed)
     prompts, prompt_mask = task.demos[0], task.demos[1]

@@ -221,8 +221,24 @@ def wrap(model, fsdp=False, trained=True):
         for name in METHODS:
             if hasattr(model, name):
                 register_fsdp_forward_method(model, name)
+        if hasattr(model, "sample"):
+            model.sample = _whole_while_sampling(model, model.sample)
         return model
     return DDPModel(model)
+
+
+def _whole_while_sampling(model, sample):
+    """FSDP2 gathers each layer for a forward and frees it after; while sampling, that would be one
+    all-gather per layer per token. Keep the gathered weights for the whole call instead (resharding
+    off), then free them: the memory of one whole model per GPU while sampling."""
+    def whole(*args, **kwargs):
+        model.set_reshard_after_forward(False)
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            model.set_reshard_after_forward(True)
+            model.reshard()
+    return whole
 
 
 def unwrap(model):

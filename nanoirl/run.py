@@ -247,6 +247,10 @@ def add_common_args(parser, **defaults):
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="GPT models recompute each layer's activations in backward: less memory, the "
                         "same numbers, about a third more compute (pythia-1b PPO within 40 GB)")
+    g.add_argument("--forward-batch-size", type=positive_int, default=64,
+                   help="sequences per no-grad chunk of sampling and scoring (rollouts, ML-IRL's pairs), global: "
+                        "under torchrun each rank takes its share of every chunk, so give 64 x ranks to "
+                        "sample 64 per GPU; one process with the same value samples the same responses")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the trained models (and the frozen reference) over the ranks "
                         "with FSDP2, per transformer layer, instead of replicating them with DDP (README: "

@@ -190,3 +190,11 @@ def test_a_collective_that_a_rank_skips_fails_within_the_timeout(tmp_path):
                           capture_output=True, text=True, timeout=100)
     assert proc.returncode != 0 and time.time() - t0 < 60
     assert "timed out" in (proc.stdout + proc.stderr).lower() or "timeout" in (proc.stdout + proc.stderr).lower()
+
+
+def test_fsdp_without_torchrun_is_refused_before_anything_is_written(tmp_path):
+    proc = subprocess.run([sys.executable, "train_sft.py", "--fsdp", "--out", str(tmp_path / "run")], cwd=ROOT,
+                          env={k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE")},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: --fsdp shards")
+    assert not (tmp_path / "run").exists()
