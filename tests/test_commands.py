@@ -57,7 +57,15 @@ def is_dry_run(argv):
 
 
 def fast_variant(argv, n):
-    """(argv to run, how) for a documented command; argv None: skipped, and why."""
+    """(argv to run, how) for a documented command; argv None: skipped, and why. A torchrun
+    command runs its script's variant on 2 CPU ranks (gloo), one machine."""
+    if argv[0] == "torchrun":
+        if "--nnodes" in argv:
+            return None, "several machines"
+        i = next(i for i, a in enumerate(argv) if a.endswith(".py"))
+        inner, how = fast_variant(["python", *argv[i:]], n)
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        return (None, how) if inner is None else ([*launcher, *inner], how + ", 2 ranks")
     if argv[0] in ("pip", "huggingface-cli", "git") or argv[:3] == ["python", "-m", "pytest"] or "--download" in argv:
         return None, "installs, downloads, or is this test suite (CI runs it: tests/test_readme.py)"
     if "=" in argv[0] or any("$" in a for a in argv):
@@ -82,7 +90,7 @@ def fast_variant(argv, n):
 def workspace(tmp_path_factory):
     """A working directory with the data the Pythia commands name (tldr.jsonl, prefs.jsonl,
     demos.jsonl) and a Hugging Face cache holding a tiny GPT-NeoX as EleutherAI/pythia-1b and
-    EleutherAI/pythia-1b-deduped."""
+    EleutherAI/pythia-1b-deduped (and as pythia-6.9b, for the FSDP2 command)."""
     from nanoirl import data
     from nanoirl.model import GPT, GPTConfig
     from nanoirl.tokenizer import ByteTokenizer
@@ -91,7 +99,7 @@ def workspace(tmp_path_factory):
     data.write_jsonl(tmp / "prefs.jsonl", data.fake_tldr(8, seed=2, preferences=True))
     data.write_jsonl(tmp / "demos.jsonl", ({"prompt": data.TLDR_PROMPT.format(**r), "response": " " + r["summary"]}
                                            for r in data.fake_tldr(8, seed=3)))  # as nanoirl.generate writes
-    for name in ("pythia-1b", "pythia-1b-deduped"):
+    for name in ("pythia-1b", "pythia-1b-deduped", "pythia-6.9b"):
         snapshot = tmp / "hf-cache" / f"models--EleutherAI--{name}" / "snapshots" / "abc"
         GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
         ByteTokenizer().save(snapshot / "tokenizer.json")
@@ -113,7 +121,7 @@ def test_documented_commands_run(workspace):
         if argv is None:
             print(f"skipped ({how}): {command}")
         elif command not in planned:
-            planned[command] = source, [str(ROOT / argv[0]) if argv[0].endswith(".py") else argv[0], *argv[1:]], how
+            planned[command] = source, [str(ROOT / a) if a.endswith(".py") else a for a in argv], how
     start = lambda argv: subprocess.Popen([sys.executable, *argv], cwd=workspace, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ran = []

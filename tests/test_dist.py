@@ -5,7 +5,8 @@ torchrun on the CPU: gloo, 2 ranks, float64 (nanoirl/dist.py).
                     process (plain `python`) with the same global batch and seed: the weights of
                     every model in ckpt.pt and every logged metric agree to 1e-9
   resume            a 2-rank run killed with SIGKILL resumes on 2 ranks to the uninterrupted
-                    run's weights and metrics; its checkpoint resumes on 1 rank as well
+                    run's weights and metrics; its checkpoint resumes on 1 rank, and on 2 ranks
+                    with FSDP2, as well
   text              a random-init Pythia-70m SFT dry run, 2 ranks against 1
   a hang fails      a collective that one rank never joins fails within the process-group timeout
 
@@ -138,7 +139,7 @@ def test_rank_zero_alone_writes_and_prints(toy_runs):
     assert len(metrics(out)) == len(one) == 6  # one line per step, not one per rank
 
 
-def test_killed_two_rank_run_resumes_on_two_and_on_one_rank(toy_runs, tmp_path):
+def test_killed_two_rank_run_resumes_on_two_ranks_on_one_and_sharded(toy_runs, tmp_path):
     """SIGKILL after the checkpoint of step 2 (train_airl.py: PPO, the discriminator, generators)."""
     script, flags = "train_airl.py", TOY["train_airl.py"]
     out = tmp_path / "killed"
@@ -148,13 +149,17 @@ def test_killed_two_rank_run_resumes_on_two_and_on_one_rank(toy_runs, tmp_path):
         time.sleep(0.05)
     kill_tree(proc)  # torchrun and both ranks at once, as a preempted job loses them
     assert 2 <= torch.load(out / "ckpt.pt", weights_only=True)["step"] < 6
-    copy = tmp_path / "one-rank"
-    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
-    resumed = [launch(script, out, flags + ["--resume"], 2), launch(script, copy, flags + ["--resume"], 0)]
-    finish(resumed[0], out)
-    finish(resumed[1], copy)
+    one, fsdp = tmp_path / "one-rank", tmp_path / "fsdp"
+    for copy in (one, fsdp):
+        subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    resumed = [(out, launch(script, out, flags + ["--resume"], 2)),
+               (one, launch(script, one, flags + ["--resume"], 0)),
+               (fsdp, launch(script, fsdp, flags + ["--resume", "--fsdp"], 2))]  # whole tensors, sharded again
+    for d, proc in resumed:
+        finish(proc, d)
     assert_same_run(toy_runs[script, "ddp"], out)
-    assert_same_run(toy_runs[script, "one"], copy)
+    assert_same_run(toy_runs[script, "one"], one)
+    assert_same_run(toy_runs[script, "fsdp"], fsdp)
 
 
 def test_text_dry_run_on_two_ranks(tmp_path):
