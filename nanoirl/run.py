@@ -268,7 +268,7 @@ def device_and_dtype(args):
         raise RunError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {name}: CUDA is not available on this machine")
-    if args.fsdp and "RANK" not in os.environ:
+    if getattr(args, "fsdp", False) and "RANK" not in os.environ:
         raise RunError("--fsdp shards the models over the ranks of torchrun: launch with "
                        "torchrun --nproc_per_node N (README: past one GPU)")
     local = dist.init(device.type)

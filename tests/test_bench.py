@@ -119,6 +119,9 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     m = out["memory"]
     assert m["plain"]["ppo_peak_gb"] - m["plain"]["micro_step_gb"] == pytest.approx(out["ppo"]["static_gb"])
     assert 0 < m["checkpointing"]["micro_step_gb"] <= m["plain"]["micro_step_gb"]
+    for ranks in (2, 4, 8):  # --fsdp rows: the sharded states plus the same micro-step as one GPU
+        assert m[f"fsdp_{ranks}_ppo_peak_gb"] == pytest.approx(
+            bench.fsdp_state_gb(bench.CONFIGS["tiny"], ranks) + m["checkpointing"]["micro_step_gb"])
     hw = out["hardware"]
     assert hw["matmul_flops_per_s"] > 0 and hw["copy_bytes_per_s"] > 0 and hw["device"] == "cpu"
     sides = ["ours", "hf"] if transformers else ["ours"]
@@ -146,7 +149,7 @@ def test_every_section_runs_and_writes_every_field(tmp_path, capsys):
     n = out["numerics"]  # the two heads differ on the same hidden states: the bf16 head rounds
     assert n["head_x10_bf16_head_vs_fp32_head"]["max_err"] > 0 and n["head_x1_fp32_head"]["max_abs_logit"] > 0
     rows = out["table"]
-    assert len(rows) == 3 + 2 + 1 + 2 + 2 + 6 + 1 and all(r.keys() == rows[0].keys() for r in rows)
+    assert len(rows) == 3 + 2 + 1 + 2 + 2 + 3 + 6 + 1 and all(r.keys() == rows[0].keys() for r in rows)
     assert all(r["met"] in (None, True, False) for r in rows)
     printed = capsys.readouterr().out
     assert all(r["metric"] in printed for r in rows) and "fp32 throughout" in printed
