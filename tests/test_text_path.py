@@ -25,7 +25,8 @@ def test_every_random_draw_runs_on_its_generators_device(tmp_path, short_tldr, m
     Each script that samples runs in this process with the generator it makes for its device
     marked, and every torch random function checks its call: a factory draw (randperm, randint,
     rand, randn) must name device=generator.device, since its default, the CPU, is where a CUDA
-    generator fails; multinomial must get a probability tensor on the generator's device."""
+    generator fails; multinomial must get a probability tensor on the generator's device, and the
+    exponential noise of sampling (nanoirl/dist.py) must be drawn there."""
     import train_airl
     import train_mlirl
     seen = []
@@ -40,13 +41,21 @@ def test_every_random_draw_runs_on_its_generators_device(tmp_path, short_tldr, m
                     f"torch.{_name} runs on {where or 'the CPU (by default)'}, its generator on {g.device}"
             return _f(*args, **kwargs)
         monkeypatch.setattr(torch, name, checked)
+
+    def exponential_(self, *args, _f=torch.Tensor.exponential_, **kwargs):  # sampling's noise (nanoirl/dist.py)
+        g = kwargs.get("generator")
+        if isinstance(g, DeviceGenerator):
+            seen.append(("exponential_", self.device))
+            assert self.device == g.device, f"Tensor.exponential_ runs on {self.device}, its generator on {g.device}"
+        return _f(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "exponential_", exponential_)
     text = tiny_text_run(tmp_path, short_tldr)
     for module, script, extra in [(train_airl, "train_airl.py", []), (train_mlirl, "train_mlirl.py", []),
                                   (train_mlirl, "train_mlirl.py", ["--policy-step", "bon", "--bon-steps", 1])]:
         flags = [*text, *TEXT_FLAGS[script], *extra, "--out", tmp_path / f"{script}{len(extra)}"]
         module.main(module.parser.parse_args(list(map(str, flags))))
     names = {n for n, _ in seen}
-    assert {"randperm", "randint", "multinomial"} <= names, names  # the check saw every kind of draw
+    assert {"randperm", "randint", "exponential_"} <= names, names  # the check saw every kind of draw
 
 
 def test_output_heads_are_fp32_under_bf16_autocast():
