@@ -83,3 +83,21 @@ def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
     subprocess.run([sys.executable, "-c", code, "--seed", "2", "--out", str(alone), *MLIRL_FAST],
                    cwd=ROOT, check=True, capture_output=True, timeout=120)
     assert (alone / "metrics.jsonl").read_bytes() == (tmp_path / "runs" / "seed-2" / "metrics.jsonl").read_bytes()
+
+
+def test_a_shared_reward_reaches_held_out_prompts_only_from_a_blind_start():
+    """toy.irl.heldout_lines (python -m toy.irl --table heldout), exact: with one expert shared by
+    all prompts and demonstrations on half of them, SFT of a per-prompt table leaves the held-out
+    half uniform. ML-IRL's Bradley-Terry reward, one number per response shared by all prompts, is
+    the residual log(p_demo / pi_k) + c of the training prompts: from SFT (= the empirical law
+    there) it is constant and the held-out prompts stay uniform; from the uniform policy it is
+    log p_pooled + c and every prompt lands on the pooled empirical law, SFT's optimum in a
+    prompt-blind class, as does MaxEnt IRL (Eq. 10) with the uniform reference."""
+    rows = dict(irl.heldout_lines(seed=1, rounds=2)[1:])
+    uniform, sft, pooled = rows["uniform policy"], rows["SFT (per-prompt table)"], rows["SFT in a prompt-blind class (pooled)"]
+    assert abs(sft["tv_heldout"] - uniform["tv_heldout"]) < 1e-12 and sft["gold_heldout"] < -9
+    assert abs(rows["ML-IRL shared reward, from SFT"]["tv_heldout"] - uniform["tv_heldout"]) < 1e-6
+    for name in ("ML-IRL shared reward, from uniform", "MaxEnt IRL shared reward, ref uniform"):
+        for key in ("gold_train", "gold_heldout", "tv_train", "tv_heldout"):
+            assert abs(rows[name][key] - pooled[key]) < 1e-4, (name, key)
+    assert pooled["gold_heldout"] > sft["gold_heldout"] + 5

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.nn as nn
 
 from nanoirl import mlirl, soft_pi
 from nanoirl.dpo import dpo_loss
@@ -348,11 +349,83 @@ def bon_lines(mdp, classes, seed=0, ns=(1, 2, 4, 8, 16, 32)):
     return lines
 
 
+HELDOUT_KEYS = ("gold_train", "gold_heldout", "tv_train", "tv_heldout", "fkl_train", "fkl_heldout")
+
+
+def shared_reward(fit_loss, n):
+    """One reward per response, shared by every prompt: argmin fit_loss(r) by L-BFGS (convex)."""
+    r = nn.ParameterList([nn.Parameter(torch.zeros(n, dtype=torch.float64))])
+    minimise(r, lambda: fit_loss(r[0]), steps=300)
+    return r[0].detach()
+
+
+def heldout_lines(seed, n_demos=30, n_train=3, n_prompts=6, rounds=4, beta=1.0):
+    """Does a reward generalise where the policy does not (MLIRL's argument)? Every prompt has the
+    same expert (ToyConfig.shared_expert); the demonstrations come from the first n_train prompts
+    only; the policy is a full table per prompt, so SFT (its exact optimum, the empirical law) leaves
+    the held-out prompts at the uniform policy. The ML-IRL rows use a reward of one number per
+    response shared by all prompts, fitted exactly on the training prompts' pairs, and the exact
+    policy step on every prompt (the held-out prompts need no demonstrations for it). Returns the
+    lines of print_over_seeds: gold reward, TV and KL(expert || pi) on each set of prompts."""
+    mdp = ToyMDP(ToyConfig(n_prompts=n_prompts, shared_expert=True))
+    x = torch.arange(n_demos) % n_train
+    prompts, _ = mdp.prompt_tokens(x)
+    responses = mdp.sample(mdp.expert_logprob, x, torch.Generator().manual_seed(seed))
+    d = mdp.empirical_logprob(prompts, responses)[:n_train]          # held-out rows have no demonstrations
+    n = d.shape[1]
+    uniform = torch.full((n_prompts, n), -math.log(n), dtype=torch.float64)
+    sft = torch.cat([d, uniform[n_train:]])                          # the full-class SFT optimum
+    pooled = (d.logsumexp(0) - math.log(n_train)).expand(n_prompts, n)  # SFT in a prompt-blind class
+
+    def split(logd):
+        e = mdp.expert_logprob
+        per = {"gold": (logd.exp() * mdp.gold_reward()).sum(-1), "tv": metrics.tv(e, logd),
+               "fkl": metrics.forward_kl(e, logd)}
+        return {f"{k}_{part}": v[rows].mean().item() for k, v in per.items()
+                for part, rows in (("train", slice(0, n_train)), ("heldout", slice(n_train, None)))}
+
+    def mlirl_rounds(pi):  # Bradley-Terry on (demonstration ≻ pi_k) pairs of the training prompts, moving reference
+        for _ in range(rounds):
+            w = d.exp()[:, :, None] * pi[:n_train].exp()[:, None, :]
+            r = shared_reward(lambda r: mlirl.pair_loss(r[None, :, None], r[None, None, :], w), n)
+            pi = soft_pi.trajectory_optimum(pi, r.expand(n_prompts, n), beta)
+        return pi
+    # MaxEnt IRL / Eq. 10 with the reference fixed at the uniform policy: max E_D[r] - beta log Z
+    maxent = shared_reward(lambda r: -((d.exp() * r).sum(-1) - soft_pi.soft_value(uniform[:n_train], r, beta)).mean(), n)
+    return [f"\n== {n_prompts} prompts, one shared expert; {n_demos} demonstrations on prompts 0-{n_train - 1}, "
+            f"prompts {n_train}-{n_prompts - 1} held out; full table per prompt; {rounds} rounds, beta = {beta:g}",
+            ("uniform policy", split(uniform)),
+            ("SFT (per-prompt table)", split(sft)),
+            ("SFT in a prompt-blind class (pooled)", split(pooled)),
+            ("ML-IRL shared reward, from SFT", split(mlirl_rounds(sft))),
+            ("ML-IRL shared reward, from uniform", split(mlirl_rounds(uniform))),
+            ("MaxEnt IRL shared reward, ref uniform", split(soft_pi.trajectory_optimum(uniform, maxent.expand(n_prompts, n), beta)))]
+
+
+def horizon_lines(seed, horizons=(3, 4, 5, 6), kind="markov", n_demos=30, rounds=8):
+    """Longer horizons, where behaviour cloning is said to compound its errors: SFT against ML-IRL
+    (re-initialised reward, moving reference, from the uniform policy, exact) in a restricted class,
+    for each horizon T (the expert's modes have 2 .. T-1 letters). Lines of print_over_seeds."""
+    lines = []
+    for T in horizons:
+        mdp = ToyMDP(ToyConfig(horizon=T))
+        demos = mdp.demonstrations(n_demos, torch.Generator().manual_seed(seed))
+        d = mdp.empirical_logprob(demos[0], demos[2])
+        sft = TabularPolicy(mdp, kind)
+        fit_sft(mdp, sft, demos)
+        with torch.no_grad():
+            ls = mdp.trajectory_logprobs(sft)
+        lines += [f" horizon {T}, {kind} table, {n_demos} demonstrations", ("SFT", metrics.summary(mdp, ls, d)),
+                  (f"ML-IRL r{rounds}", mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds)[-1])]
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes"],
+    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes", "heldout", "horizon"],
                         help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table; "
-                             "schemes: which reference / pairs / beta converge, exact (not part of all)")
+                             "not part of all: schemes: which reference / pairs / beta converge, exact; heldout: "
+                             "a shared reward on held-out prompts; horizon: SFT against ML-IRL as the horizon grows")
     parser.add_argument("--demos", type=int_list(positive_int), default="30,300,3000",
                         help="numbers of demonstrations (mlirl table; schemes: the first)")
     parser.add_argument("--classes", default="full,position,markov",
@@ -379,6 +452,11 @@ def main():
             print_over_seeds([gpt_vs_sft(mdp, n, seed=args.seed + i, init_seed=i) for i in seeds])
     elif args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
+    elif args.table == "heldout":
+        print_over_seeds([heldout_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds], HELDOUT_KEYS)
+    elif args.table == "horizon":
+        _print_columns(args.rounds)
+        print_over_seeds([horizon_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds])
     else:
         if args.table in ("all", "mlirl"):
             _print_columns(args.rounds)

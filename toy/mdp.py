@@ -41,6 +41,7 @@ class ToyConfig:
     tail_mass: float = 0.05  # expert mass on the one-letter neighbours of the modes
     background: float = 0.01 # expert mass spread uniformly over every response
     seed: int = 0            # picks the modes and their weights
+    shared_expert: bool = False  # every prompt gets the same expert (prompt 0's): prompts share their structure
 
 
 class ToyMDP:
@@ -186,6 +187,8 @@ class ToyMDP:
                              "so that modes differ at every position")
         modes, supports, logps = [], [], []
         for x in range(self.n_prompts):
+            if self.cfg.shared_expert:  # the same draws for every prompt
+                g = torch.Generator().manual_seed(self.cfg.seed)
             # well separated: at each position the K modes use K different letters
             letters = torch.stack([torch.randperm(L, generator=g)[:K] for _ in range(T)], dim=1)
             lengths = torch.randint(2, T, (K,), generator=g)  # 2 .. T-1 letters, then EOS
