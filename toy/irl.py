@@ -435,6 +435,9 @@ def main():
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="runs i = 0 .. N-1, each with the demonstration sets of seed --seed + i (Best-of-N: i) and "
                              "the GPT initialised with seed i; N > 1 prints mean ± std over the runs (not schemes)")
+    parser.add_argument("--style", type=float, default=0.0,
+                        help="demonstrations with a style the gold reward does not value: the expert tilted by "
+                             "exp(style * number of 'a's) (toy.mdp.ToyConfig.style); the gold reward stays the expert's")
     parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")
     args = parser.parse_args()
     classes = [c.strip() for c in args.classes.split(",")]
@@ -442,7 +445,7 @@ def main():
         parser.error(f"--classes {args.classes}: use a comma-separated list of full, position, markov")
     torch.set_num_threads(1)
     t0 = time.time()
-    mdp = ToyMDP(ToyConfig())
+    mdp = ToyMDP(ToyConfig(style=args.style))
     ns, seeds = args.demos, range(args.seeds)  # run i: demonstration seed --seed + i (Best-of-N: i), GPT init i
     if args.seeds > 1:
         print(f"mean ± std over {args.seeds} seeds (sample std, ddof = 1)")
