@@ -33,7 +33,7 @@ from nanoirl import mlirl, soft_pi
 from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
-from nanoirl.run import int_list, positive_int, seed_arg
+from nanoirl.run import int_list, nonnegative_float, positive_int, seed_arg
 from nanoirl.sft import sft_loss
 from toy import metrics
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
@@ -435,7 +435,7 @@ def main():
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="runs i = 0 .. N-1, each with the demonstration sets of seed --seed + i (Best-of-N: i) and "
                              "the GPT initialised with seed i; N > 1 prints mean ± std over the runs (not schemes)")
-    parser.add_argument("--style", type=float, default=0.0,
+    parser.add_argument("--style", type=nonnegative_float, default=0.0,
                         help="demonstrations with a style the gold reward does not value: the expert tilted by "
                              "exp(style * number of 'a's) (toy.mdp.ToyConfig.style); the gold reward stays the expert's")
     parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")

@@ -249,7 +249,7 @@ def plot_low_demo(rows, results, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of demonstrations N (N/3 per prompt)")
-        ax.set_title(f"(c{j + 1}) {name} to the true expert (mean ± std over demo sets)", fontsize=10)
+        ax.set_title(f"(c{j + 1}) {name} to the true expert\n(mean ± std over demonstration sets)", fontsize=10)
     axes[0].legend(fontsize=8, title="dotted: same objective, N = infinity", title_fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
