@@ -11,6 +11,8 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
   spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
+  heldout_lines(seed)               a reward shared by all prompts against SFT on held-out prompts
+  horizon_lines(seed)               SFT against ML-IRL as the horizon grows
   print_over_seeds(runs)            a table's rows, or their mean ± std over seeds
 
 Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is printed at the end),
@@ -18,6 +20,7 @@ Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is pri
 GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
+    python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
 """
 import argparse
 import copy
