@@ -95,6 +95,22 @@ def test_expert_and_empirical_are_distributions(mdp):
     assert torch.allclose(emp * 10, (emp * 10).round())  # 10 demonstrations per prompt
 
 
+def test_style_and_shared_expert(mdp):
+    """ToyConfig.style: the demonstrator is exp(style * #a) times the expert, renormalised, a
+    distribution with more "a"s on average; the gold reward stays the expert's log-likelihood.
+    ToyConfig.shared_expert: every prompt has prompt 0's expert of the default MDP."""
+    styled = ToyMDP(ToyConfig(style=1.0))
+    n_a = (mdp.responses == 2).sum(-1).double()
+    assert torch.equal(styled.gold_reward(), mdp.gold_reward())
+    ratio = (styled.expert_logprob - mdp.expert_logprob - n_a).exp()   # the normaliser 1/Z, the same for every y
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-12)
+    assert torch.allclose(styled.expert_logprob.exp().sum(-1), torch.ones(3, dtype=torch.float64))
+    mean_a = lambda m: (m.expert_logprob.exp() * n_a).sum(-1)
+    assert (mean_a(styled) > mean_a(mdp) + 0.1).all()
+    shared = ToyMDP(ToyConfig(n_prompts=4, shared_expert=True))
+    assert all(torch.equal(shared.expert_logprob[x], mdp.expert_logprob[0]) for x in range(4))
+
+
 def test_full_table_represents_the_expert_exactly(mdp):
     """The full-prefix table is fully expressive: pi(a|s) = rho_exp(s, a) / rho_exp(s) gives back
     d_exp exactly (so the toy's state numbering and the enumeration agree)."""
@@ -219,6 +235,10 @@ def test_divergences_with_zeros():
     (["toy.plots", "--demos", "4"], "argument --demos: expected multiples of 3, got '4'"),
     (["toy.irl", "--demos", "0"], "argument --demos: expected a positive integer, got '0'"),
     (["toy.irl", "--rounds", "-1"], "argument --rounds: expected a positive integer, got '-1'"),
+    (["toy.irl", "--seeds", "0"], "argument --seeds: expected a positive integer, got '0'"),
+    (["toy.irl", "--style", "nan"], "argument --style: expected a finite number >= 0, got 'nan'"),
+    (["toy.plots", "--figures", "mlirl"], "argument --figures: 'mlirl': use a comma-separated list of "
+                                          "modes, training, low_demo, mlirl_fig2"),
 ])
 def test_toy_commands_check_their_flags(argv, error, tmp_path):
     """python -m toy.plots / toy.irl: a bad count is argparse's one-line error (status 2) before

@@ -11,11 +11,16 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
   spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
+  heldout_lines(seed)               a reward shared by all prompts against SFT on held-out prompts
+  horizon_lines(seed)               SFT against ML-IRL as the horizon grows
+  print_over_seeds(runs)            a table's rows, or their mean ± std over seeds
 
 Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is printed at the end),
-`python -m toy.irl --gpt` for the tiny GPT; a part:
+`python -m toy.irl --gpt` for the tiny GPT; `--seeds 5` runs either over 5 demonstration sets (and
+GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
+    python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
 """
 import argparse
 import copy
@@ -25,12 +30,13 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.nn as nn
 
 from nanoirl import mlirl, soft_pi
 from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
-from nanoirl.run import int_list, positive_int, seed_arg
+from nanoirl.run import int_list, nonnegative_float, positive_int, seed_arg
 from nanoirl.sft import sft_loss
 from toy import metrics
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
@@ -283,8 +289,27 @@ def _fmt(v):
     return f"{'inf':>9s}" if v > 1e6 else f"{v:9.4f}"
 
 
-def _row(name, d):
-    return f"  {name:46s} " + " ".join(_fmt(d[k]) for k in KEYS)
+def _cell(v):
+    """One number, or (mean, std) over seeds as "mean ±std"."""
+    if not isinstance(v, tuple):
+        return _fmt(v)
+    return f"{'inf':>9s} ±{'':7s}" if v[0] > 1e6 else f"{v[0]:9.4f} ±{v[1]:7.4f}"
+
+
+def _row(name, d, keys=KEYS):
+    return f"  {name:46s} " + " ".join(_cell(d[k]) for k in keys)
+
+
+def print_over_seeds(runs, keys=KEYS):
+    """runs: one list of lines per seed, each line a header string or (row name, {key: number}),
+    the same headers and row names in every seed. Prints each row's numbers (one seed) or their
+    mean ± std over the seeds (metrics.over_seeds: sample std, ddof = 1)."""
+    for lines in zip(*runs):
+        if isinstance(lines[0], str):
+            print(lines[0])
+        else:
+            name, d = lines[0]
+            print(_row(name, d if len(lines) == 1 else metrics.over_seeds([d for _, d in lines]), keys))
 
 
 def _print_columns(rounds):
@@ -295,37 +320,127 @@ def _print_columns(rounds):
           "rounds against the last round's policy, beta = 1 (its exact round leaves SFT where it is)")
 
 
-def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, variants=("BT, reinit, moving ref",
-                                                              "BT, reinit, moving ref, accumulate (authors)")):
-    """The tiny GPT (toy/gpt.py): SFT to convergence, then ML-IRL rounds from the SFT policy (exact
-    pairs, tabular reward, exact policy step = reverse-KL projection onto the GPT class)."""
+def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, init_seed=0, variants=("BT, reinit, moving ref",
+                                                                           "BT, reinit, moving ref, accumulate (authors)")):
+    """The tiny GPT (toy/gpt.py, initialised with init_seed): SFT to convergence, then ML-IRL rounds
+    from the SFT policy (exact pairs, tabular reward, exact policy step = reverse-KL projection onto
+    the GPT class) and SPIN rounds. Returns the lines of print_over_seeds."""
     from toy.gpt import tiny_gpt
     demos = mdp.demonstrations(n_demos, torch.Generator().manual_seed(seed))
     d = mdp.empirical_logprob(demos[0], demos[2])
-    sft = tiny_gpt(mdp, seed=0)
+    sft = tiny_gpt(mdp, seed=init_seed)
     fit_sft(mdp, sft, demos, steps=500)
     with torch.no_grad():
         ls = mdp.trajectory_logprobs(sft)
-    print(f"\n tiny GPT, {n_demos} demonstrations")
-    print(_row("SFT", metrics.summary(mdp, ls, d)))
+    lines = [f"\n tiny GPT, {n_demos} demonstrations", ("SFT", metrics.summary(mdp, ls, d))]
     for name in variants:
         for row in mlirl_exact(mdp, copy.deepcopy(sft), d, rounds, policy_steps=50, **VARIANTS[name]):
-            print(_row(f"{name} r{row['round']}", row))
+            lines.append((f"{name} r{row['round']}", row))
     for row in spin_exact(mdp, copy.deepcopy(sft), d, rounds, steps=50):
-        print(_row(f"SPIN from SFT r{row['round']}", row))
+        lines.append((f"SPIN from SFT r{row['round']}", row))
+    return lines
+
+
+def bon_lines(mdp, classes, seed=0, ns=(1, 2, 4, 8, 16, 32)):
+    """RLignment's Best-of-N table (best_of_n_table) per class, as lines of print_over_seeds with
+    the keys "N=1", "N=2", ..."""
+    lines = [f"\n== Best-of-N gold reward on pi_SFT samples (exact law), N = {ns}"]
+    for kind in [c for c in ("markov", "position", "full") if c in classes]:
+        lines.append(f" {kind} policy class, 300 demonstrations")
+        lines += [(name, {f"N={n}": x for n, x in zip(ns, v)})
+                  for name, v in best_of_n_table(mdp, kind, ns=ns, seed=seed).items()]
+    return lines
+
+
+HELDOUT_KEYS = ("gold_train", "gold_heldout", "tv_train", "tv_heldout", "fkl_train", "fkl_heldout")
+
+
+def shared_reward(fit_loss, n):
+    """One reward per response, shared by every prompt: argmin fit_loss(r) by L-BFGS (convex)."""
+    r = nn.ParameterList([nn.Parameter(torch.zeros(n, dtype=torch.float64))])
+    minimise(r, lambda: fit_loss(r[0]), steps=300)
+    return r[0].detach()
+
+
+def heldout_lines(seed, n_demos=30, n_train=3, n_prompts=6, rounds=4, beta=1.0):
+    """Does a reward generalise where the policy does not (MLIRL's argument)? Every prompt has the
+    same expert (ToyConfig.shared_expert); the demonstrations come from the first n_train prompts
+    only; the policy is a full table per prompt, so SFT (its exact optimum, the empirical law) leaves
+    the held-out prompts at the uniform policy. The ML-IRL rows use a reward of one number per
+    response shared by all prompts, fitted exactly on the training prompts' pairs, and the exact
+    policy step on every prompt (the held-out prompts need no demonstrations for it). Returns the
+    lines of print_over_seeds: gold reward, TV and KL(expert || pi) on each set of prompts."""
+    mdp = ToyMDP(ToyConfig(n_prompts=n_prompts, shared_expert=True))
+    x = torch.arange(n_demos) % n_train
+    prompts, _ = mdp.prompt_tokens(x)
+    responses = mdp.sample(mdp.expert_logprob, x, torch.Generator().manual_seed(seed))
+    d = mdp.empirical_logprob(prompts, responses)[:n_train]          # held-out rows have no demonstrations
+    n = d.shape[1]
+    uniform = torch.full((n_prompts, n), -math.log(n), dtype=torch.float64)
+    sft = torch.cat([d, uniform[n_train:]])                          # the full-class SFT optimum
+    pooled = (d.logsumexp(0) - math.log(n_train)).expand(n_prompts, n)  # SFT in a prompt-blind class
+
+    def split(logd):
+        e = mdp.expert_logprob
+        per = {"gold": (logd.exp() * mdp.gold_reward()).sum(-1), "tv": metrics.tv(e, logd),
+               "fkl": metrics.forward_kl(e, logd)}
+        return {f"{k}_{part}": v[rows].mean().item() for k, v in per.items()
+                for part, rows in (("train", slice(0, n_train)), ("heldout", slice(n_train, None)))}
+
+    def mlirl_rounds(pi):  # Bradley-Terry on (demonstration ≻ pi_k) pairs of the training prompts, moving reference
+        for _ in range(rounds):
+            w = d.exp()[:, :, None] * pi[:n_train].exp()[:, None, :]
+            r = shared_reward(lambda r: mlirl.pair_loss(r[None, :, None], r[None, None, :], w), n)
+            pi = soft_pi.trajectory_optimum(pi, r.expand(n_prompts, n), beta)
+        return pi
+    # MaxEnt IRL / Eq. 10 with the reference fixed at the uniform policy: max E_D[r] - beta log Z
+    maxent = shared_reward(lambda r: -((d.exp() * r).sum(-1) - soft_pi.soft_value(uniform[:n_train], r, beta)).mean(), n)
+    return [f"\n== {n_prompts} prompts, one shared expert; {n_demos} demonstrations on prompts 0-{n_train - 1}, "
+            f"prompts {n_train}-{n_prompts - 1} held out; full table per prompt; {rounds} rounds, beta = {beta:g}",
+            ("uniform policy", split(uniform)),
+            ("SFT (per-prompt table)", split(sft)),
+            ("SFT in a prompt-blind class (pooled)", split(pooled)),
+            ("ML-IRL shared reward, from SFT", split(mlirl_rounds(sft))),
+            ("ML-IRL shared reward, from uniform", split(mlirl_rounds(uniform))),
+            ("MaxEnt IRL shared reward, ref uniform", split(soft_pi.trajectory_optimum(uniform, maxent.expand(n_prompts, n), beta)))]
+
+
+def horizon_lines(seed, horizons=(3, 4, 5, 6), kind="markov", n_demos=30, rounds=8):
+    """Longer horizons, where behaviour cloning is said to compound its errors: SFT against ML-IRL
+    (re-initialised reward, moving reference, from the uniform policy, exact) in a restricted class,
+    for each horizon T (the expert's modes have 2 .. T-1 letters). Lines of print_over_seeds."""
+    lines = []
+    for T in horizons:
+        mdp = ToyMDP(ToyConfig(horizon=T))
+        demos = mdp.demonstrations(n_demos, torch.Generator().manual_seed(seed))
+        d = mdp.empirical_logprob(demos[0], demos[2])
+        sft = TabularPolicy(mdp, kind)
+        fit_sft(mdp, sft, demos)
+        with torch.no_grad():
+            ls = mdp.trajectory_logprobs(sft)
+        lines += [f" horizon {T}, {kind} table, {n_demos} demonstrations", ("SFT", metrics.summary(mdp, ls, d)),
+                  (f"ML-IRL r{rounds}", mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds)[-1])]
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes"],
+    parser.add_argument("--table", default="all", choices=["all", "mlirl", "bon", "schemes", "heldout", "horizon"],
                         help="mlirl: exact ML-IRL variants against SFT; bon: RLignment's Best-of-N table; "
-                             "schemes: which reference / pairs / beta converge, exact (not part of all)")
+                             "not part of all: schemes: which reference / pairs / beta converge, exact; heldout: "
+                             "a shared reward on held-out prompts; horizon: SFT against ML-IRL as the horizon grows")
     parser.add_argument("--demos", type=int_list(positive_int), default="30,300,3000",
                         help="numbers of demonstrations (mlirl table; schemes: the first)")
     parser.add_argument("--classes", default="full,position,markov",
                         help="policy classes, comma-separated, from full, position, markov")
     parser.add_argument("--rounds", type=positive_int, default=8, help="ML-IRL rounds per variant")
-    parser.add_argument("--seed", type=seed_arg, default=1, help="seed of the demonstration sets (mlirl table)")
+    parser.add_argument("--seed", type=seed_arg, default=1, help="seed of the demonstration sets (mlirl table, --gpt)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="runs i = 0 .. N-1, each with the demonstration sets of seed --seed + i (Best-of-N: i) and "
+                             "the GPT initialised with seed i; N > 1 prints mean ± std over the runs (not schemes)")
+    parser.add_argument("--style", type=nonnegative_float, default=0.0,
+                        help="demonstrations with a style the gold reward does not value: the expert tilted by "
+                             "exp(style * number of 'a's) (toy.mdp.ToyConfig.style); the gold reward stays the expert's")
     parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")
     args = parser.parse_args()
     classes = [c.strip() for c in args.classes.split(",")]
@@ -333,53 +448,59 @@ def main():
         parser.error(f"--classes {args.classes}: use a comma-separated list of full, position, markov")
     torch.set_num_threads(1)
     t0 = time.time()
-    mdp = ToyMDP(ToyConfig())
-    ns = args.demos
+    mdp = ToyMDP(ToyConfig(style=args.style))
+    ns, seeds = args.demos, range(args.seeds)  # run i: demonstration seed --seed + i (Best-of-N: i), GPT init i
+    if args.seeds > 1:
+        print(f"mean ± std over {args.seeds} seeds (sample std, ddof = 1)")
     if args.gpt:
         _print_columns(5)
         for n in (60, 600):
-            gpt_vs_sft(mdp, n)
+            print_over_seeds([gpt_vs_sft(mdp, n, seed=args.seed + i, init_seed=i) for i in seeds])
     elif args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
+    elif args.table == "heldout":
+        print_over_seeds([heldout_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds], HELDOUT_KEYS)
+    elif args.table == "horizon":
+        _print_columns(args.rounds)
+        print_over_seeds([horizon_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds])
     else:
         if args.table in ("all", "mlirl"):
-            mlirl_table(mdp, ns, [c for c in ("full", "position", "markov") if c in classes], args.rounds, args.seed)
+            _print_columns(args.rounds)
+            order = [c for c in ("full", "position", "markov") if c in classes]
+            print_over_seeds([mlirl_lines(mdp, ns, order, args.rounds, args.seed + i) for i in seeds])
         if args.table in ("all", "bon"):
-            print("\n== Best-of-N gold reward on pi_SFT samples (exact law), N =", (1, 2, 4, 8, 16, 32))
-            for kind in [c for c in ("markov", "position", "full") if c in classes]:
-                print(f" {kind} policy class, 300 demonstrations")
-                for name, v in best_of_n_table(mdp, kind).items():
-                    print(f"  {name:16s}" + " ".join(f"{x:8.3f}" for x in v))
+            ns_bon = (1, 2, 4, 8, 16, 32)
+            print_over_seeds([bon_lines(mdp, classes, seed=i, ns=ns_bon) for i in seeds],
+                             keys=[f"N={n}" for n in ns_bon])
     print(f"\ndone in {time.time() - t0:.0f} s")
 
 
-def mlirl_table(mdp, ns, classes, rounds, seed):
-    """SFT against each ML-IRL variant after `rounds` rounds, per number of demonstrations and
-    policy class; every round is shown for the full table at the smallest number."""
-    _print_columns(rounds)
+def mlirl_lines(mdp, ns, classes, rounds, seed):
+    """SFT against each ML-IRL variant and SPIN after `rounds` rounds, per number of demonstrations
+    and policy class (demonstration sets of `seed`); every round is shown for the full table at the
+    smallest number. Returns the lines of print_over_seeds."""
+    lines = []
     for n in ns:
         demos = mdp.demonstrations(n, torch.Generator().manual_seed(seed))
         d = mdp.empirical_logprob(demos[0], demos[2])
-        print(f"\n== {n} demonstrations. 'empirical' is their empirical distribution, the full-class optimum of SFT\n"
-              "   and of ML-IRL; its fkl is inf (responses no demonstration holds). The full table's SFT row is\n"
-              "   that optimum after 200 L-BFGS steps: the unseen responses keep a little mass, so its fkl is finite")
-        print(_row("empirical (full-class optimum)", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
+        lines.append(f"\n== {n} demonstrations. 'empirical' is their empirical distribution, the full-class optimum of SFT\n"
+                     "   and of ML-IRL; its fkl is inf (responses no demonstration holds). The full table's SFT row is\n"
+                     "   that optimum after 200 L-BFGS steps: the unseen responses keep a little mass, so its fkl is finite")
+        lines.append(("empirical (full-class optimum)", {"fkl_demos": 0.0, **metrics.summary(mdp, d)}))
         for kind in classes:
             sft = TabularPolicy(mdp, kind)
             fit_sft(mdp, sft, demos)
             with torch.no_grad():
                 ls = mdp.trajectory_logprobs(sft)
-            print(f" {kind} table")
-            print(_row("SFT", metrics.summary(mdp, ls, d)))
+            lines += [f" {kind} table", ("SFT", metrics.summary(mdp, ls, d))]
             for name, kw in VARIANTS.items():
                 h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds, **kw)
-                print(_row(f"{name} r{rounds}", h[-1]))
+                lines.append((f"{name} r{rounds}", h[-1]))
                 if kind == "full" and n == min(ns):
-                    for row in h[:-1]:
-                        print(_row(f"   round {row['round']}", row))
+                    lines += [(f"   round {row['round']}", row) for row in h[:-1]]
             # SPIN from the ML-IRL rows' start; from SFT it does not move (SFT is stationary for it)
-            h = spin_exact(mdp, TabularPolicy(mdp, kind), d, rounds)
-            print(_row(f"SPIN r{rounds}", h[-1]))
+            lines.append((f"SPIN r{rounds}", spin_exact(mdp, TabularPolicy(mdp, kind), d, rounds)[-1]))
+    return lines
 
 
 if __name__ == "__main__":

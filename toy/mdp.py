@@ -19,7 +19,8 @@ a tiny uniform background on every response. The background keeps every reverse 
 modes plus the tail are the expert's *support* (its typical set), so "mass outside the expert's
 support" is a meaningful number. The gold reward used for evaluation is the expert's
 log-likelihood r(x, y) = log d^exp(y|x): the expert is the soft-optimal policy of that reward
-under a uniform reference.
+under a uniform reference. With ToyConfig.style the demonstrator has a habit the gold reward does
+not value: its law is the expert's times exp(style * number of letters "a"), normalised.
 """
 import itertools
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class ToyConfig:
     tail_mass: float = 0.05  # expert mass on the one-letter neighbours of the modes
     background: float = 0.01 # expert mass spread uniformly over every response
     seed: int = 0            # picks the modes and their weights
+    shared_expert: bool = False  # every prompt gets the same expert (prompt 0's): prompts share their structure
+    style: float = 0.0       # the demonstrator's habit: the expert tilted by exp(style * number of "a"s)
 
 
 class ToyMDP:
@@ -54,6 +57,10 @@ class ToyMDP:
         self.responses = self._enumerate()                         # (N, T): every response
         self.index = {tuple(r): i for i, r in enumerate(self.responses.tolist())}
         self.modes, self.support, self.expert_logprob = self._make_expert()  # (n_prompts, N)
+        self.gold_logprob = self.expert_logprob  # the gold reward: the expert's log-likelihood
+        if cfg.style:  # demonstrations with a style the gold reward does not value: quality and style, two axes
+            n_a = (self.responses == 2).sum(-1).double()
+            self.expert_logprob = torch.log_softmax(self.gold_logprob + cfg.style * n_a, -1)
         # every (prompt, response) pair, enumerated once: all_pairs, trajectory_logprobs and
         # occupancy read these; pair_states[i, t] is the full-table row of state s_t of pair i
         x = torch.arange(self.n_prompts).repeat_interleave(len(self.responses))
@@ -186,6 +193,8 @@ class ToyMDP:
                              "so that modes differ at every position")
         modes, supports, logps = [], [], []
         for x in range(self.n_prompts):
+            if self.cfg.shared_expert:  # the same draws for every prompt
+                g = torch.Generator().manual_seed(self.cfg.seed)
             # well separated: at each position the K modes use K different letters
             letters = torch.stack([torch.randperm(L, generator=g)[:K] for _ in range(T)], dim=1)
             lengths = torch.randint(2, T, (K,), generator=g)  # 2 .. T-1 letters, then EOS
@@ -213,8 +222,9 @@ class ToyMDP:
         return modes, torch.stack(supports), torch.stack(logps)
 
     def gold_reward(self):
-        """(n_prompts, N) gold reward r(x, y) = log d^exp(y|x)."""
-        return self.expert_logprob
+        """(n_prompts, N) gold reward r(x, y) = log d^exp(y|x) of the expert without style (with
+        ToyConfig.style the demonstrator, expert_logprob, is that expert tilted towards "a"s)."""
+        return self.gold_logprob
 
     def sample(self, logd, x, generator=None):
         """One response per prompt index in x (B,) drawn from d = exp(log d) (n_prompts, N), by

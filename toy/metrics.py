@@ -112,3 +112,16 @@ def pair_accuracy(mdp, rewards):
     right = (rewards[:, :, None] > rewards[:, None, :]).double() \
         + 0.5 * (rewards[:, :, None] == rewards[:, None, :]).double()
     return (w * right).sum((1, 2)) / w.sum((1, 2))
+
+
+# ---- over seeds ----------------------------------------------------------------------------------
+def mean_std(values):
+    """(mean, sample standard deviation with ddof = 1) of per-seed numbers; the std of one seed is 0.
+    Every "±" of the seed tables (python -m toy.plots / toy.irl --seeds N) is this std."""
+    v = torch.tensor(values, dtype=torch.float64)
+    return v.mean().item(), (v.std().item() if len(v) > 1 else 0.0)
+
+
+def over_seeds(rows):
+    """Per-seed lists of {key: number} dicts (same keys) -> {key: (mean, std)}."""
+    return {k: mean_std([r[k] for r in rows]) for k in rows[0]}

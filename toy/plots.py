@@ -3,6 +3,8 @@ The toy figures, from exact enumeration:
 
     python -m toy.plots                  # -> figures/*.png and figures/results.jsonl, < 1 min on 2 CPUs
     python -m toy.plots --figures modes,training   # (a) and (b) only, ~10 s: no (c), no results.jsonl
+    python -m toy.plots --figures low_demo --seeds 5    # (c) over 5 demonstration sets, mean ± std, ~2 min
+    python -m toy.plots --figures mlirl_fig2 --seeds 5  # MLIRL Fig. 2: train_mlirl.py, seeds 1-5, ~6 min
 
   modes.png     (a) the expert vs the policy each objective learns in the position-only class
                     pi(y_t | x, t): mass-covering (SFT = forward KL) against mode-seeking (reverse KL)
@@ -10,6 +12,11 @@ The toy figures, from exact enumeration:
   low_demo.png  (c) N demonstrations vs the exact divergences to the *true* expert: SFT against the
                     adversarial objectives (which, with N demonstrations, imitate the empirical
                     distribution of the N, as SFT does)
+  mlirl_fig2.png  MLIRL Fig. 2 on the toy over seeds: `python train_mlirl.py --seed s` (its defaults)
+                    for s = 1 .. --seeds, run in this process, each into --runs-dir/seed-s; the
+                    mean and the band mean ± std over the seeds (not part of the default figures)
+With --seeds N > 1 every table prints mean ± std over the N seeds (toy.metrics.mean_std: sample
+std, ddof = 1).
 Every adversarial run in (a)-(b) uses the exact optimal discriminator D* (Sun24 Eq. 16) and the
 exact policy gradient; (c) uses a tabular discriminator learned from samples, and also D* against
 the empirical distribution for GAIL. The numbers are printed as tables and written to results.jsonl.
@@ -17,6 +24,7 @@ the empirical distribution for GAIL. The numbers are printed as tables and writt
 import argparse
 import functools
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -51,6 +59,10 @@ ON_TOP = {"FAIRL r=e^h-1 (= SFT grad)": ("exactly on SFT's line", "SFT (forward 
 KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
 PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
 FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures; panels (a1), (a2), ...
+SEED_FIGURES = ("mlirl_fig2",)               # drawn only when named in --figures
+FIG2 = [("rm_accuracy_heldout", "held-out reward accuracy"), ("gold_reward", "gold reward (exact)"),
+        ("win_rate", "win rate vs demonstrations (exact)")]   # MLIRL Fig. 2 (a), (b), (c)
+FIG2_KEYS = ["rm_accuracy_heldout", "gold_reward", "win_rate", "fkl", "fkl_demos", "outside_support"]
 
 
 def mode_profile(mdp, logd):
@@ -103,12 +115,39 @@ def run_low_demo(mdp, ns, steps, lr, seeds=2):
 
 
 def seed_means(rows):
-    """The low_demo rows averaged over seeds: one row per (N, method)."""
+    """The low_demo rows over seeds: one row per (N, method), each key the mean over the seeds and
+    key + "_std" their sample std (metrics.mean_std)."""
     groups = {}
     for r in rows:
         groups.setdefault((r["n_demos"], r["method"]), []).append(r)
-    return [{"n_demos": n, "method": m, **{k: sum(r[k] for r in g) / len(g) for k in KEYS}}
-            for (n, m), g in groups.items()]
+    out = []
+    for (n, m), g in groups.items():
+        stats = metrics.over_seeds([{k: r[k] for k in KEYS} for r in g])
+        out.append({"n_demos": n, "method": m, **{k: v[0] for k, v in stats.items()},
+                    **{k + "_std": v[1] for k, v in stats.items()}})
+    return out
+
+
+def run_mlirl_seeds(seeds, runs_dir, flags=()):
+    """MLIRL Fig. 2 over seeds: train_mlirl.py itself, run in this process (the same code and numbers
+    as `python train_mlirl.py --seed s`), with its defaults plus `flags`, for s = 1 .. seeds, each into
+    runs_dir/seed-s (--force). Returns one list of per-round metric dicts per seed."""
+    import train_mlirl  # the top-level script; python -m toy.plots runs from the repository root
+    runs = []
+    for s in range(1, seeds + 1):
+        out = Path(runs_dir) / f"seed-{s}"
+        train_mlirl.main(train_mlirl.parser.parse_args(["--seed", str(s), "--out", str(out), "--force", *flags]))
+        runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    return runs
+
+
+def mlirl_seed_rows(runs):
+    """Per round: {"round", key: (mean, std) over seeds} for each FIG2_KEYS key the round logged."""
+    rows = []
+    for k, per_seed in enumerate(zip(*runs)):
+        keys = [key for key in FIG2_KEYS if key in per_seed[0]]
+        rows.append({"round": k, **metrics.over_seeds([{key: r[key] for key in keys} for r in per_seed])})
+    return rows
 
 
 def plot_modes(mdp, results, path):
@@ -168,6 +207,31 @@ def plot_training(results, path):
     plt.close(fig)
 
 
+def plot_mlirl_seeds(rows, runs, path):
+    """MLIRL Fig. 2 over seeds: each seed thin, the mean with a band of ± one std."""
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for i, (ax, (key, name)) in enumerate(zip(axes, FIG2)):
+        for j, run in enumerate(runs):
+            pts = [(r["step"], r[key]) for r in run if key in r]
+            ax.plot(*zip(*pts), color="C0", lw=0.7, alpha=0.4, label="one seed" if j == 0 else None)
+        rounds = [r["round"] for r in rows if key in r]
+        mean = torch.tensor([r[key][0] for r in rows if key in r])
+        std = torch.tensor([r[key][1] for r in rows if key in r])
+        ax.plot(rounds, mean, "o-", color="C0", lw=2, label=f"mean of {len(runs)} seeds")
+        ax.fill_between(rounds, mean - std, mean + std, color="C0", alpha=0.2, label="mean ± std")
+        if key != "gold_reward":
+            ax.axhline(0.5, color="0.5", ls="--", lw=0.8, label="chance")
+        ax.set_title(f"({'abc'[i]}) {name}", fontsize=10)
+        ax.set_xlabel("ML-IRL round (0 = SFT)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8)
+    fig.suptitle("MLIRL Fig. 2 on the toy: python train_mlirl.py (tiny GPT, PPO policy step), over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_low_demo(rows, results, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -175,14 +239,17 @@ def plot_low_demo(rows, results, path):
                 "GAIL, learned D": "GAIL r=-log(1-D) (JS)"}
     for j, (ax, (key, name)) in enumerate(zip(axes, PANELS)):
         for i, method in enumerate(methods):
-            pts = [(r["n_demos"], r[key]) for r in rows if r["method"] == method]
-            line, = ax.plot(*zip(*pts), "o-", label=method, color=f"C{i}")
+            pts = [(r["n_demos"], r[key], r[key + "_std"]) for r in rows if r["method"] == method]
+            ns, mean, std = (torch.tensor(v) for v in zip(*pts))
+            line, = ax.plot(ns, mean, "o-", label=method, color=f"C{i}")
+            if std.max() > 0:  # the band over demonstration sets, mean ± std
+                ax.fill_between(ns, mean - std, mean + std, color=line.get_color(), alpha=0.15)
             if method in infinite:  # the same objective with infinitely many demonstrations
                 ax.axhline(results[infinite[method]][0][-1][1][key], color=line.get_color(), ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of demonstrations N (N/3 per prompt)")
-        ax.set_title(f"(c{j + 1}) {name} to the true expert (mean of demo sets)", fontsize=10)
+        ax.set_title(f"(c{j + 1}) {name} to the true expert\n(mean ± std over demonstration sets)", fontsize=10)
     axes[0].legend(fontsize=8, title="dotted: same objective, N = infinity", title_fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -192,15 +259,19 @@ def plot_low_demo(rows, results, path):
 def figure_list(value):
     """argparse type of --figures: comma-separated names from FIGURES."""
     names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in FIGURES]
+    unknown = [n for n in names if n not in FIGURES + SEED_FIGURES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{value!r}: use a comma-separated list of {', '.join(FIGURES)}")
+        raise argparse.ArgumentTypeError(f"{value!r}: use a comma-separated list of {', '.join(FIGURES + SEED_FIGURES)}")
     return names
 
 
-def table(rows, first):
-    head = f"{first:<30}" + "".join(f"{k:>16}" for k in KEYS)
-    return "\n".join([head] + [f"{name:<30}" + "".join(f"{r[k]:>16.4f}" for k in KEYS) for name, r in rows])
+def table(rows, first, keys=KEYS):
+    """One row per (name, {key: number or (mean, std)}); a (mean, std) cell reads "mean ±std"."""
+    cell = lambda v: f"{v[0]:>16.4f} ±{v[1]:<7.4f}" if isinstance(v, tuple) else f"{v:>16.4f}"
+    width = 25 if any(isinstance(v, tuple) for _, r in rows for v in r.values()) else 16
+    head = f"{first:<30}" + "".join(f"{k:>{width}}" for k in keys)
+    return "\n".join([head] + [f"{name:<30}" + "".join(cell(r[k]) if k in r else f"{'-':>{width}}" for k in keys)
+                               for name, r in rows])
 
 
 def main():
@@ -210,7 +281,11 @@ def main():
     parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate of the policy")
     parser.add_argument("--demos", type=int_list(positive_int, 3), default="3,12,48,192,768",
                         help="N values for (c), multiples of 3 (N / 3 per prompt)")
-    parser.add_argument("--seeds", type=positive_int, default=2, help="demonstration sets per N in (c)")
+    parser.add_argument("--seeds", type=positive_int, default=2,
+                        help="seeds: demonstration sets (and learned-discriminator samples) per N in (c); "
+                             "train_mlirl.py runs, --seed 1 .. N, of mlirl_fig2; N > 1 prints mean ± std")
+    parser.add_argument("--runs-dir", default="out/mlirl-seeds", help="mlirl_fig2: where the runs go (seed-s/)")
+    parser.add_argument("--mlirl-flags", default="", help="mlirl_fig2: more train_mlirl.py flags, one string")
     parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
                         help="which figures to draw, comma-separated, from " + ",".join(FIGURES) +
                              "; results.jsonl is written only when all three are drawn")
@@ -221,25 +296,34 @@ def main():
     t0 = time.time()
     mdp = ToyMDP()
 
-    results = run_objectives(mdp, args.steps, args.lr)  # (c) draws their N = infinity lines too
-    if "modes" in args.figures:
-        plot_modes(mdp, results, out / "modes.png")
-    if "training" in args.figures:
-        plot_training(results, out / "training.png")
-    final = [(label, history[-1][1]) for label, (history, _) in results.items()]
-    print(table([("expert", metrics.summary(mdp, mdp.expert_logprob))] + final, "(a) position-only class"))
-    print("mode masses (largest, 2nd, 3rd, rest of support, outside), mean over prompts:")
-    for label, (_, q) in results.items():
-        print(f"  {label:<30}" + " ".join(f"{v:.3f}" for v in mode_profile(mdp, q)))
+    if set(args.figures) & set(FIGURES):  # (a)-(b): exact and deterministic (no demonstrations, no seed)
+        results = run_objectives(mdp, args.steps, args.lr)  # (c) draws their N = infinity lines too
+        if "modes" in args.figures:
+            plot_modes(mdp, results, out / "modes.png")
+        if "training" in args.figures:
+            plot_training(results, out / "training.png")
+        final = [(label, history[-1][1]) for label, (history, _) in results.items()]
+        print(table([("expert", metrics.summary(mdp, mdp.expert_logprob))] + final, "(a) position-only class"))
+        print("mode masses (largest, 2nd, 3rd, rest of support, outside), mean over prompts:")
+        for label, (_, q) in results.items():
+            print(f"  {label:<30}" + " ".join(f"{v:.3f}" for v in mode_profile(mdp, q)))
 
     if "low_demo" in args.figures:
         low = run_low_demo(mdp, args.demos, steps=150, lr=args.lr, seeds=args.seeds)
         plot_low_demo(seed_means(low), results, out / "low_demo.png")
-        print(table([(f"N={r['n_demos']:<5} {r['method']}", r) for r in seed_means(low)],
-                    f"(c) mean of {args.seeds} demo sets"))
+        rows = [(f"N={r['n_demos']:<5} {r['method']}", {k: (r[k], r[k + "_std"]) if args.seeds > 1 else r[k] for k in KEYS})
+                for r in seed_means(low)]
+        print(table(rows, f"(c) mean{' ± std' if args.seeds > 1 else ''} of {args.seeds} demo sets"))
 
-    written = [f"{name}.png" for name in FIGURES if name in args.figures]
-    if len(written) == len(FIGURES):  # a partial run never overwrites the full run's numbers
+    if "mlirl_fig2" in args.figures:
+        runs = run_mlirl_seeds(args.seeds, args.runs_dir, shlex.split(args.mlirl_flags))
+        rows = mlirl_seed_rows(runs)
+        plot_mlirl_seeds(rows, runs, out / "mlirl_fig2.png")
+        print(table([(f"round {r['round']}", {k: v if args.seeds > 1 else v[0] for k, v in r.items() if k != "round"})
+                     for r in rows], f"MLIRL Fig. 2, {args.seeds} seeds", FIG2_KEYS))
+
+    written = [f"{name}.png" for name in FIGURES + SEED_FIGURES if name in args.figures]
+    if set(FIGURES) <= set(args.figures):  # a partial run never overwrites the full run's numbers
         with open(out / "results.jsonl", "w") as f:
             for label, (history, q) in results.items():
                 for step, s in history:
