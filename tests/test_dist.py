@@ -7,7 +7,7 @@ torchrun on the CPU: gloo, 2 ranks, float64 (nanoirl/dist.py).
   resume            a 2-rank run killed with SIGKILL resumes on 2 ranks to the uninterrupted
                     run's weights and metrics; its checkpoint resumes on 1 rank, and on 2 ranks
                     with FSDP2, as well
-  text              a random-init Pythia-70m SFT dry run, 2 ranks against 1
+  text              a random-init Pythia-70m SFT dry run, 2 ranks against 1, in float32 (to ~8 ulps)
   a hang fails      a collective that one rank never joins fails within the process-group timeout
 
 Every launch is a subprocess; the tests of a group start theirs side by side (start-up dominates).
@@ -25,14 +25,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-9
+# the text dry run in float32 (in float64 a Pythia-70m checkpoint with AdamW moments is 1.7 GB a run):
+# a gradient summed in two halves rounds differently, by float32's 6e-8 relative: 1e-6 is ~8 ulps
+TEXT_TOL = 1e-6
 ENV = {**os.environ, "NANOIRL_DIST_TIMEOUT": "120", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "PYTHONPATH": str(ROOT)}
-TOY = {"train_sft.py": ["--model", "toy-gpt", "--steps", "8", "--batch-size", "16", "--eval-every", "4",
-                        "--ckpt-every", "2"],
-       "train_airl.py": ["--model", "toy-gpt", "--steps", "6", "--rollout-batch-size", "32", "--eval-every", "3",
-                         "--ckpt-every", "2"],
-       "train_mlirl.py": ["--sft-steps", "6", "--batch-size", "16", "--rounds", "2", "--ppo-iterations", "2",
-                          "--rollout-batch-size", "32", "--n-demos", "40"]}
+TOY = {"train_sft.py": ["--model", "toy-gpt", "--steps", "6", "--batch-size", "16", "--eval-every", "6",
+                        "--ckpt-every", "3"],
+       "train_airl.py": ["--model", "toy-gpt", "--steps", "6", "--rollout-batch-size", "16", "--eval-every", "3",
+                         "--ckpt-every", "2", "--disc-steps", "2"],
+       "train_mlirl.py": ["--sft-steps", "4", "--batch-size", "16", "--rounds", "1", "--ppo-iterations", "2",
+                          "--rollout-batch-size", "16", "--n-demos", "24", "--rm-epochs", "4"]}
 
 
 def launch(script, out, flags, ranks):
@@ -55,13 +58,14 @@ def metrics(out):
 
 
 def assert_same_run(a, b, tol=TOL):
-    """Every model and optimizer tensor of ckpt.pt and every logged metric agree to tol."""
+    """Every model and optimizer tensor of ckpt.pt and every logged metric agree to tol, relative
+    to the value where it exceeds 1."""
     ma, mb = metrics(a), metrics(b)
     assert len(ma) == len(mb) and len(ma) > 1
     for ra, rb in zip(ma, mb):
         assert ra.keys() == rb.keys()
         for k in ra:
-            assert abs(ra[k] - rb[k]) <= tol, (k, ra["step"], ra[k], rb[k])
+            assert abs(ra[k] - rb[k]) <= tol * max(1, abs(ra[k])), (k, ra["step"], ra[k], rb[k])
     ca, cb = (torch.load(d / "ckpt.pt", weights_only=True) for d in (a, b))
     assert ca["step"] == cb["step"]
     n = 0
@@ -72,7 +76,7 @@ def assert_same_run(a, b, tol=TOL):
         for k, v in flat(sa).items():
             w = flat(cb["state"][name])[k]
             if isinstance(v, torch.Tensor) and v.is_floating_point():
-                assert (v - w).abs().max().item() <= tol, (name, k)
+                assert ((v - w).abs() <= tol * v.abs().clamp_min(1)).all(), (name, k)
                 n += v.numel()
     assert n > 1000  # the models' weights were compared, not only counters
 
@@ -163,16 +167,18 @@ def test_killed_two_rank_run_resumes_on_two_ranks_on_one_and_sharded(toy_runs, t
 
 
 def test_text_dry_run_on_two_ranks(tmp_path):
-    """train_sft.py on a random-init Pythia-70m with byte tokens (the README's dry run), float64."""
+    """train_sft.py on a random-init Pythia-70m with byte tokens (the README's dry run), in float32:
+    the same weights and metrics to TEXT_TOL (the toy's runs above are the float64 check)."""
     from nanoirl import data
     path = tmp_path / "fake.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in data.fake_tldr(12)))
-    flags = ["--model", "random:pythia-70m", "--data", str(path), "--max-prompt-len", "256", "--eval-size", "2",
-             "--steps", "2", "--batch-size", "4", "--dtype", "float64", "--eval-every", "2"]
+    flags = ["--model", "random:pythia-70m", "--data", str(path), "--max-prompt-len", "128", "--max-response-len", "12",
+             "--truncate-long-responses", "--eval-size", "2", "--steps", "2", "--batch-size", "4", "--dtype", "float32",
+             "--eval-every", "2"]  # the posts are cut to fit 128 bytes, the summaries to 12
     procs = [launch("train_sft.py", tmp_path / "one", flags, 0), launch("train_sft.py", tmp_path / "two", flags, 2)]
     finish(procs[0], tmp_path / "one")
     finish(procs[1], tmp_path / "two")
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(tmp_path / "one", tmp_path / "two", tol=TEXT_TOL)
 
 
 HANG = """
