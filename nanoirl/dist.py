@@ -115,11 +115,12 @@ def global_rows(n_local, device):
     return sum(sizes[:rank()]), sum(sizes)
 
 
-def sample_tokens(probs, generator=None):
+def sample_tokens(probs, generator=None, rows=None):
     """(B,) one token per row of probs (B, V), exactly torch.multinomial(probs, 1, generator) on one
     rank: argmax(p / q) with q ~ Exp(1). With N ranks, rows of a global batch: the noise of every
-    rank's rows is drawn and this rank keeps its own, so the result does not depend on N."""
-    lo, n = global_rows(len(probs), probs.device)
+    rank's rows is drawn and this rank keeps its own, so the result does not depend on N. rows:
+    global_rows of the batch, found once per sampling call (else here, a collective per token)."""
+    lo, n = rows or global_rows(len(probs), probs.device)
     device = probs.device if generator is None else generator.device
     q = torch.empty((n, probs.shape[1]), dtype=probs.dtype, device=device).exponential_(1, generator=generator)
     return (probs / q[lo:lo + len(probs)].to(probs.device)).argmax(-1)

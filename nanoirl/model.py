@@ -261,6 +261,7 @@ class GPT(nn.Module):
         responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=w.device)
         logprobs = torch.zeros(B, max_new_tokens, dtype=upcast(w[:0]).dtype, device=w.device)
         done = torch.zeros(B, dtype=torch.bool, device=w.device)
+        rows = dist.global_rows(B, w.device)  # where this rank's rows sit in the global batch
         h = self.gpt_neox(prompts, key_mask[:, :P], cache, 0)[:, -1]  # (B, C) prefill
         for t in range(max_new_tokens):
             logits = self.head(h) / (temperature or 1.0)  # (B, vocab)
@@ -271,7 +272,7 @@ class GPT(nn.Module):
                 token = logits.argmax(dim=-1)
             else:
                 probs = F.softmax(filter_top_k_top_p(logits, top_k, top_p), dim=-1)
-                token = dist.sample_tokens(probs, generator)  # = torch.multinomial(probs, 1)
+                token = dist.sample_tokens(probs, generator, rows)  # = torch.multinomial(probs, 1)
             token = token.masked_fill(done, pad_id)  # everything after the first EOS is pad
             responses[:, t], logprobs[:, t] = token, logp.gather(-1, token[:, None]).squeeze(-1)
             done |= token == eos_id

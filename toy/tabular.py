@@ -43,6 +43,7 @@ class TabularPolicy(nn.Module):
         B = prompts.shape[0]
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
         lps = torch.zeros(B, max_new_tokens, dtype=self.logits.dtype)
+        batch_rows = dist.global_rows(B, out.device)  # where this rank's rows sit in the global batch
         for t in range(max_new_tokens):
             rows = self.mdp.state_ids(self.kind, prompts, out[:, :t])[:, -1]  # row of s_t
             logp = self._log_pi(rows, temperature)                            # (B, V)
@@ -52,7 +53,7 @@ class TabularPolicy(nn.Module):
             if temperature == 0:
                 tok = masked.argmax(-1)
             else:
-                tok = dist.sample_tokens(masked.softmax(-1), generator)  # = torch.multinomial(., 1)
+                tok = dist.sample_tokens(masked.softmax(-1), generator, batch_rows)  # = torch.multinomial(., 1)
             out[:, t] = tok
             lps[:, t] = logp.gather(1, tok[:, None]).squeeze(1)
         return pad_after_eos(out, eos_id, pad_id), lps
