@@ -95,6 +95,20 @@ def test_expert_and_empirical_are_distributions(mdp):
     assert torch.allclose(emp * 10, (emp * 10).round())  # 10 demonstrations per prompt
 
 
+def test_best_of_n_means_count_the_picks_letters(mdp):
+    """toy.irl.best_of_n_means with value = number of "a"s (the style rows of --table bon --style):
+    N = 1 is the sampler's own mean; a reward that is the count itself buys more "a"s with N, its
+    negative fewer, and at large N the pick goes to the count's extreme among the sampler's support."""
+    from toy import irl
+    logd = torch.log_softmax(torch.randn(mdp.n_prompts, len(mdp.responses), generator=torch.Generator().manual_seed(0),
+                                         dtype=torch.float64), -1)
+    n_a = (mdp.responses == 2).sum(-1).double()
+    means = irl.best_of_n_means(logd, {"a": n_a.expand_as(logd), "-a": -n_a.expand_as(logd)}, n_a, ns=(1, 4, 16, 10**6))
+    assert means["a"][0] == pytest.approx((logd.exp() * n_a).sum(-1).mean().item(), abs=1e-12) == means["-a"][0]
+    assert means["a"] == sorted(means["a"]) and means["-a"] == sorted(means["-a"], reverse=True)
+    assert means["a"][-1] == pytest.approx(n_a.max().item(), abs=1e-3) and means["-a"][-1] == pytest.approx(0, abs=1e-3)
+
+
 def test_style_and_shared_expert(mdp):
     """ToyConfig.style: the demonstrator is exp(style * #a) times the expert, renormalised, a
     distribution with more "a"s on average; the gold reward stays the expert's log-likelihood.

@@ -234,15 +234,14 @@ def print_scheme_table(table):
                                          for k in show))
 
 
-def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm_epochs=20,
-                    rm_lr=0.1, seed=0):
-    """RLignment's reward-model data choices, evaluated by Best-of-N on pi_SFT samples.
+def bon_reward_models(mdp, kind="markov", n_demos=300, rm_epochs=20, rm_lr=0.1, seed=0):
+    """RLignment's reward-model data choices for Best-of-N on pi_SFT samples.
     pi_init = the uniform policy of class `kind`, pi_SFT = SFT on n_demos demonstrations in that
     class; each reward model is a zero-initialised TabularScalar trained with the logistic loss
     (reward = its logit) on n_demos positives vs n_demos negatives of the same prompts; the
     gold-preference model is Bradley-Terry on pairs of pi_SFT samples labelled by
     P(y1 ≻ y2) = sigma(gold(y1) - gold(y2)). "ideal" rows are the infinite-data logits
-    log p_pos - log p_neg. Returns {name: [E gold of Best-of-n for n in ns]}, exact in n."""
+    log p_pos - log p_neg. Returns pi_SFT's log-probs and {name: r(x, y)}, each (n_prompts, N)."""
     g = torch.Generator().manual_seed(seed)
     demos = mdp.demonstrations(n_demos, g)
     p, m, _ = demos
@@ -269,8 +268,20 @@ def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm
     exp = mdp.expert_logprob
     rewards.update({"ideal init-sft": sft_logd - init_logd, "ideal init-demo": exp - init_logd,
                     "ideal sft-demo": exp - sft_logd, "ideal gold": gold})
-    return {name: [(soft_pi.best_of_n_logprobs(sft_logd, r, n).exp() * gold).sum(-1).mean().item()
+    return sft_logd, rewards
+
+
+def best_of_n_means(sft_logd, rewards, value, ns=(1, 2, 4, 8, 16, 32)):
+    """{name: [E value(x, y) of the Best-of-n pick among pi_SFT samples by that reward, for n in ns]},
+    exact in n (soft_pi.best_of_n_logprobs), the mean over prompts."""
+    return {name: [(soft_pi.best_of_n_logprobs(sft_logd, r, n).exp() * value).sum(-1).mean().item()
                    for n in ns] for name, r in rewards.items()}
+
+
+def best_of_n_table(mdp, kind="markov", n_demos=300, ns=(1, 2, 4, 8, 16, 32), rm_epochs=20,
+                    rm_lr=0.1, seed=0):
+    """RLignment's table: {reward model: [E gold of Best-of-n for n in ns]} (bon_reward_models)."""
+    return best_of_n_means(*bon_reward_models(mdp, kind, n_demos, rm_epochs, rm_lr, seed), mdp.gold_reward(), ns)
 
 
 VARIANTS = {  # mlirl_exact flags: what each ML-IRL variant keeps and moves
@@ -343,12 +354,20 @@ def gpt_vs_sft(mdp, n_demos, rounds=5, seed=1, init_seed=0, variants=("BT, reini
 
 def bon_lines(mdp, classes, seed=0, ns=(1, 2, 4, 8, 16, 32)):
     """RLignment's Best-of-N table (best_of_n_table) per class, as lines of print_over_seeds with
-    the keys "N=1", "N=2", ..."""
+    the keys "N=1", "N=2", ...; with a styled demonstrator (ToyConfig.style) also the mean number
+    of letters "a" in the pick, against the expert's and the demonstrator's."""
     lines = [f"\n== Best-of-N gold reward on pi_SFT samples (exact law), N = {ns}"]
+    n_a = (mdp.responses == 2).sum(-1).double()
     for kind in [c for c in ("markov", "position", "full") if c in classes]:
         lines.append(f" {kind} policy class, 300 demonstrations")
+        sft_logd, rewards = bon_reward_models(mdp, kind, seed=seed)
         lines += [(name, {f"N={n}": x for n, x in zip(ns, v)})
-                  for name, v in best_of_n_table(mdp, kind, ns=ns, seed=seed).items()]
+                  for name, v in best_of_n_means(sft_logd, rewards, mdp.gold_reward(), ns).items()]
+        if mdp.cfg.style:
+            lines.append(f"  number of 'a's in the pick (expert {(mdp.gold_logprob.exp() * n_a).sum(-1).mean():.3f}, "
+                         f"styled demonstrator {(mdp.expert_logprob.exp() * n_a).sum(-1).mean():.3f})")
+            lines += [(f"{name} #a", {f"N={n}": x for n, x in zip(ns, v)})
+                      for name, v in best_of_n_means(sft_logd, rewards, n_a, ns).items()]
     return lines
 
 
