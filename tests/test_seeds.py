@@ -85,6 +85,33 @@ def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
     assert (alone / "metrics.jsonl").read_bytes() == (tmp_path / "runs" / "seed-2" / "metrics.jsonl").read_bytes()
 
 
+def test_mlirl_schemes_over_seeds(tmp_path, monkeypatch, capsys):
+    """python -m toy.plots --figures mlirl_schemes --seeds 2 (tiny settings): each of the 8 schemes
+    runs train_mlirl.py on the toy table with its own flags (config.json says so), the figure is
+    drawn, and each printed cell is numpy's mean ± std of the two seeds' KL(demonstrations || pi_k)."""
+    from nanoirl import run
+    monkeypatch.setattr(run, "plot_metrics", lambda *a, **k: None)
+    fast = MLIRL_FAST + ["--ppo-iterations", "2"]
+    monkeypatch.setattr(sys, "argv", ["toy.plots", "--figures", "mlirl_schemes", "--seeds", "2", "--out", str(tmp_path),
+                                      "--runs-dir", str(tmp_path / "runs"), "--mlirl-flags", " ".join(fast)])
+    plots.main()
+    assert (tmp_path / "mlirl_schemes.png").is_file()
+    out = capsys.readouterr().out.splitlines()
+    for flags in plots.SCHEMES:
+        d = tmp_path / "runs" / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults")
+        cfg = [json.loads((d / f"seed-{s}" / "config.json").read_text()) for s in (1, 2)]
+        beta = float(flags.split()[1]) if flags.startswith("--beta") else 1.0
+        assert cfg[0]["model"] == "toy-tabular" and cfg[0]["beta"] == beta and cfg[1]["seed"] == 2
+        assert cfg[0]["accumulate_pairs"] == ("accumulate" in flags) and cfg[0]["fixed_reference"] == ("fixed" in flags)
+        runs = [[json.loads(l) for l in (d / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()] for s in (1, 2)]
+        line = next(l for l in out if l.startswith((flags or "(defaults)") + " "))
+        cells = [tuple(map(float, c)) for c in CELL.findall(line)]
+        want = [[r[k]["fkl_demos"] for r in runs] for k in (0, 1)] + [[r[1]["gold_reward"] for r in runs]]
+        assert len(cells) == 3, line
+        for (mean, std), v in zip(cells, want):
+            assert abs(mean - np.mean(v)) < 6e-5 and abs(std - np.std(v, ddof=1)) < 6e-5, (flags, line)
+
+
 def test_a_shared_reward_reaches_held_out_prompts_only_from_a_blind_start():
     """toy.irl.heldout_lines (python -m toy.irl --table heldout), exact: with one expert shared by
     all prompts and demonstrations on half of them, SFT of a per-prompt table leaves the held-out

@@ -5,6 +5,7 @@ The toy figures, from exact enumeration:
     python -m toy.plots --figures modes,training   # (a) and (b) only, ~10 s: no (c), no results.jsonl
     python -m toy.plots --figures low_demo --seeds 5    # (c) over 5 demonstration sets, mean ± std, ~2 min
     python -m toy.plots --figures mlirl_fig2 --seeds 5  # MLIRL Fig. 2: train_mlirl.py, seeds 1-5, ~6 min
+    python -m toy.plots --figures mlirl_schemes --seeds 5  # the 8 ML-IRL schemes with PPO, seeds 1-5
 
   modes.png     (a) the expert vs the policy each objective learns in the position-only class
                     pi(y_t | x, t): mass-covering (SFT = forward KL) against mode-seeking (reverse KL)
@@ -15,6 +16,9 @@ The toy figures, from exact enumeration:
   mlirl_fig2.png  MLIRL Fig. 2 on the toy over seeds: `python train_mlirl.py --seed s` (its defaults)
                     for s = 1 .. --seeds, run in this process, each into --runs-dir/seed-s; the
                     mean and the band mean ± std over the seeds (not part of the default figures)
+  mlirl_schemes.png the ML-IRL schemes (SCHEMES: beta, accumulated pairs, fixed reference) with the PPO
+                    step on the toy table, `train_mlirl.py --model toy-tabular --rounds 8 <flags> --seed s`
+                    for s = 1 .. --seeds into --runs-dir/schemes/<flags>/seed-s (not a default figure)
 With --seeds N > 1 every table prints mean ± std over the N seeds (toy.metrics.mean_std: sample
 std, ddof = 1).
 Every adversarial run in (a)-(b) uses the exact optimal discriminator D* (Sun24 Eq. 16) and the
@@ -59,10 +63,16 @@ ON_TOP = {"FAIRL r=e^h-1 (= SFT grad)": ("exactly on SFT's line", "SFT (forward 
 KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
 PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
 FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures; panels (a1), (a2), ...
-SEED_FIGURES = ("mlirl_fig2",)               # drawn only when named in --figures
+SEED_FIGURES = ("mlirl_fig2", "mlirl_schemes")  # drawn only when named in --figures
 FIG2 = [("rm_accuracy_heldout", "held-out reward accuracy"), ("gold_reward", "gold reward (exact)"),
         ("win_rate", "win rate vs demonstrations (exact)")]   # MLIRL Fig. 2 (a), (b), (c)
 FIG2_KEYS = ["rm_accuracy_heldout", "gold_reward", "win_rate", "fkl", "fkl_demos", "outside_support"]
+# the ML-IRL schemes with the PPO step on the toy table (README, "Which ML-IRL scheme converges"):
+# train_mlirl.py --model toy-tabular --rounds 8 plus each row's flags
+SCHEME_BASE = ["--model", "toy-tabular", "--rounds", "8"]
+SCHEMES = ["", "--accumulate-pairs", "--fixed-reference", "--beta 0.2", "--beta 0.2 --accumulate-pairs",
+           "--beta 0.05", "--beta 0.05 --accumulate-pairs", "--beta 0.05 --fixed-reference --accumulate-pairs"]
+SCHEME_ROUNDS = (0, 1, 2, 4, 8)
 
 
 def mode_profile(mdp, logd):
@@ -139,6 +149,13 @@ def run_mlirl_seeds(seeds, runs_dir, flags=()):
         train_mlirl.main(train_mlirl.parser.parse_args(["--seed", str(s), "--out", str(out), "--force", *flags]))
         runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
     return runs
+
+
+def run_scheme_seeds(seeds, runs_dir, more=()):
+    """The SCHEMES over seeds: {flags: runs} of run_mlirl_seeds with SCHEME_BASE, the scheme's flags
+    and `more`, each scheme into runs_dir/schemes/<flags>/seed-s."""
+    return {flags: run_mlirl_seeds(seeds, Path(runs_dir) / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults"),
+                                   [*SCHEME_BASE, *shlex.split(flags), *more]) for flags in SCHEMES}
 
 
 def mlirl_seed_rows(runs):
@@ -232,6 +249,28 @@ def plot_mlirl_seeds(rows, runs, path):
     plt.close(fig)
 
 
+def plot_schemes(schemes, path):
+    """KL(demonstrations || pi_k) and the gold reward by round for each scheme: mean of the seeds,
+    band mean ± std."""
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    for i, (flags, runs) in enumerate(schemes.items()):
+        rows = mlirl_seed_rows(runs)
+        for ax, key in zip(axes, ("fkl_demos", "gold_reward")):
+            mean, std = (torch.tensor([r[key][j] for r in rows]) for j in (0, 1))
+            ax.plot(range(len(rows)), mean, "o-", ms=3, color=f"C{i}", lw=1.5, label=flags or "(defaults)")
+            ax.fill_between(range(len(rows)), mean - std, mean + std, color=f"C{i}", alpha=0.12)
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("(a) KL(demonstrations || pi_k)", "(b) gold reward (exact)")):
+        ax.set_title(title + f", mean ± std over {len(runs)} seeds", fontsize=10)
+        ax.set_xlabel("ML-IRL round (0 = SFT)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=7.5, title="train_mlirl.py --model toy-tabular", title_fontsize=7.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_low_demo(rows, results, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -269,8 +308,9 @@ def table(rows, first, keys=KEYS):
     """One row per (name, {key: number or (mean, std)}); a (mean, std) cell reads "mean ±std"."""
     cell = lambda v: f"{v[0]:>16.4f} ±{v[1]:<7.4f}" if isinstance(v, tuple) else f"{v:>16.4f}"
     width = 25 if any(isinstance(v, tuple) for _, r in rows for v in r.values()) else 16
-    head = f"{first:<30}" + "".join(f"{k:>{width}}" for k in keys)
-    return "\n".join([head] + [f"{name:<30}" + "".join(cell(r[k]) if k in r else f"{'-':>{width}}" for k in keys)
+    w = max([30] + [len(name) + 2 for name, _ in rows])
+    head = f"{first:<{w}}" + "".join(f"{k:>{width}}" for k in keys)
+    return "\n".join([head] + [f"{name:<{w}}" + "".join(cell(r[k]) if k in r else f"{'-':>{width}}" for k in keys)
                                for name, r in rows])
 
 
@@ -284,8 +324,9 @@ def main():
     parser.add_argument("--seeds", type=positive_int, default=2,
                         help="seeds: demonstration sets (and learned-discriminator samples) per N in (c); "
                              "train_mlirl.py runs, --seed 1 .. N, of mlirl_fig2; N > 1 prints mean ± std")
-    parser.add_argument("--runs-dir", default="out/mlirl-seeds", help="mlirl_fig2: where the runs go (seed-s/)")
-    parser.add_argument("--mlirl-flags", default="", help="mlirl_fig2: more train_mlirl.py flags, one string")
+    parser.add_argument("--runs-dir", default="out/mlirl-seeds",
+                        help="mlirl_fig2, mlirl_schemes: where the runs go (seed-s/, schemes/<flags>/seed-s/)")
+    parser.add_argument("--mlirl-flags", default="", help="mlirl_fig2, mlirl_schemes: more train_mlirl.py flags, one string")
     parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
                         help="which figures to draw, comma-separated, from " + ",".join(FIGURES) +
                              "; results.jsonl is written only when all three are drawn")
@@ -321,6 +362,19 @@ def main():
         plot_mlirl_seeds(rows, runs, out / "mlirl_fig2.png")
         print(table([(f"round {r['round']}", {k: v if args.seeds > 1 else v[0] for k, v in r.items() if k != "round"})
                      for r in rows], f"MLIRL Fig. 2, {args.seeds} seeds", FIG2_KEYS))
+
+    if "mlirl_schemes" in args.figures:
+        schemes = run_scheme_seeds(args.seeds, args.runs_dir, shlex.split(args.mlirl_flags))
+        plot_schemes(schemes, out / "mlirl_schemes.png")
+        last = len(next(iter(schemes.values()))[0]) - 1
+        show = [k for k in SCHEME_ROUNDS if k < last] + [last]
+        keys = [f"k={k}" for k in show] + [f"gold k={last}"]
+        lines = []
+        for flags, runs in schemes.items():
+            d = {f"k={k}": [run[k]["fkl_demos"] for run in runs] for k in show}
+            d[f"gold k={last}"] = [run[last]["gold_reward"] for run in runs]
+            lines.append((flags or "(defaults)", {k: metrics.mean_std(v) if args.seeds > 1 else v[0] for k, v in d.items()}))
+        print(table(lines, f"ML-IRL schemes, PPO step, toy table: KL(demonstrations || pi_k), {args.seeds} seeds", keys))
 
     written = [f"{name}.png" for name in FIGURES + SEED_FIGURES if name in args.figures]
     if set(FIGURES) <= set(args.figures):  # a partial run never overwrites the full run's numbers
