@@ -233,6 +233,32 @@ def test_ppo_and_best_of_n_policy_steps_smoke(mdp):
         assert all(torch.isfinite(torch.tensor(float(v))) for v in stats.values()), stats
 
 
+def test_ppo_policy_step_draws_rollouts_from_the_given_prompts_only(mdp, monkeypatch):
+    """ppo_policy_step(prompts=...): every rollout is on the given prompts (here prompt 2 alone,
+    while the demonstrations hold prompts 0-2), and the reward offset stays the demonstrations'
+    mean score."""
+    from nanoirl import ppo
+    demos, _ = _demos(mdp, 30)
+    seen, rollout = [], ppo.rollout
+
+    def spy(policy, ref, value, prompts, *args, **kw):
+        seen.append(prompts)
+        return rollout(policy, ref, value, prompts, *args, **kw)
+    monkeypatch.setattr(ppo, "rollout", spy)
+    policy, rm = TabularPolicy(mdp, "full"), TabularScalar(mdp)
+    with torch.no_grad():
+        rm.table.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    cfg = MLIRLConfig(response_length=mdp.T, eos_id=EOS, pad_id=PAD)
+    value, pcfg = TabularScalar(mdp), ppo.PPOConfig(response_length=mdp.T, missing_eos_penalty=None, lr=0.05)
+    only = mdp.prompt_tokens(torch.tensor([2]))
+    stats = mlirl.ppo_policy_step(policy, copy.deepcopy(policy), rm, cfg, value_model=value, demos=demos,
+                                  optimizer=ppo.make_optimizer(policy, value, pcfg), ppo_cfg=pcfg, iterations=3,
+                                  batch_size=16, generator=torch.Generator().manual_seed(0), prompts=only)
+    assert len(seen) == 3 and all((p == only[0][0]).all() and len(p) == 16 for p in seen)
+    demo_mean = irl.all_rewards(mdp, rm)[mdp.prompt_index(demos[0]), mdp.response_ids(demos[2])].mean().item()
+    assert abs(stats["reward_offset"] - demo_mean) < 1e-12
+
+
 def test_rlignment_best_of_n_table(mdp):
     """RLignment's reward-model data (Init-SFT / Init-Demo / SFT-Demo) by the exact Best-of-N law
     on pi_SFT samples; numbers printed (the claim "Init-SFT should outperform" is checked by
