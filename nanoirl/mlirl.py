@@ -144,16 +144,18 @@ def reward_step(reward_model, pairs, cfg, generator=None):
 
 
 def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, demos, ppo_cfg, iterations,
-                    batch_size, generator=None, progress=None):
+                    batch_size, generator=None, progress=None, prompts=None):
     """`iterations` PPO updates on the reward model's logit (MLIRL Sec. 6.1, Table 4), beta = cfg.beta,
-    on prompts drawn from demos = (prompts, prompt_mask, responses). The reward is read minus the
-    demonstrations' mean score (reward.demonstration_offset: they score 0, so that PPO's -1 for a
-    missing EOS is a penalty), and the lr decays linearly to 0 over the updates (ppo.anneal_lr).
-    progress(i, stats), if given, sees every update's metrics (long runs show their progress)."""
+    on prompts drawn from demos = (prompts, prompt_mask, responses), or from prompts = (prompts,
+    prompt_mask) if given (PPO needs no responses: e.g. prompts without demonstrations). The reward
+    is read minus the demonstrations' mean score (reward.demonstration_offset: they score 0, so that
+    PPO's -1 for a missing EOS is a penalty), and the lr decays linearly to 0 over the updates
+    (ppo.anneal_lr). progress(i, stats), if given, sees every update's metrics (long runs show
+    their progress)."""
     ppo_cfg = dataclasses.replace(ppo_cfg, beta=cfg.beta)
-    prompts, prompt_mask, _ = demos
+    prompts, prompt_mask = demos[:2] if prompts is None else prompts
     offset = demonstration_offset(reward_model, *demos, cfg.eos_id, cfg.level, batch_size=cfg.sample_batch_size,
-                                  autocast=lambda: ppo.autocast(prompts.device, cfg))
+                                  autocast=lambda: ppo.autocast(demos[0].device, cfg))
     reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id, offset)
     for it in range(iterations):
         i = torch.randint(len(prompts), (batch_size,), generator=generator,

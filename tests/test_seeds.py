@@ -128,3 +128,17 @@ def test_a_shared_reward_reaches_held_out_prompts_only_from_a_blind_start():
         for key in ("gold_train", "gold_heldout", "tv_train", "tv_heldout"):
             assert abs(rows[name][key] - pooled[key]) < 1e-4, (name, key)
     assert pooled["gold_heldout"] > sft["gold_heldout"] + 5
+
+
+def test_heldout_ppo_rows_are_seeded_and_are_not_the_exact_rows():
+    """heldout_lines(ppo_iterations=2): the PPO-step rows (the same shared reward fits, PPO in
+    place of the exact step, rollouts on all six prompts) give the same numbers when run again
+    with the same seed, and differ from the exact rows they replace: 2 updates from uniform are
+    far from the pooled law that the exact step lands on."""
+    a, b = (dict(irl.heldout_lines(seed=1, rounds=1, ppo_iterations=2)[1:]) for _ in range(2))
+    names = ("ML-IRL shared reward, PPO step, from SFT", "ML-IRL shared reward, PPO step, from uniform")
+    for name in names:
+        assert a[name] == b[name], name
+    exact = a["ML-IRL shared reward, from uniform"]
+    assert abs(a[names[1]]["tv_heldout"] - exact["tv_heldout"]) > 0.1
+    assert a[names[1]]["gold_heldout"] < exact["gold_heldout"] - 0.5

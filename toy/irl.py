@@ -6,8 +6,11 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
   bellman_policy(mdp, ref, rm, b)   the token-level soft Bellman optimum as a full-prefix table
   exact_policy_step(...)            MLIRL Eq. 9 exactly: the full table gets pi* itself, a restricted
                                     class (or the tiny GPT) its reverse-KL projection
+  table_of(mdp, logd)               a full table whose exact law is exp(logd)
   fit_sft(mdp, policy, demos)       SFT (nanoirl/sft.py) to convergence with exact gradients
-  mlirl_exact(...)                  ML-IRL rounds with exact expectations over pairs and policies
+  ppo_step(mdp, demos, seed)        a sampled policy step: nanoirl's PPO with train_mlirl.py's toy settings
+  mlirl_exact(...)                  ML-IRL rounds with exact expectations over pairs and policies,
+                                    and the exact policy step (or another, e.g. ppo_step)
   spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
                                     evaluated by the exact law of Best-of-N
@@ -21,9 +24,12 @@ GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
     python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
+`--ppo` adds to the heldout and horizon tables ML-IRL rows whose policy step is PPO (ppo_step):
+~18 and ~44 min over 5 seeds on 2 busy cores (README).
 """
 import argparse
 import copy
+import functools
 import itertools
 import math
 import time
@@ -32,7 +38,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from nanoirl import mlirl, soft_pi
+from nanoirl import mlirl, ppo, soft_pi
 from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
@@ -100,6 +106,15 @@ def bellman_policy(mdp, ref, reward_model, beta):
     return policy
 
 
+def table_of(mdp, logd):
+    """A full-prefix TabularPolicy whose exact trajectory law is exp(logd) (n_prompts, N), finite:
+    the soft Bellman optimum of the zero table (token-uniform, not uniform over responses) under
+    the sequence reward logd - log d_zero."""
+    zero = TabularPolicy(mdp, "full")
+    with torch.no_grad():
+        return bellman_policy(mdp, zero, sequence_reward_table(mdp, logd - mdp.trajectory_logprobs(zero)), 1.0)
+
+
 def exact_policy_step(policy, ref, reward_model, cfg, *, mdp, steps=200):
     """MLIRL Eq. 9 exactly (a policy_step for mlirl.mlirl_round): pi* = pi_ref exp(r/beta)/Z over
     every response. A full table is set to pi* (soft Bellman); any other class moves to its
@@ -124,15 +139,50 @@ def fit_sft(mdp, policy, demos, steps=200):
     return minimise(policy, lambda: sft_loss(policy.logprobs(prompts, mask, responses), responses, EOS), steps)
 
 
+def ppo_step(mdp, demos, seed, prompts=None, iterations=40, batch_size=256, lr=0.05, num_minibatches=4,
+             temperature=1.0):
+    """A sampled policy_step (policy, ref, reward_model, cfg) -> stats: the project's PPO
+    (mlirl.ppo_policy_step) with train_mlirl.py's toy-table defaults, rollouts on prompts drawn
+    from `prompts` = (prompts, prompt_mask) (default: the demonstrations'), the reward read minus
+    the demonstrations' mean (demos). Each call starts a value model as a copy of the reward
+    model and a fresh AdamW, as train_mlirl.py does every round; one generator, seeded by `seed`,
+    draws every prompt, response and minibatch of every call."""
+    ppo_cfg = ppo.PPOConfig(lr=lr, num_minibatches=num_minibatches, temperature=temperature,
+                            response_length=mdp.T, eos_id=EOS, pad_id=PAD, missing_eos_penalty=None)
+    g = torch.Generator().manual_seed(seed)
+
+    def step(policy, ref, reward_model, cfg):
+        value = copy.deepcopy(reward_model)
+        return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, demos=demos,
+                                     optimizer=ppo.make_optimizer(policy, value, ppo_cfg), ppo_cfg=ppo_cfg,
+                                     iterations=iterations, batch_size=batch_size, generator=g, prompts=prompts)
+    return step
+
+
+def table_step(mdp, policy, policy_step, cfg):
+    """(log pi_k, r (n_prompts, N)) -> log pi_{k+1} for rounds held as log-probabilities
+    (heldout_lines): policy_step on `policy`, whose law is pi_k, with a copy of it as the
+    reference (moving) and r as a sequence reward; pi_{k+1} is the policy's exact law after it."""
+    def step(logd, r):
+        policy_step(policy, copy.deepcopy(policy), sequence_reward_table(mdp, r), cfg)
+        with torch.no_grad():
+            return mdp.trajectory_logprobs(policy)
+    return step
+
+
 def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accumulate=False,
-                reinit=True, moving=True, rm_steps=20, rm_lr=0.1, policy_steps=200):
+                reinit=True, moving=True, rm_steps=20, rm_lr=0.1, policy_steps=200, policy_step=None):
     """ML-IRL with every expectation exact: a tabular reward r(x, y) (one number per response),
     the reward step = rm_steps Adam steps on the exact expected loss over all pairs
     (y ~ demo_logd) ≻ (y' ~ pi_k, or the mixture of pi_0..pi_k if accumulate), and the exact
-    policy step. reward_grad "eq10" replaces Eq. 11 by the exact ML gradient of Eq. 6 (Lemma 5.1):
+    policy step (exact_policy_step), or policy_step(policy, ref, reward_model, cfg) in its place
+    (e.g. ppo_step: then the pairs stay exact over the sampled policy's exact distribution).
+    reward_grad "eq10" replaces Eq. 11 by the exact ML gradient of Eq. 6 (Lemma 5.1):
     grad = E_D[grad r] - E_{pi*_r}[grad r] with pi*_r from the current anchor.
     Returns a list of per-round metric dicts."""
     cfg = MLIRLConfig(beta=beta, eos_id=EOS, pad_id=PAD)
+    if policy_step is None:
+        policy_step = functools.partial(exact_policy_step, mdp=mdp, steps=policy_steps)
     ref = copy.deepcopy(policy)
     r = torch.zeros_like(demo_logd)
     negs, history = [], []
@@ -156,7 +206,7 @@ def mlirl_exact(mdp, policy, demo_logd, rounds, beta=1.0, reward_grad="bt", accu
             opt.step()
         if moving:
             ref.load_state_dict(policy.state_dict())
-        exact_policy_step(policy, ref, sequence_reward_table(mdp, r.detach()), cfg, mdp=mdp, steps=policy_steps)
+        policy_step(policy, ref, sequence_reward_table(mdp, r.detach()), cfg)
         with torch.no_grad():
             logd = mdp.trajectory_logprobs(policy)
         history.append({"round": k + 1, **metrics.summary(mdp, logd, demo_logd)})
@@ -381,17 +431,22 @@ def shared_reward(fit_loss, n):
     return r[0].detach()
 
 
-def heldout_lines(seed, n_demos=30, n_train=3, n_prompts=6, rounds=4, beta=1.0):
+def heldout_lines(seed, n_demos=30, n_train=3, n_prompts=6, rounds=4, beta=1.0, ppo_iterations=None):
     """Does a reward generalise where the policy does not (MLIRL's argument)? Every prompt has the
     same expert (ToyConfig.shared_expert); the demonstrations come from the first n_train prompts
     only; the policy is a full table per prompt, so SFT (its exact optimum, the empirical law) leaves
     the held-out prompts at the uniform policy. The ML-IRL rows use a reward of one number per
-    response shared by all prompts, fitted exactly on the training prompts' pairs, and the exact
-    policy step on every prompt (the held-out prompts need no demonstrations for it). Returns the
-    lines of print_over_seeds: gold reward, TV and KL(expert || pi) on each set of prompts."""
+    response shared by all prompts, fitted exactly on the training prompts' pairs (demonstration ≻
+    pi_k, pi_k's exact law), and a moving reference. Their exact policy step is the closed form on
+    every prompt (the held-out prompts need no demonstrations for it); with ppo_iterations, two
+    more rows replace it by that many PPO updates (ppo_step: sampled rollouts on all prompts, seeded
+    by `seed`) on a full table, evaluated exactly. Their starts are the exact rows' (table_of):
+    the uniform law over responses, and SFT = fit_sft's L-BFGS table on the training prompts
+    (within ~1e-8 in TV of the empirical law) and that uniform law on the held-out ones. Returns
+    the lines of print_over_seeds: gold reward, TV and KL(expert || pi) on each set of prompts."""
     mdp = ToyMDP(ToyConfig(n_prompts=n_prompts, shared_expert=True))
     x = torch.arange(n_demos) % n_train
-    prompts, _ = mdp.prompt_tokens(x)
+    prompts, mask = mdp.prompt_tokens(x)
     responses = mdp.sample(mdp.expert_logprob, x, torch.Generator().manual_seed(seed))
     d = mdp.empirical_logprob(prompts, responses)[:n_train]          # held-out rows have no demonstrations
     n = d.shape[1]
@@ -406,28 +461,43 @@ def heldout_lines(seed, n_demos=30, n_train=3, n_prompts=6, rounds=4, beta=1.0):
         return {f"{k}_{part}": v[rows].mean().item() for k, v in per.items()
                 for part, rows in (("train", slice(0, n_train)), ("heldout", slice(n_train, None)))}
 
-    def mlirl_rounds(pi):  # Bradley-Terry on (demonstration ≻ pi_k) pairs of the training prompts, moving reference
+    def mlirl_rounds(pi, step):  # Bradley-Terry on (demonstration ≻ pi_k) pairs of the training prompts
         for _ in range(rounds):
             w = d.exp()[:, :, None] * pi[:n_train].exp()[:, None, :]
             r = shared_reward(lambda r: mlirl.pair_loss(r[None, :, None], r[None, None, :], w), n)
-            pi = soft_pi.trajectory_optimum(pi, r.expand(n_prompts, n), beta)
+            pi = step(pi, r.expand(n_prompts, n))                    # pi_{k+1} from pi_k (moving reference)
         return pi
+    exact = lambda pi, r: soft_pi.trajectory_optimum(pi, r, beta)
     # MaxEnt IRL / Eq. 10 with the reference fixed at the uniform policy: max E_D[r] - beta log Z
     maxent = shared_reward(lambda r: -((d.exp() * r).sum(-1) - soft_pi.soft_value(uniform[:n_train], r, beta)).mean(), n)
-    return [f"\n== {n_prompts} prompts, one shared expert; {n_demos} demonstrations on prompts 0-{n_train - 1}, "
-            f"prompts {n_train}-{n_prompts - 1} held out; full table per prompt; {rounds} rounds, beta = {beta:g}",
-            ("uniform policy", split(uniform)),
-            ("SFT (per-prompt table)", split(sft)),
-            ("SFT in a prompt-blind class (pooled)", split(pooled)),
-            ("ML-IRL shared reward, from SFT", split(mlirl_rounds(sft))),
-            ("ML-IRL shared reward, from uniform", split(mlirl_rounds(uniform))),
-            ("MaxEnt IRL shared reward, ref uniform", split(soft_pi.trajectory_optimum(uniform, maxent.expand(n_prompts, n), beta)))]
+    lines = [f"\n== {n_prompts} prompts, one shared expert; {n_demos} demonstrations on prompts 0-{n_train - 1}, "
+             f"prompts {n_train}-{n_prompts - 1} held out; full table per prompt; {rounds} rounds, beta = {beta:g}",
+             ("uniform policy", split(uniform)),
+             ("SFT (per-prompt table)", split(sft)),
+             ("SFT in a prompt-blind class (pooled)", split(pooled)),
+             ("ML-IRL shared reward, from SFT", split(mlirl_rounds(sft, exact))),
+             ("ML-IRL shared reward, from uniform", split(mlirl_rounds(uniform, exact))),
+             ("MaxEnt IRL shared reward, ref uniform", split(soft_pi.trajectory_optimum(uniform, maxent.expand(n_prompts, n), beta)))]
+    if ppo_iterations:  # the exact rows' starts as full tables, SFT's fitted by L-BFGS (fit_sft)
+        demos, everyone = (prompts, mask, responses), mdp.prompt_tokens(torch.arange(n_prompts))
+        sft_table = TabularPolicy(mdp, "full")
+        fit_sft(mdp, sft_table, demos)
+        with torch.no_grad():
+            sft_fit = torch.cat([mdp.trajectory_logprobs(sft_table)[:n_train], uniform[n_train:]])
+        cfg = MLIRLConfig(beta=beta, eos_id=EOS, pad_id=PAD)
+        for name, start in (("from SFT", sft_fit), ("from uniform", uniform)):
+            ppo_round = ppo_step(mdp, demos, seed, prompts=everyone, iterations=ppo_iterations)
+            step = table_step(mdp, table_of(mdp, start), ppo_round, cfg)
+            lines.append((f"ML-IRL shared reward, PPO step, {name}", split(mlirl_rounds(start, step))))
+    return lines
 
 
-def horizon_lines(seed, horizons=(3, 4, 5, 6), kind="markov", n_demos=30, rounds=8):
+def horizon_lines(seed, horizons=(3, 4, 5, 6), kind="markov", n_demos=30, rounds=8, ppo_iterations=None):
     """Longer horizons, where behaviour cloning is said to compound its errors: SFT against ML-IRL
     (re-initialised reward, moving reference, from the uniform policy, exact) in a restricted class,
-    for each horizon T (the expert's modes have 2 .. T-1 letters). Lines of print_over_seeds."""
+    for each horizon T (the expert's modes have 2 .. T-1 letters). With ppo_iterations, a row
+    with the same exact reward steps (mlirl_exact) and ppo_iterations PPO updates as the policy
+    step (ppo_step, seeded by `seed`), evaluated exactly. Lines of print_over_seeds."""
     lines = []
     for T in horizons:
         mdp = ToyMDP(ToyConfig(horizon=T))
@@ -439,6 +509,10 @@ def horizon_lines(seed, horizons=(3, 4, 5, 6), kind="markov", n_demos=30, rounds
             ls = mdp.trajectory_logprobs(sft)
         lines += [f" horizon {T}, {kind} table, {n_demos} demonstrations", ("SFT", metrics.summary(mdp, ls, d)),
                   (f"ML-IRL r{rounds}", mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds)[-1])]
+        if ppo_iterations:
+            step = ppo_step(mdp, demos, seed, iterations=ppo_iterations)
+            lines.append((f"ML-IRL PPO step r{rounds}", mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds,
+                                                                   policy_step=step)[-1]))
     return lines
 
 
@@ -461,6 +535,9 @@ def main():
                         help="demonstrations with a style the gold reward does not value: the expert tilted by "
                              "exp(style * number of 'a's) (toy.mdp.ToyConfig.style); the gold reward stays the expert's")
     parser.add_argument("--gpt", action="store_true", help="the tiny GPT instead (60 and 600 demonstrations)")
+    parser.add_argument("--ppo", type=positive_int, nargs="?", const=40, default=None, metavar="ITERATIONS",
+                        help="heldout and horizon tables: add ML-IRL rows whose policy step is PPO "
+                             "(train_mlirl.py's toy-table settings; ITERATIONS updates a round, default 40)")
     args = parser.parse_args()
     classes = [c.strip() for c in args.classes.split(",")]
     if not classes or any(c not in ("full", "position", "markov") for c in classes):
@@ -478,10 +555,12 @@ def main():
     elif args.table == "schemes":
         print_scheme_table(scheme_table(mdp, ns[0], rounds=args.rounds, seed=args.seed))
     elif args.table == "heldout":
-        print_over_seeds([heldout_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds], HELDOUT_KEYS)
+        print_over_seeds([heldout_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds, ppo_iterations=args.ppo)
+                          for i in seeds], HELDOUT_KEYS)
     elif args.table == "horizon":
         _print_columns(args.rounds)
-        print_over_seeds([horizon_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds) for i in seeds])
+        print_over_seeds([horizon_lines(args.seed + i, n_demos=ns[0], rounds=args.rounds, ppo_iterations=args.ppo)
+                          for i in seeds])
     else:
         if args.table in ("all", "mlirl"):
             _print_columns(args.rounds)
