@@ -253,7 +253,7 @@ def plot_schemes(schemes, path):
     """KL(demonstrations || pi_k) and the gold reward by round for each scheme: mean of the seeds,
     band mean ± std."""
     from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.4))
     for i, (flags, runs) in enumerate(schemes.items()):
         rows = mlirl_seed_rows(runs)
         for ax, key in zip(axes, ("fkl_demos", "gold_reward")):
@@ -265,8 +265,9 @@ def plot_schemes(schemes, path):
         ax.set_title(title + f", mean ± std over {len(runs)} seeds", fontsize=10)
         ax.set_xlabel("ML-IRL round (0 = SFT)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].legend(fontsize=7.5, title="train_mlirl.py --model toy-tabular", title_fontsize=7.5)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=8,
+               title="train_mlirl.py --model toy-tabular", title_fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
