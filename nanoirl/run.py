@@ -599,7 +599,7 @@ def plot_metrics(out, names=None, filename=PLOT, xlabel="step"):
     """Draw one small panel per numeric metric of out/metrics.jsonl into out/metrics.png, titled
     and grouped by PANEL_GROUPS; or, with `names`, one row of the panels (a), (b), ... of those
     metrics in that order into out/filename (MLIRL Fig. 2: train_mlirl.py). Rank 0's job."""
-    if not dist.is_main():
+    if not dist.is_main() or os.environ.get("NANOIRL_NO_PLOTS"):  # NANOIRL_NO_PLOTS=1: sweeps and tests skip it
         return None
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe on a headless machine
     from matplotlib.ticker import MaxNLocator

@@ -15,6 +15,7 @@ docs/guide.md stays true to the code it maps the papers onto:
 import ast
 import importlib
 import inspect
+import os
 import re
 import shlex
 import subprocess
@@ -215,7 +216,8 @@ def test_ladder_is_short_and_every_step_has_a_command():
 @pytest.mark.parametrize("command", ladder_commands())
 def test_ladder_command_runs(command, tmp_path):
     argv, expected = fast_mode(shlex.split(command), tmp_path)
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NANOIRL_NO_PLOTS": ""})  # the figures as a reader gets them
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     if argv[:2] == ["-m", "pytest"]:  # the selection is not empty ("-q" lists ids, "-qq" counts)
         counts = [int(n) for n in re.findall(r"^tests/\S+\.py: (\d+)$", done.stdout, re.M)]

@@ -356,7 +356,7 @@ def test_nan_guard(tmp_path):
     run.check_finite({"loss": 1.0, "n": 3, "name": "x"}, 0, tmp_path)  # finite: no error
 
 
-def test_logger_lines_plot_and_summary(tmp_path, capsys):
+def test_logger_lines_plot_and_summary(tmp_path, capsys, monkeypatch):
     out = run.prepare_out(parse("--out", tmp_path))
     log = run.Logger(out, total=10, every=3)
     for step in range(10):
@@ -369,6 +369,9 @@ def test_logger_lines_plot_and_summary(tmp_path, capsys):
     assert "| eta 00:00:00 | loss 1 | n_tokens 100 | eval_acc 0.5" in lines[0]
     rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert rows[1] == {"step": 1, "loss": 0.5, "n_tokens": 101}
+    monkeypatch.setenv("NANOIRL_NO_PLOTS", "1")
+    assert run.plot_metrics(out) is None and not (out / "metrics.png").exists()   # sweeps and tests skip it
+    monkeypatch.delenv("NANOIRL_NO_PLOTS")
     png = run.plot_metrics(out)
     assert png == out / "metrics.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run.summary(out)

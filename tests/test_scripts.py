@@ -152,7 +152,7 @@ TOY = [(s, m) for s in SCRIPTS for m in ("toy-tabular", "toy-gpt")]
 def toy_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("toy")
     return run_all({(s, m): Run(tmp, f"{s[:-3]}-{m}", s, "--model", m, "--device", "cpu", "--seed", SEED,
-                                *TOY_FLAGS[s]) for s, m in TOY})
+                                *TOY_FLAGS[s], env={"NANOIRL_NO_PLOTS": ""}) for s, m in TOY})  # with the plots
 
 
 def toy_policy(mdp, model, state):

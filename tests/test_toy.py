@@ -252,7 +252,7 @@ def test_divergences_with_zeros():
     (["toy.irl", "--seeds", "0"], "argument --seeds: expected a positive integer, got '0'"),
     (["toy.irl", "--style", "nan"], "argument --style: expected a finite number >= 0, got 'nan'"),
     (["toy.plots", "--figures", "mlirl"], "argument --figures: 'mlirl': use a comma-separated list of "
-                                          "modes, training, low_demo, mlirl_fig2"),
+                                          "modes, training, low_demo, mlirl_fig2, mlirl_schemes"),
 ])
 def test_toy_commands_check_their_flags(argv, error, tmp_path):
     """python -m toy.plots / toy.irl: a bad count is argparse's one-line error (status 2) before
