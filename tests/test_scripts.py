@@ -629,14 +629,15 @@ def short_tldr(tmp_path_factory):
 
 @pytest.mark.parametrize("script", ["train_airl.py"])  # SFT and ML-IRL: the README's dry run, tests/test_commands.py
 def test_text_dry_run(tmp_path, short_tldr, script):
-    """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens
-    and --dtype bfloat16 (CPU autocast; what a user runs on a GPU with pythia-1b): metrics.jsonl
-    with the shared names, ckpt.pt at the last step, policy/ loadable and equal to the
-    checkpoint's (fp32 master) policy, nothing downloaded.
+    """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens:
+    metrics.jsonl with the shared names, ckpt.pt at the last step, policy/ loadable and equal to
+    the checkpoint's policy, nothing downloaded. In fp32: --dtype bfloat16 (CPU autocast) is
+    tested on a tiny GPT-NeoX (tests/test_text_path.py::test_bf16_text_run_resumes_exactly), since
+    a CPU without bf16 instructions runs bf16 matmuls hundreds of times slower than fp32.
     One at a time: each holds gigabytes (side by side they take longer)."""
     from nanoirl.model import GPT
     r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
-            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--dtype", "bfloat16", "--seed", SEED,
+            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED,
             "--truncate-long-responses",
             *TEXT_FLAGS[script])
     try:

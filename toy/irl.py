@@ -13,7 +13,8 @@ Exact ML-IRL, soft policy iteration and RLignment's reward-model choices on the 
                                     and the exact policy step (or another, e.g. ppo_step)
   spin_exact(...)                   SPIN rounds (nanoirl/dpo.py) with the same exact expectations
   best_of_n_table(...)              RLignment's Init-SFT / Init-Demo / SFT-Demo reward models
-                                    evaluated by the exact law of Best-of-N
+                                    evaluated by the exact law of Best-of-N (bon_reward_models,
+                                    best_of_n_means: any value, e.g. the number of "a"s, of the pick)
   heldout_lines(seed)               a reward shared by all prompts against SFT on held-out prompts
   horizon_lines(seed)               SFT against ML-IRL as the horizon grows
   print_over_seeds(runs)            a table's rows, or their mean ± std over seeds
@@ -23,6 +24,7 @@ Run `python -m toy.irl` for the tables (~3 min on 2 cores; the time taken is pri
 GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table mlirl --demos 30 --classes full,position   # ML-IRL and SPIN rounds, ~25 s
     python -m toy.irl --table bon                                        # Best-of-N table, ~5 s
+    python -m toy.irl --table bon --style 1                              # + the "a"s in each pick
     python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
 `--ppo` adds to the heldout and horizon tables ML-IRL rows whose policy step is PPO (ppo_step):
 ~18 and ~44 min over 5 seeds on 2 busy cores (README).
