@@ -98,7 +98,7 @@ def test_mlirl_schemes_over_seeds(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "mlirl_schemes.png").is_file()
     out = capsys.readouterr().out.splitlines()
     for flags in plots.SCHEMES:
-        d = tmp_path / "runs" / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults")
+        d = plots.scheme_dir(tmp_path / "runs", flags)
         cfg = [json.loads((d / f"seed-{s}" / "config.json").read_text()) for s in (1, 2)]
         beta = float(flags.split()[1]) if flags.startswith("--beta") else 1.0
         assert cfg[0]["model"] == "toy-tabular" and cfg[0]["beta"] == beta and cfg[1]["seed"] == 2

@@ -151,11 +151,16 @@ def run_mlirl_seeds(seeds, runs_dir, flags=()):
     return runs
 
 
+def scheme_dir(runs_dir, flags):
+    """runs_dir/schemes/<flags>: "--beta 0.2 --accumulate-pairs" -> beta_0.2_accumulate-pairs."""
+    return Path(runs_dir) / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults")
+
+
 def run_scheme_seeds(seeds, runs_dir, more=()):
     """The SCHEMES over seeds: {flags: runs} of run_mlirl_seeds with SCHEME_BASE, the scheme's flags
-    and `more`, each scheme into runs_dir/schemes/<flags>/seed-s."""
-    return {flags: run_mlirl_seeds(seeds, Path(runs_dir) / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults"),
-                                   [*SCHEME_BASE, *shlex.split(flags), *more]) for flags in SCHEMES}
+    and `more`, each scheme into scheme_dir(runs_dir, flags)/seed-s."""
+    return {flags: run_mlirl_seeds(seeds, scheme_dir(runs_dir, flags), [*SCHEME_BASE, *shlex.split(flags), *more])
+            for flags in SCHEMES}
 
 
 def mlirl_seed_rows(runs):
@@ -329,8 +334,8 @@ def main():
                         help="mlirl_fig2, mlirl_schemes: where the runs go (seed-s/, schemes/<flags>/seed-s/)")
     parser.add_argument("--mlirl-flags", default="", help="mlirl_fig2, mlirl_schemes: more train_mlirl.py flags, one string")
     parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
-                        help="which figures to draw, comma-separated, from " + ",".join(FIGURES) +
-                             "; results.jsonl is written only when all three are drawn")
+                        help="which figures to draw, comma-separated, from " + ",".join(FIGURES + SEED_FIGURES) +
+                             "; results.jsonl is written only when the first three are drawn")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: one thread is the fastest
     out = Path(args.out)
