@@ -58,9 +58,8 @@ def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
     """python -m toy.plots --figures mlirl_fig2 --seeds 2 (train_mlirl.py with tiny settings): the
     figure is drawn, the printed table is numpy's mean ± std over the two runs' metrics.jsonl, and
     the second run, made in the same process after the first, is byte for byte what
-    train_mlirl.py --seed 2 writes in a fresh process (its per-run plots skipped: they change no number)."""
-    from nanoirl import run
-    monkeypatch.setattr(run, "plot_metrics", lambda *a, **k: None)
+    train_mlirl.py --seed 2 writes in a fresh process (its per-run plots skipped, NANOIRL_NO_PLOTS
+    of conftest.py: they change no number)."""
     monkeypatch.setattr(sys, "argv", ["toy.plots", "--figures", "mlirl_fig2", "--seeds", "2", "--out", str(tmp_path),
                                       "--runs-dir", str(tmp_path / "runs"), "--mlirl-flags", " ".join(MLIRL_FAST)])
     plots.main()
@@ -78,9 +77,7 @@ def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
             assert abs(mean - np.mean(v)) < 6e-5 and abs(std - np.std(v, ddof=1)) < 6e-5, (k, key)
     assert runs[0][1]["gold_reward"] != runs[1][1]["gold_reward"]
     alone = tmp_path / "alone"
-    code = ("import sys, train_mlirl; from nanoirl import run; run.plot_metrics = lambda *a, **k: None; "
-            "train_mlirl.main(train_mlirl.parser.parse_args(sys.argv[1:]))")
-    subprocess.run([sys.executable, "-c", code, "--seed", "2", "--out", str(alone), *MLIRL_FAST],
+    subprocess.run([sys.executable, "train_mlirl.py", "--seed", "2", "--out", str(alone), *MLIRL_FAST],
                    cwd=ROOT, check=True, capture_output=True, timeout=120)
     assert (alone / "metrics.jsonl").read_bytes() == (tmp_path / "runs" / "seed-2" / "metrics.jsonl").read_bytes()
 
@@ -89,8 +86,6 @@ def test_mlirl_schemes_over_seeds(tmp_path, monkeypatch, capsys):
     """python -m toy.plots --figures mlirl_schemes --seeds 2 (tiny settings): each of the 8 schemes
     runs train_mlirl.py on the toy table with its own flags (config.json says so), the figure is
     drawn, and each printed cell is numpy's mean ± std of the two seeds' KL(demonstrations || pi_k)."""
-    from nanoirl import run
-    monkeypatch.setattr(run, "plot_metrics", lambda *a, **k: None)
     fast = MLIRL_FAST + ["--ppo-iterations", "2"]
     monkeypatch.setattr(sys, "argv", ["toy.plots", "--figures", "mlirl_schemes", "--seeds", "2", "--out", str(tmp_path),
                                       "--runs-dir", str(tmp_path / "runs"), "--mlirl-flags", " ".join(fast)])
