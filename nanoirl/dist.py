@@ -27,6 +27,7 @@ weights and written by rank 0 (run.save_checkpoint): one file, the same for ever
 """
 import contextlib
 import datetime
+import inspect
 import os
 import sys
 
@@ -40,17 +41,40 @@ METHODS = ("logprobs", "sample", "state_scores")  # the policy and scalar-model 
 def init(device_type):
     """Start the process group when launched by torchrun (RANK in the environment): nccl on CUDA,
     gloo on CPU, with a timeout (NANOIRL_DIST_TIMEOUT seconds, default 600), so that a rank stuck
-    in a collective fails instead of hanging. Returns the local rank (0 without torchrun)."""
+    in a collective fails instead of hanging. Returns the local rank (0 without torchrun). A bad
+    NANOIRL_DIST_TIMEOUT is a ValueError naming it. close() ends the group (run.script does)."""
     if "RANK" not in os.environ or td.is_initialized():
         return int(os.environ.get("LOCAL_RANK", 0))
-    timeout = datetime.timedelta(seconds=float(os.environ.get("NANOIRL_DIST_TIMEOUT", 600)))
+    value = os.environ.get("NANOIRL_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 10 ** 9:  # nan compares false; timedelta overflows far above 10**9
+        raise ValueError(f"NANOIRL_DIST_TIMEOUT={value!r}: expected the process-group timeout in seconds, "
+                         "a number > 0 (default 600)")
     local = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=seconds))
     if td.get_rank() != 0:  # rank 0 prints the progress; every rank still prints its errors
         sys.stdout = open(os.devnull, "w")
     return local
+
+
+def close():
+    """End the process group, if one was started: on every path out of a script (run.script).
+    Without it a rank's gloo threads outlive the interpreter's shutdown, and a run that wrote
+    everything could still end in SIGABRT ("terminate called without an active exception").
+    It waits for no other rank, so that a rank stopping on an error does not hang here."""
+    if td.is_initialized():
+        td.destroy_process_group()
+
+
+def is_collective_failure(error):
+    """Whether an exception is a collective that failed because another rank is gone or stuck:
+    torch's DistError (nccl), or gloo's RuntimeError ("Connection closed by peer", "Timed out")."""
+    return isinstance(error, td.DistError) or isinstance(error, RuntimeError) and "gloo" in str(error)
 
 
 def rank():
@@ -198,7 +222,11 @@ class DDPModel:
     (parameters, state_dict, config, ...) is the model's own."""
     def __init__(self, model):
         ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-        self.ddp = nn.parallel.DistributedDataParallel(Dispatch(model), device_ids=ids, broadcast_buffers=False)
+        # the buffers (allowed-token masks) are equal on every rank: no broadcast before each forward;
+        # torch 2.13 renamed broadcast_buffers (which then warns) to forward_sync_buffers
+        DDP = nn.parallel.DistributedDataParallel
+        new = "forward_sync_buffers" in inspect.signature(DDP).parameters
+        self.ddp = DDP(Dispatch(model), device_ids=ids, **{"forward_sync_buffers" if new else "broadcast_buffers": False})
         self.module = model
 
     def __getattr__(self, name):

@@ -112,5 +112,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run.one_line_errors()
-    main(parser.parse_args())
+    with run.script():  # one-line errors, SIGTERM as Ctrl-C, the process group ended on every way out
+        main(parser.parse_args())

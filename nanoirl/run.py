@@ -17,6 +17,7 @@ Step convention: the loop runs `for step in range(start, steps)`, logs metrics u
 and a checkpoint written after it stores step + 1, the number of steps done = where to resume.
 """
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -25,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -64,27 +66,53 @@ class RunError(RuntimeError):
 
 def one_line_errors():
     """Make a DataError or RunError end the script with 'error: <message>' and exit status 1,
-    and Ctrl-C (KeyboardInterrupt) with one line naming the last checkpoint and how to resume,
-    without a traceback; every other exception keeps its traceback."""
+    and Ctrl-C (KeyboardInterrupt) or SIGTERM with one line naming the last checkpoint and how to
+    resume, without a traceback; every other exception keeps its traceback."""
     default = sys.excepthook
     def hook(kind, error, tb):
         if issubclass(kind, (DataError, RunError)):
             print(f"error: {error}", file=sys.stderr)
         elif issubclass(kind, KeyboardInterrupt):
-            print(f"error: {interrupted()}", file=sys.stderr)
+            print(f"error: {interrupted(*error.args)}", file=sys.stderr)
         else:
             default(kind, error, tb)
     sys.excepthook = hook
 
 
-def interrupted():
-    """What a Ctrl-C leaves: nothing (before --out was prepared), or the last good checkpoint."""
+def interrupted(how="interrupted"):
+    """What a Ctrl-C (or a SIGTERM, or a lost rank: how) leaves: nothing (before --out was
+    prepared), or the last good checkpoint."""
     if not _locks:
-        return "interrupted before the run directory was written; nothing to resume"
+        return f"{how}; nothing to resume (the run directory was not written yet)"
     out = next(iter(_locks))
     if not (out / CKPT).exists():
-        return f"interrupted; no checkpoint was written yet in {out}: start again (--force)"
-    return f"interrupted; the last good checkpoint is {out / CKPT}: continue with the same command and --resume"
+        return f"{how}; no checkpoint was written yet in {out}: start again (--force)"
+    return f"{how}; the last good checkpoint is {out / CKPT}: continue with the same command and --resume"
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt("stopped by SIGTERM")  # the same way out as Ctrl-C: one line, then exit
+
+
+@contextlib.contextmanager
+def script():
+    """Every script's entry, around main(): `with run.script(): main(parser.parse_args())`.
+    Errors end in one line (one_line_errors), SIGTERM as Ctrl-C does, and under torchrun the
+    process group is ended on every way out (normal end, error, Ctrl-C, SIGTERM: dist.close).
+    A collective that fails because another rank died or hangs is one line too: that rank's
+    own error (above, or in torchrun's summary) is the cause."""
+    one_line_errors()
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    except Exception as e:
+        if dist.world() > 1 and dist.is_collective_failure(e):
+            why = str(e).split("] ", 1)[-1].split(". ")[0]  # gloo: "[pair.cc:553] Connection closed by peer ..."
+            raise RunError(interrupted(f"rank {dist.rank()} of {dist.world()}: a collective failed ({why}): "
+                                       "another rank stopped or is stuck, and its own error is the cause")) from None
+        raise
+    finally:
+        dist.close()
 
 
 # ---- the flags every script shares ---------------------------------------------------------------
@@ -271,7 +299,10 @@ def device_and_dtype(args):
     if getattr(args, "fsdp", False) and "RANK" not in os.environ:
         raise RunError("--fsdp shards the models over the ranks of torchrun: launch with "
                        "torchrun --nproc_per_node N (README: past one GPU)")
-    local = dist.init(device.type)
+    try:
+        local = dist.init(device.type)
+    except ValueError as e:  # a bad NANOIRL_DIST_TIMEOUT
+        raise RunError(str(e)) from None
     if device.type == "cuda" and dist.world() > 1:
         device = torch.device("cuda", local)
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
