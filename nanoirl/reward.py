@@ -25,6 +25,7 @@ At the token level the offset stays 0: a constant per token is a length bonus th
 divergence's gradient, and the f-rewards of fdiv.py are already 0 where D = 1/2.
 """
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,8 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
     (label 0) for the same prompts, in micro-batches of rows whose gradients accumulate, each
     weighted by its share of the rows: the whole batch's gradient exactly at the sequence level
     (at the token level each micro-batch averages over its own tokens). Returns (loss, accuracy)
-    as floats; a non-finite loss returns at once, without a step. Under torchrun the batch is the
+    as floats; a non-finite loss takes no step (on any rank: the loss is summed over ranks first, so
+    that every rank decides alike and none waits alone in DDP's all-reduce). Under torchrun the batch is the
     global one and each rank computes on its share (nanoirl/dist.py): at the sequence level the
     numbers of one process; at the token level those of one process whose --micro-batch-size cuts
     the same micro-batches."""
@@ -88,13 +90,14 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
         else:
             loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B
             acc = ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
-        if not torch.isfinite(loss):
-            return loss.item(), float("nan")
-        (loss * dist.grad_scale()).backward()
+        (loss * dist.grad_scale()).backward()  # even when not finite: a backward is a collective under torchrun
         loss_sum += loss.item()
         acc_sum += acc
+    loss_sum, acc_sum = dist.total(loss_sum, acc_sum)  # a NaN on one rank is a NaN on all: all skip the step
+    if not math.isfinite(loss_sum):
+        return loss_sum, float("nan")
     optimizer.step()
-    return dist.total(loss_sum, acc_sum)
+    return loss_sum, acc_sum
 
 
 @torch.no_grad()

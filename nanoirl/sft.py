@@ -27,6 +27,7 @@ and without it even a fully expressive policy is pushed to longer responses than
 demonstrations alone: it needs samples of pi.
 """
 import contextlib
+import math
 
 import torch
 
@@ -64,8 +65,11 @@ def occupancy_sft_loss(token_logprobs, responses, eos_id):
 def sft_step(policy, optimizer, prompts, prompt_mask, responses, eos_id, loss_fn=sft_loss,
              micro_batch_size=None, autocast=contextlib.nullcontext):
     """One optimiser step of loss_fn (sft_loss or occupancy_sft_loss) on a batch, in micro-batches
-    whose gradients accumulate to those of the whole batch. Returns the loss (a float). Under
-    torchrun the batch is the global one and each rank takes its share (nanoirl/dist.py)."""
+    whose gradients accumulate to those of the whole batch. Returns the loss (a float); a
+    non-finite loss takes no step, and the caller stops the run. Under torchrun the batch is the
+    global one and each rank takes its share (nanoirl/dist.py); the loss is summed over ranks, so
+    a NaN on one rank is a NaN on all, and every rank skips the step together (a rank that
+    stopped alone would leave the others waiting in DDP's all-reduce)."""
     B = len(responses)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -75,9 +79,9 @@ def sft_step(policy, optimizer, prompts, prompt_mask, responses, eos_id, loss_fn
             lp = policy.logprobs(p, m, y)
         lp = lp.float() if lp.dtype == torch.bfloat16 else lp
         loss = loss_fn(lp, y, eos_id) * len(y) / B if len(y) else lp.sum() * 0  # an empty share adds 0
-        if not torch.isfinite(loss):
-            return loss.item()  # the caller stops the run; no step is taken on a bad loss
-        (loss * dist.grad_scale()).backward()
+        (loss * dist.grad_scale()).backward()  # even when not finite: a backward is a collective under torchrun
         total += loss.item()
-    optimizer.step()
-    return dist.total(total)
+    total = dist.total(total)  # the same on every rank
+    if math.isfinite(total):
+        optimizer.step()
+    return total

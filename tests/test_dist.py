@@ -253,6 +253,55 @@ def test_ten_two_rank_runs_in_a_row_end_without_an_abort(tmp_path):
             assert rc == 0 and "terminate" not in err, (i, rank, rc, err[-2000:])
 
 
+NAN_THEN_KILL = """
+import json, os, signal, sys, torch
+from nanoirl import dist, reward, run, sft
+
+class Model(torch.nn.Module):  # a policy and a scorer over 3 tokens, whose numbers are NaN on rank 1
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    def logprobs(self, prompts, prompt_mask, responses):
+        return self.w.log_softmax(0)[responses] * (float("nan") if dist.rank() == 1 else 1.0)
+    def state_scores(self, prompts, prompt_mask, responses):
+        h = self.w[responses] * (float("nan") if dist.rank() == 1 else 1.0)
+        return torch.cat([h[:, :1], h], 1)
+
+with run.script():
+    dist.init("cpu")
+    p, m, y = torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1, dtype=torch.bool), torch.tensor([[1, 2, 0]] * 4)
+    seen = {}
+    for name in ("sft", "disc"):
+        model = dist.wrap(Model())
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        if name == "sft":
+            loss = sft.sft_step(model, opt, p, m, y, eos_id=0)
+        else:
+            loss = reward.discriminator_step(model, opt, p, m, y, y.roll(1, 1), eos_id=0, level="sequence")[0]
+        seen[name] = [str(loss), dist.unwrap(model).w.abs().max().item()]  # the loss, and whether a step was taken
+    seen["in step"] = dist.total(1.0)
+    (__import__("pathlib").Path(sys.argv[1]) / f"rank{dist.rank()}.json").write_text(json.dumps(seen))
+    if dist.rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 does
+    dist.total(1.0)  # rank 0 waits for a rank that is gone
+"""
+
+
+def test_a_nan_on_one_rank_stops_both_and_a_killed_rank_is_one_line(tmp_path):
+    """SFT's and the discriminator's step with a NaN loss on rank 1 only: both ranks return the NaN,
+    neither takes a step, both go on in step (before, rank 1 returned before its backward while
+    rank 0 waited in DDP's all-reduce). Then rank 1 is killed (SIGKILL) while rank 0 waits in a
+    collective: rank 0 ends with exit status 1 and one line (before: a gloo traceback)."""
+    (r0, _, err0), (r1, _, _) = two_ranks(NAN_THEN_KILL, tmp_path)
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen == {"sft": ["nan", 0.0], "disc": ["nan", 0.0], "in step": 2.0}, (rank, seen)
+    assert r1 == -signal.SIGKILL and r0 == 1
+    # one line (torch's own excepthook puts "[rank0]: " before it)
+    assert re.fullmatch(r"(\[rank0\]: )?error: rank 0 of 2: a collective failed \([^\n]*Connection [^\n]*"
+                        r"another rank stopped or is stuck[^\n]*\n", err0), err0
+
+
 def test_a_bad_dist_timeout_is_one_line_naming_it(monkeypatch):
     from nanoirl import run
     monkeypatch.setenv("RANK", "0")  # as under torchrun: the variable is read before the process group starts
