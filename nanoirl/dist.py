@@ -240,10 +240,12 @@ def wrap(model, fsdp=False, trained=True):
     FSDP2 (each transformer layer and the rest sharded over the ranks, gathered one layer at a
     time for every forward) on several. A GPT's interface stays the same; the toy's tables are
     always replicated (a few kB), and so is a frozen model (trained=False) without fsdp."""
+    global _sharding
     if world() == 1 or not (trained or fsdp):
         return model
     if fsdp and hasattr(model, "gpt_neox"):
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        _sharding = True
         for layer in model.gpt_neox.layers:
             fully_shard(layer)
         fully_shard(model)
@@ -254,6 +256,29 @@ def wrap(model, fsdp=False, trained=True):
             model.sample = _whole_while_sampling(model, model.sample)
         return model
     return DDPModel(model)
+
+
+# FSDP2's modules are imported only once a model is sharded (wrap with fsdp): DDP and one process
+# need none of them, and run on a torch that has no FSDP2 (requirements.txt)
+_sharding = False
+FSDP2_TORCH = "2.8"  # fully_shard is public from torch 2.6; FSDPModule.set_reshard_after_forward from 2.8
+
+
+def has_fsdp2():
+    """Whether this torch has every piece of FSDP2 that wrap(fsdp=True) uses."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(FSDPModule, "set_reshard_after_forward")
+
+
+def _is_dtensor(x):
+    """Whether x is a sharded tensor of FSDP2 (never, unless a model was sharded)."""
+    if not _sharding:
+        return False
+    from torch.distributed.tensor import DTensor
+    return isinstance(x, DTensor)
 
 
 def _whole_while_sampling(model, sample):
@@ -276,8 +301,7 @@ def unwrap(model):
 
 
 def is_sharded(model):
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in unwrap(model).parameters())
+    return any(_is_dtensor(p) for p in unwrap(model).parameters())
 
 
 @contextlib.contextmanager
@@ -294,39 +318,44 @@ def full_weights(model):
             model.reshard()
 
 
-def _full(x):
-    from torch.distributed.tensor import DTensor
-    if isinstance(x, DTensor):
-        return x.full_tensor()
+def _full(x, to_main=False):
+    if _is_dtensor(x):
+        t = x.full_tensor()  # a collective: every rank gets the whole tensor, on its device
+        return t if not to_main else t.cpu() if is_main() else None  # the others' copy is freed at once
     if isinstance(x, dict):
-        return {k: _full(v) for k, v in x.items()}
+        return {k: _full(v, to_main) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_full(v) for v in x)
+        return type(x)(_full(v, to_main) for v in x)
     return x
 
 
-def state_dict(obj):
-    """obj.state_dict() with every sharded tensor gathered whole (a collective under FSDP2)."""
-    return _full(unwrap(obj).state_dict())
+def state_dict(obj, to_main=False):
+    """obj.state_dict() with every sharded tensor gathered whole (a collective under FSDP2), on
+    every rank. to_main (checkpoints): rank 0 alone keeps the whole tensors, on its CPU, and the
+    other ranks get None. The tensors are gathered one at a time, so that beyond its shards a GPU
+    holds one whole tensor, not every model (6.9b's four models would need ~106 GB per GPU)."""
+    sd = _full(unwrap(obj).state_dict(), to_main)
+    return sd if not to_main or is_main() else None
 
 
 def load_state_dict(obj, sd):
     """obj.load_state_dict(sd) from whole tensors, sharding them as obj's own are sharded (a model,
     or an optimizer whose parameters are FSDP2's DTensors)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
     obj = unwrap(obj)
+    if _sharding:
+        from torch.distributed.tensor import distribute_tensor
     if isinstance(obj, nn.Module):
         mine = obj.state_dict()
         sd = {k: distribute_tensor(v.to(mine[k].device), mine[k].device_mesh, mine[k].placements)
-              if isinstance(mine.get(k), DTensor) else v for k, v in sd.items()}
+              if _is_dtensor(mine.get(k)) else v for k, v in sd.items()}
         obj.load_state_dict(sd)
         return
     obj.load_state_dict(sd)  # an optimizer: its moments are loaded whole, then sharded like their weights
     if hasattr(obj, "state"):
         for p, st in obj.state.items():
-            if isinstance(p, DTensor):
+            if _is_dtensor(p):
                 for k, v in st.items():
-                    if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    if torch.is_tensor(v) and not _is_dtensor(v) and v.shape == p.shape:
                         st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
 
 

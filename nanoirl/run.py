@@ -299,6 +299,8 @@ def device_and_dtype(args):
     if getattr(args, "fsdp", False) and "RANK" not in os.environ:
         raise RunError("--fsdp shards the models over the ranks of torchrun: launch with "
                        "torchrun --nproc_per_node N (README: past one GPU)")
+    if getattr(args, "fsdp", False) and not dist.has_fsdp2():
+        raise RunError(f"--fsdp needs torch >= {dist.FSDP2_TORCH} (FSDP2); this is torch {torch.__version__}")
     try:
         local = dist.init(device.type)
     except ValueError as e:  # a bad NANOIRL_DIST_TIMEOUT
@@ -436,13 +438,17 @@ def save_checkpoint(out, step, state, args, **extra):
     torch.Generator; extra: more tensors or plain values to keep (e.g. MLIRL's pairs).
     A model holding a NaN or inf weight is refused (an update can overflow after a finite loss):
     ckpt.pt stays the last good checkpoint."""
-    # whole tensors (a collective: FSDP2's shards are gathered), identical on every rank
-    states = {k: v.get_state() if isinstance(v, torch.Generator) else dist.state_dict(v) for k, v in state.items()}
-    for name, v in state.items():
-        if isinstance(v, torch.nn.Module) or isinstance(dist.unwrap(v), torch.nn.Module):
-            if not all(t.isfinite().all() for t in states[name].values() if t.is_floating_point()):
-                raise RunError(f"{name} has non-finite weights after step {step - 1}; {last_good(out)}")
-    return dist.on_main(lambda: _write_checkpoint(out, step, states, args, extra))
+    # whole tensors, on rank 0 only: FSDP2's shards are gathered one tensor at a time, to its CPU
+    states = {k: v.get_state() if isinstance(v, torch.Generator) else dist.state_dict(v, to_main=True)
+              for k, v in state.items()}
+
+    def write():  # on rank 0; its error is raised on every rank
+        for name, v in state.items():
+            if isinstance(v, torch.nn.Module) or isinstance(dist.unwrap(v), torch.nn.Module):
+                if not all(t.isfinite().all() for t in states[name].values() if t.is_floating_point()):
+                    raise RunError(f"{name} has non-finite weights after step {step - 1}; {last_good(out)}")
+        return _write_checkpoint(out, step, states, args, extra)
+    return dist.on_main(write)
 
 
 def _write_checkpoint(out, step, states, args, extra):

@@ -312,3 +312,49 @@ def test_a_bad_dist_timeout_is_one_line_naming_it(monkeypatch):
         with pytest.raises(run.RunError, match=f"^NANOIRL_DIST_TIMEOUT={value!r}: expected the process-group "
                                                "timeout in seconds, a number > 0"):
             run.device_and_dtype(parser.parse_args(["--device", "cpu"]))
+
+
+SAVE_MEMORY = """
+import argparse, json, resource, sys, torch
+from nanoirl import dist, run
+from nanoirl.model import GPT, GPTConfig
+
+def rss():  # resident now, and the most resident so far, in MB
+    return (int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10)
+
+with run.script():
+    dist.init("cpu")
+    config = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=8, n_embd=512)  # 53 MB in float64
+    models, seen = {}, {}
+    for n in (1, 3):  # models built on the meta device, sharded, then given memory: no whole copy before a save
+        while len(models) < n:
+            with torch.device("meta"):
+                m = GPT(config).to(torch.float64)
+            m = dist.wrap(m, fsdp=True).to_empty(device="cpu")
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.fill_(0.01)
+            models[f"model{len(models)}"] = m
+        before, _ = rss()
+        run.save_checkpoint(sys.argv[1], 1, models, argparse.Namespace(n=n))
+        seen[n] = rss()[1] - before  # an upper bound of the save's peak above what was resident before it
+    whole = sum(t.numel() * 8 for t in GPT(config).state_dict().values()) / 2 ** 20
+    (__import__("pathlib").Path(sys.argv[1]) / f"rank{dist.rank()}.json").write_text(json.dumps({**seen, "whole": whole}))
+"""
+
+
+def test_an_fsdp_checkpoint_gathers_one_tensor_at_a_time(tmp_path):
+    """Saving 1, then 3 sharded models of 50 MB each (float64): on rank 1 the peak resident memory
+    above that before the save stays within a few whole tensors (the largest is 8 MB) with any
+    number of models (before: every model whole at once, 100 MB more for 3 models than for 1);
+    rank 0 holds the whole models on its CPU, the checkpoint it writes, and little more."""
+    results = two_ranks(SAVE_MEMORY, tmp_path)
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    (r0, r1) = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    print(f"peak above the resident memory before the save, MB (a model is {r0['whole']:.0f} MB): "
+          f"rank 0 {r0['1']:.0f} / {r0['3']:.0f}, rank 1 {r1['1']:.0f} / {r1['3']:.0f} (1 / 3 models)")
+    assert r1["3"] < r1["1"] + 0.5 * r1["whole"] and r1["3"] < r1["whole"]  # not 2 more models, not even 1
+    assert r0["3"] < 3.5 * r0["whole"]  # the 3 models it writes, and a few tensors
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # the whole weights, as filled in
+    assert len(ckpt["state"]) == 3 and all((v == 0.01).all() for v in ckpt["state"]["model2"].values())
