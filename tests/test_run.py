@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import re
 import sys
 
 import numpy as np
@@ -186,6 +187,42 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     assert ckpt["step"] == 3 and ckpt["config"]["steps"] == 3 and ckpt["pairs"].tolist() == [0, 1, 2, 3]
     assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert "has no state for reward" in one_line_error(run.load_checkpoint, tmp_path, {"reward": model})
+
+
+def test_one_process_needs_no_fsdp2(tmp_path, monkeypatch):
+    """A checkpoint's save and load, and the wrappers' helpers, in one process on a torch without
+    FSDP2 (its modules made unimportable): nanoirl.dist imports them only once a model is sharded."""
+    from nanoirl import dist
+    for name in ("torch.distributed.tensor", "torch.distributed.fsdp"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    model = nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 2)).sum().backward()
+    opt.step()
+    run.save_checkpoint(tmp_path, 1, {"model": model, "opt": opt}, parse("--out", tmp_path))
+    run.load_checkpoint(tmp_path, {"model": model, "opt": opt})
+    assert not dist.is_sharded(model) and dist.wrap(model) is model
+    with dist.full_weights(model) as whole:
+        assert whole is model
+    assert not dist.has_fsdp2()
+
+
+def test_sigterm_stops_with_one_line_as_ctrl_c_does(monkeypatch, capsys):
+    """run.script turns SIGTERM into the Ctrl-C way out: one line, how to resume, no traceback."""
+    import signal
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt) as stop:
+            with run.script():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10 ** 8):  # the handler runs between two bytecodes
+                    pass
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    sys.excepthook(KeyboardInterrupt, stop.value, None)
+    assert re.fullmatch(r"error: stopped by SIGTERM; (nothing to resume|the last good checkpoint|no checkpoint)[^\n]*\n",
+                        capsys.readouterr().err)
 
 
 def test_crash_while_saving_keeps_the_good_checkpoint(tmp_path, monkeypatch):
