@@ -112,6 +112,8 @@ def script():
                                        "another rank stopped or is stuck, and its own error is the cause")) from None
         raise
     finally:
+        # done: a SIGTERM now (torchrun's, once another rank failed) would only interrupt the way out
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         dist.close()
 
 
