@@ -72,8 +72,8 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
     weighted by its share of the rows: the whole batch's gradient exactly at the sequence level
     (at the token level each micro-batch averages over its own tokens). Returns (loss, accuracy)
     as floats; a non-finite loss takes no step (on any rank: the loss is summed over ranks first, so
-    that every rank decides alike and none waits alone in DDP's all-reduce). Under torchrun the batch is the
-    global one and each rank computes on its share (nanoirl/dist.py): at the sequence level the
+    that every rank decides alike and none waits alone in DDP's all-reduce). Under torchrun the
+    batch is the global one and each rank computes on its share (nanoirl/dist.py): at the sequence level the
     numbers of one process; at the token level those of one process whose --micro-batch-size cuts
     the same micro-batches."""
     B = len(expert)
