@@ -65,9 +65,9 @@ def init(device_type):
 
 
 def close():
-    """End the process group, if one was started: on every path out of a script (run.script).
-    Without it a rank's gloo threads outlive the interpreter's shutdown, and a run that wrote
-    everything could still end in SIGABRT ("terminate called without an active exception").
+    """End the process group, if one was started: on every path out of a script (run.script,
+    which then leaves with os._exit: with the group destroyed, the interpreter's teardown still
+    aborted a finished rank now and then, SIGABRT "terminate called without an active exception").
     It waits for no other rank, so that a rank stopping on an error does not hang here."""
     if td.is_initialized():
         td.destroy_process_group()
