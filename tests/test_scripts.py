@@ -669,35 +669,29 @@ def short_tldr(tmp_path_factory):
 
 @pytest.mark.parametrize("script", ["train_airl.py"])  # SFT and ML-IRL: the README's dry run, tests/test_commands.py
 def test_text_dry_run(tmp_path, short_tldr, script):
-    """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens:
-    metrics.jsonl with the shared names, ckpt.pt at the last step, policy/ loadable and equal to
-    the checkpoint's policy, nothing downloaded. In fp32: --dtype bfloat16 (CPU autocast) is
-    tested on a tiny GPT-NeoX (tests/test_text_path.py::test_bf16_text_run_resumes_exactly), since
-    a CPU without bf16 instructions runs bf16 matmuls hundreds of times slower than fp32.
-    One at a time: each holds gigabytes (side by side they take longer)."""
+    """Smoke test: the text path of each script end to end on a GPT-NeoX from the Hugging Face
+    cache (a tiny one, cached as EleutherAI/pythia-70m) with byte tokens: metrics.jsonl with the
+    shared names, ckpt.pt at the last step, policy/ loadable and equal to the checkpoint's policy.
+    The README's random:pythia-70m dry runs of SFT and ML-IRL run as written in
+    tests/test_commands.py; --dtype bfloat16 (CPU autocast) in
+    tests/test_text_path.py::test_bf16_text_run_resumes_exactly."""
     from nanoirl.model import GPT
-    r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
-            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED,
-            "--truncate-long-responses",
-            *TEXT_FLAGS[script])
-    try:
-        assert r.wait().returncode == 0, r.stderr
-        assert ("the random-init dry run uses UTF-8 bytes as tokens (for Pythia's: huggingface-cli download "
-                "EleutherAI/pythia-70m tokenizer.json)") in r.stdout
-        assert not any((tmp_path / "hf-cache").iterdir())  # nothing was downloaded
-        rows = rows_of(r.out)
-        n = len(rows)
-        assert n == {"train_sft.py": 2, "train_airl.py": 1, "train_mlirl.py": 2}[script]
-        for row in rows:
-            assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
-        ckpt = torch.load(r.out / "ckpt.pt", weights_only=True, mmap=True)  # 1-2 GB: mapped, not read
-        assert ckpt["step"] == n
-        policy = GPT.from_pretrained(r.out / "policy")
-        assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
-        assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
-        assert_summary(r.stdout, r.out)
-    finally:
-        shutil.rmtree(r.out, ignore_errors=True)  # the checkpoints take gigabytes
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m")
+    r = InProcess(tmp_path, "run", script, "--model", "pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
+                  "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED,
+                  "--truncate-long-responses", *TEXT_FLAGS[script])
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.out)
+    n = len(rows)
+    assert n == {"train_sft.py": 2, "train_airl.py": 1, "train_mlirl.py": 2}[script]
+    for row in rows:
+        assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
+    ckpt = torch.load(r.out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == n
+    policy = GPT.from_pretrained(r.out / "policy")
+    assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (1, 16, 256)
+    assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
+    assert_summary(r.stdout, r.out)
 
 
 # ---- a local checkpoint, and policy/ as the next script's --model ---------------------------------
@@ -721,12 +715,8 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     cache as EleutherAI/pythia-70m (as a user's cached pythia-1b); train_sft.py --model pythia-70m
     saves policy/, which is then --model of train_airl.py and of train_mlirl.py --sft-steps 0,
     whose reference policy pi_ref (round 1's anchor) is exactly the saved SFT policy."""
-    from nanoirl.model import GPT, GPTConfig
-    snapshot = tmp_path / "hf-cache" / "models--EleutherAI--pythia-70m" / "snapshots" / "abc123"
-    GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
-    byte_level_tokenizer_json(snapshot / "tokenizer.json")
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    from nanoirl.model import GPT
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m")
     records = [{"prompt": f"question {i}:", "response": f" answer {i}"} for i in range(6)]
     data.write_jsonl(tmp_path / "demos.jsonl", records)
     text = ["--data", tmp_path / "demos.jsonl", "--max-prompt-len", 16, "--max-response-len", 12,
@@ -845,17 +835,32 @@ def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tl
     assert all(torch.equal(init[k], theirs[k]) for k in init)
 
 
+def cached_tiny_pythia(cache, name, block_size=96):
+    """A tiny GPT-NeoX (1 layer, d 16) and a byte-level tokenizer.json in the Hugging Face cache
+    `cache` as EleutherAI/<name>, where --model <name> finds it offline, as it finds a user's
+    downloaded Pythia."""
+    from nanoirl.model import GPT, GPTConfig
+    snapshot = cache / f"models--EleutherAI--{name}" / "snapshots" / "abc123"
+    GPT(GPTConfig(vocab_size=256, block_size=block_size, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+    byte_level_tokenizer_json(snapshot / "tokenizer.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+
+
 def test_mlirl_on_tldr_by_default(tmp_path):
-    """`python train_mlirl.py --model random:pythia-70m` and no other flag, offline: one line on
-    the TL;DR data it needs and how to get it. With TL;DR-layout data sets that this test writes
-    with `datasets` under $NANOIRL_DATA (posts far longer than 512 tokens), the same command plus
-    step counts truncates the posts, runs round 0 and one ML-IRL round, and logs
-    rm_accuracy_heldout on the preference set."""
+    """`python train_mlirl.py --model pythia-70m` and no other flag, offline: one line on the
+    TL;DR data it needs and how to get it. With TL;DR-layout data sets that this test writes with
+    `datasets` under $NANOIRL_DATA (posts far longer than 512 tokens), the same command plus step
+    counts truncates the posts to the default --max-prompt-len 512, runs round 0 and one ML-IRL
+    round, and logs rm_accuracy_heldout on the preference set. The model is a tiny GPT-NeoX cached
+    as EleutherAI/pythia-70m (the data path is the point, not the model's size)."""
     datasets = pytest.importorskip("datasets", reason="datasets writes the local data sets")
-    bare = Run(tmp_path, "bare", "train_mlirl.py", "--model", "random:pythia-70m").wait()
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m", block_size=600)
+    bare = InProcess(tmp_path, "bare", "train_mlirl.py", "--model", "pythia-70m")
     assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
     assert bare.stderr.startswith(f"error: {data.TLDR_SFT}:train: not in {tmp_path / 'no-data' / data.TLDR_SFT} "
                                   "and not loadable") and f"python -m nanoirl.data --download {data.TLDR_SFT}" in bare.stderr
+    assert not bare.out.exists()
     records = list(data.fake_tldr(6, seed=0))
     for r in records:  # paragraphs of well over 512 bytes in all, the summaries of a few words
         r.update(post="\n".join([r["post"]] * 24), summary=" ".join(r["summary"].split()[:3]))
@@ -865,17 +870,14 @@ def test_mlirl_on_tldr_by_default(tmp_path):
     pairs = [{"query": p["prompt"][-300:], "chosen": " ".join(p["chosen"].split()[:3]) + "<|endoftext|>",
               "rejected": " ".join(p["rejected"].split()[:3]) + "<|endoftext|>"} for p in data.fake_tldr(4, preferences=True)]
     datasets.DatasetDict({"validation": datasets.Dataset.from_list(pairs)}).save_to_disk(str(root / data.TLDR_PREFERENCES))
-    r = Run(tmp_path, "tldr", "train_mlirl.py", "--model", "random:pythia-70m", "--rounds", 1, "--sft-steps", 1,
-            "--batch-size", 2, "--ppo-iterations", 1, "--rollout-batch-size", 2, "--rm-batch-size", 4,
-            env={"NANOIRL_DATA": str(root)})
-    try:
-        assert r.wait().returncode == 0, r.stderr
-        assert f"data: {data.TLDR_SFT}:train: 4 of 4 TL;DR posts truncated to fit --max-prompt-len 512 (" \
-            in r.stdout, r.stdout
-        rows = rows_of(r.out)
-        assert [row["step"] for row in rows] == [0, 1] and 0 <= rows[1]["rm_accuracy_heldout"] <= 1
-        config = json.loads((r.out / "config.json").read_text())
-        assert config["data"] == data.TLDR_SFT + ":train"
-        assert config["eval_pairs"] == data.TLDR_PREFERENCES + ":validation[:2048]"
-    finally:
-        shutil.rmtree(r.out, ignore_errors=True)
+    r = InProcess(tmp_path, "tldr", "train_mlirl.py", "--model", "pythia-70m", "--rounds", 1, "--sft-steps", 1,
+                  "--batch-size", 2, "--ppo-iterations", 1, "--rollout-batch-size", 2, "--rm-batch-size", 4,
+                  env={"NANOIRL_DATA": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert f"data: {data.TLDR_SFT}:train: 4 of 4 TL;DR posts truncated to fit --max-prompt-len 512 (" \
+        in r.stdout, r.stdout
+    rows = rows_of(r.out)
+    assert [row["step"] for row in rows] == [0, 1] and 0 <= rows[1]["rm_accuracy_heldout"] <= 1
+    config = json.loads((r.out / "config.json").read_text())
+    assert config["data"] == data.TLDR_SFT + ":train" and config["max_prompt_len"] == 512
+    assert config["eval_pairs"] == data.TLDR_PREFERENCES + ":validation[:2048]"
