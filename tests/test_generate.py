@@ -77,6 +77,7 @@ def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
 import pytest
 
 from nanoirl import generate as gen
+from nanoirl.policy import pad_after_eos
 from nanoirl.run import RunError
 from test_data import FullDisk
 
@@ -212,3 +213,26 @@ def test_ctrl_c_while_importing_is_one_line(module):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT and err == "error: interrupted while starting; nothing was written\n"
 
+
+def test_pad_is_never_sampled_even_as_the_largest_logit():
+    """Pad (id 1) given the largest logit by far: sampled at any temperature, with top-k or top-p,
+    or greedily, a response holds pad only after its EOS (nanoirl.generate used to drop such pads
+    silently). The toy's policies never see pad: it is not one of the MDP's actions."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
+    head, bonus = model.head, torch.zeros(16).index_fill(0, torch.tensor([1]), 100.0)
+    model.head = lambda h: head(h) + bonus  # pad's logit: the largest by 100 everywhere
+    x = torch.randint(2, 16, (64, 4))
+    for kw in [dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(temperature=1.0, top_p=0.9),
+               dict(temperature=0), dict(temperature=1.0, min_new_tokens=3)]:
+        y, _ = model.sample(x, torch.ones_like(x, dtype=torch.bool), 8, 0, 1, generator=torch.Generator().manual_seed(0), **kw)
+        assert torch.equal(y, pad_after_eos(y.masked_fill(y == 1, 5), 0, 1)), kw  # pad only after EOS
+    from toy.mdp import ToyMDP
+    from toy.tabular import TabularPolicy
+    mdp = ToyMDP()
+    table = TabularPolicy(mdp)
+    with torch.no_grad():
+        table.logits[:, mdp.pad_id] = 50.0
+    p, m = mdp.prompt_tokens(torch.arange(mdp.n_prompts))
+    y, _ = table.sample(p, m, mdp.T, mdp.eos_id, mdp.pad_id, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(y, pad_after_eos(y.masked_fill(y == mdp.pad_id, 2), mdp.eos_id, mdp.pad_id))
