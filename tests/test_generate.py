@@ -1,5 +1,6 @@
 """nanoirl/generate.py: demonstrations from a policy, resumable exactly after SIGKILL, readable as
---data by train_sft.py, and scored by a gold reward model. Subprocesses on the CPU, offline."""
+--data by train_sft.py, and scored by a gold reward model (subprocesses on the CPU, offline); its
+bad --out, full disk and Ctrl-C (in-process); pad never sampled."""
 import json
 import os
 import signal
@@ -8,10 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from nanoirl import data
+from nanoirl import generate as gen
 from nanoirl.model import GPT, GPTConfig, ScalarGPT
+from nanoirl.policy import pad_after_eos
+from nanoirl.run import RunError
+from test_data import FullDisk
 from test_scripts import byte_level_tokenizer_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +80,6 @@ def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
 
 
 # ---- bad input and faults, in-process (each about a second) -----------------------------------
-import pytest
-
-from nanoirl import generate as gen
-from nanoirl.policy import pad_after_eos
-from nanoirl.run import RunError
-from test_data import FullDisk
 
 
 @pytest.fixture(scope="module")
