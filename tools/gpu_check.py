@@ -5,22 +5,24 @@ every number into OUTDIR/gpu_check.json (README, "Speed at 1B").
     python tools/gpu_check.py OUTDIR             # on CUDA: pythia-1b at TL;DR's shapes
     python tools/gpu_check.py OUTDIR --tiny      # the same steps on the CPU, a tiny GPT-NeoX, seconds
 
-Steps, each in its own try (a failure is recorded with its exception, and the next step runs),
-each with a time budget, the JSON rewritten after each one so that a timeout keeps what finished:
-  cuda_tests         the suite's CUDA tests (pytest -k CUDA_TESTS, a subprocess), each outcome
-  train_sft          the three scripts in this process on random:pythia-1b, fake TL;DR data,
-  train_mlirl          --dtype bfloat16, 512-token prompts, 53-token responses, rollout batch 64,
-  train_airl           micro-batch 8: seconds per SFT step and per PPO iteration (rollout +
-                       update), torch.cuda.max_memory_allocated per call; ML-IRL is stopped after
-                       its round-0 checkpoint and continued with --resume, and its round scores
-                       2,048 held-out pairs; the largest batch a transformer forward pass saw,
-                       without and with gradients, against --forward-batch-size
-  bench, bench_*     bench.main's sections at pythia-1b beside transformers (train, sample, ppo),
-                       PPO with --grad-checkpoint, and pythia-2.8b PPO when the time is left
-The run directories and data go to a temporary directory (--work), removed after each step: a
-pythia-1b checkpoint takes 12-31 GB. Figures are skipped (NANOIRL_NO_PLOTS). Without CUDA the
-check runs --tiny. bench.py and the scripts are imported, never copied; nothing in nanoirl/
-imports this file.
+Steps, in this order, each in its own try (a failure is recorded with its exception, and the
+next step runs), each with a time budget (BUDGETS; all together --budget), the JSON rewritten
+after each one so that a timeout keeps what finished:
+  cuda_tests             the suite's CUDA tests (pytest -k CUDA_TESTS, a subprocess), each outcome
+  train_sft, train_mlirl the scripts in this process on random:pythia-1b, fake TL;DR data,
+    (train_airl later)   --dtype bfloat16, 512-token prompts, 53-token responses, rollout batch 64,
+                         micro-batch 8: seconds per SFT step and per PPO iteration (rollout +
+                         update; Probe), torch.cuda.max_memory_allocated per call. ML-IRL stops
+                         after its round-0 checkpoint and goes on with --resume; its round scores
+                         2,048 held-out pairs. The largest batch a transformer forward pass saw,
+                         without and with gradients, by phase, against --forward-batch-size
+  bench                  bench.main at pythia-1b beside transformers: train, sample, ppo
+  bench_grad_checkpoint  bench's ppo with --grad-checkpoint
+  train_airl             (its 31 GB checkpoint is the slowest write: after bench)
+  bench_large            pythia-2.8b ppo with --grad-checkpoint, only if its budget is left
+Run directories and data go to a temporary directory (--work), each run's removed after its step:
+a pythia-1b checkpoint takes 12-31 GB. Figures are skipped (NANOIRL_NO_PLOTS). Without CUDA the
+check runs --tiny. bench.py and the scripts are imported, not copied; nanoirl/ never imports this.
 """
 import argparse
 import contextlib
@@ -66,8 +68,8 @@ SHAPES = {
                 bench=["--batch", "2", "--sample-batch", "3", "--prompt-len", "12", "--response-len", "5",
                        "--warmup", "0", "--repeats", "1"], ppo_grid="2x5", large="tiny"),
 }
-BUDGETS = {"cuda": {"cuda_tests": 60, "train_sft": 75, "train_mlirl": 120, "train_airl": 100,
-                    "bench": 90, "bench_grad_checkpoint": 45, "bench_large": 90},
+BUDGETS = {"cuda": {"cuda_tests": 45, "train_sft": 60, "train_mlirl": 150, "train_airl": 100,
+                    "bench": 90, "bench_grad_checkpoint": 50, "bench_large": 90},
            "cpu": {"cuda_tests": 60, "train_sft": 30, "train_mlirl": 30, "train_airl": 30,
                    "bench": 30, "bench_grad_checkpoint": 30, "bench_large": 30}}
 OPTIONAL = {"bench_large"}  # started only when its whole budget is left
@@ -171,6 +173,14 @@ def prepare_data(work, s):
     return demos, prefs
 
 
+def default_work_dir():
+    """/dev/shm when it has room for ML-IRL's two pythia-1b checkpoints (2 x 18 GB while one
+    replaces the other) and AIRL's one (31 GB): in memory, the checkpoints' disk writes leave the
+    step timings; else the system's temp directory."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > 48e9 else None
+
+
 def tiny_model(work):
     """A tiny GPT-NeoX with random weights and the byte tokenizer, as a local --model directory."""
     path = work / "tiny-gpt-neox"
@@ -213,28 +223,33 @@ def run_script(module, flags, device, s, resume=False):
 
 
 def script_steps(work, device, s):
-    """(name, function) of the three scripts' steps, each in its own run directory."""
-    demos, prefs = prepare_data(work, s)
-    model = s["model"] or tiny_model(work)
-    text = ["--model", model, "--data", str(demos), "--max-prompt-len", str(s["prompt_len"]),
-            "--max-response-len", str(s["response_len"]), "--eval-size", str(s["eval_size"]),
-            "--truncate-long-responses", "--device", device.type, "--dtype", s["dtype"],
-            "--micro-batch-size", str(s["micro_batch"]), "--forward-batch-size", str(s["forward_batch"])]
+    """(name, function) of the three scripts' steps, each in its own run directory; the data and
+    the flags they share are made by the first step that runs."""
     B = str(s["batch"])
-    flags = {
+    scripts = {
         "train_sft": (train_sft, ["--steps", "3", "--batch-size", B], False),
         "train_mlirl": (train_mlirl, ["--rounds", "1", "--sft-steps", "2", "--batch-size", B,
                                       "--ppo-iterations", "2", "--rollout-batch-size", B, "--rm-batch-size", B,
-                                      "--eval-pairs", str(prefs)], True),
+                                      "--eval-pairs", "PAIRS"], True),  # PAIRS: the held-out pairs' file
         "train_airl": (train_airl, ["--steps", "2", "--rollout-batch-size", B, "--disc-steps", "1"], False)}
 
+    @functools.cache
+    def shared():
+        demos, prefs = prepare_data(work, s)
+        text = ["--model", s["model"] or tiny_model(work), "--data", str(demos), "--max-prompt-len",
+                str(s["prompt_len"]), "--max-response-len", str(s["response_len"]), "--eval-size", str(s["eval_size"]),
+                "--truncate-long-responses", "--device", device.type, "--dtype", s["dtype"],
+                "--micro-batch-size", str(s["micro_batch"]), "--forward-batch-size", str(s["forward_batch"])]
+        return text, str(prefs)
+
     def step(name, module, extra, resume):
-        out = work / name
+        text, prefs = shared()
+        flags, out = text + [prefs if f == "PAIRS" else f for f in extra], work / name
         try:
-            return {"flags": text + extra, **run_script(module, text + extra + ["--out", str(out)], device, s, resume)}
+            return {"flags": flags, **run_script(module, flags + ["--out", str(out)], device, s, resume)}
         finally:
             shutil.rmtree(out, ignore_errors=True)
-    return [(name, functools.partial(step, name, *v)) for name, v in flags.items()]
+    return [(name, functools.partial(step, name, *v)) for name, v in scripts.items()]
 
 
 def bench_steps(device, s):
@@ -334,7 +349,9 @@ def main(argv=None):
     parser.add_argument("outdir", help="gpu_check.json and one log per step go here")
     parser.add_argument("--tiny", action="store_true", help="the CPU and tiny shapes (automatic without CUDA)")
     parser.add_argument("--budget", type=run.positive_int, default=480, help="seconds for every step together")
-    parser.add_argument("--work", default=None, help="where run directories and data go (default: a temp dir)")
+    parser.add_argument("--work", default=None,
+                        help="where run directories and data go, removed after each step (default: /dev/shm "
+                             "with 48 GB free, else the system's temp directory)")
     args = parser.parse_args(argv)
     tiny = args.tiny or not torch.cuda.is_available()
     device = torch.device("cpu" if tiny else "cuda")
@@ -357,8 +374,11 @@ def main(argv=None):
     deadline = t0 + args.budget
     if not args.tiny and tiny:
         print("no CUDA device here: the tiny check on the CPU")
-    with tempfile.TemporaryDirectory(dir=args.work, prefix="gpu-check-") as work:
-        steps = [("cuda_tests", cuda_tests), *script_steps(Path(work), device, s), *bench_steps(device, s)]
+    with tempfile.TemporaryDirectory(dir=args.work or default_work_dir(), prefix="gpu-check-") as work:
+        report["work"] = work
+        sft_, mlirl_, airl_ = script_steps(Path(work), device, s)
+        bench_, checkpointing, large = bench_steps(device, s)
+        steps = [("cuda_tests", cuda_tests), sft_, mlirl_, bench_, checkpointing, airl_, large]
         for name, fn in steps:
             run_step(report, path, outdir, name, fn, BUDGETS[device.type][name], deadline, name in OPTIONAL)
     report["seconds"] = time.time() - t0
