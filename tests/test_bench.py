@@ -184,7 +184,8 @@ def test_gpu_check_runs_every_step_tiny_on_the_cpu(tmp_path):
     steps, PPO iterations = rollout + update), ML-IRL stopped after its first checkpoint and
     resumed, its held-out pairs scored, and the largest forward batches recorded against
     --forward-batch-size; bench's sections beside transformers; the suite's CUDA tests skipped
-    here. Then a step that fails and one over its budget are recorded, not raised."""
+    here. Then a step that fails, one over its budget and one without the time left are recorded,
+    not raised; a script that fails keeps what was measured until then."""
     from tools import gpu_check
     report = gpu_check.main([str(tmp_path / "out"), "--tiny", "--work", str(tmp_path)])
     assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
@@ -241,4 +242,11 @@ def test_gpu_check_runs_every_step_tiny_on_the_cpu(tmp_path):
     assert log["steps"]["fails"]["status"] == "failed" and log["steps"]["fails"]["error"] == "ValueError: broken"
     assert log["steps"]["slow"]["status"] == "timeout" and log["steps"]["slow"]["seconds"] < 2
     assert log["steps"]["late"]["status"] == "skipped"
+    nan = [gpu_check.train_sft, ["--steps", "3", "--lr", "inf", "--out", str(tmp_path / "nan")], torch.device("cpu"),
+           gpu_check.SHAPES["cpu"]]  # the toy table: a NaN at step 1 stops the run after one step logged
+    gpu_check.run_step(log, tmp_path / "log.json", tmp_path, "nan", lambda: gpu_check.run_script(*nan), 30, math.inf, False)
+    failed = log["steps"]["nan"]
+    assert failed["status"] == "failed" and failed["error"].startswith("RunError: loss is nan at step 1")
+    assert failed["result"]["calls"][0]["error"].startswith("RunError") and len(failed["result"]["metrics"]) == 1
+    assert len(failed["result"]["phases_s"]["sft_step"]) == 2  # what was measured before the error is kept
     assert json.loads((tmp_path / "log.json").read_text()) == log

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import gc
 import json
-import math
 import os
 import shutil
 import signal
@@ -45,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts and bench.py are top-level modules
 os.environ.setdefault("NANOIRL_NO_PLOTS", "1")  # metrics.png costs seconds a run and shows nothing here
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights, byte tokens: nothing to download, no retries
 
 import torch  # noqa: E402
 
@@ -75,8 +75,8 @@ BUDGETS = {"cuda": {"cuda_tests": 45, "train_sft": 60, "train_mlirl": 150, "trai
 OPTIONAL = {"bench_large"}  # started only when its whole budget is left
 
 
-class StepTimeout(Exception):
-    pass
+class StepTimeout(BaseException):
+    """The step's budget is spent (SIGALRM). Not an Exception: no `except Exception` on the way swallows it."""
 
 
 class Interrupted(Exception):
@@ -192,34 +192,40 @@ def tiny_model(work):
 
 def run_script(module, flags, device, s, resume=False):
     """module.main on flags in this process under a Probe; with resume, stopped after the first
-    checkpoint and continued with --resume. Seconds per step, peak memory, forward batches."""
-    probe, calls = Probe(device), []
+    checkpoint and continued with --resume. Seconds per step, peak memory, forward batches. An
+    error or timeout carries what was measured until then (its .partial: where an OOM struck)."""
+    probe, calls, metrics = Probe(device), [], Path(flags[flags.index("--out") + 1]) / run.METRICS
+
+    def result():
+        t = probe.seconds
+        iterations = [r + u for r, u in zip(t.get("rollout", []), t.get("update", []))]
+        return {"calls": calls, "phases_s": t, "sft_step_s": median_after_first(t.get("sft_step", [])),
+                "ppo_iteration_s": median_after_first(iterations), "ppo_iterations_s": iterations,
+                "peak_gb": max((c["peak_gb"] for c in calls), default=None) if device.type == "cuda" else None,
+                "forward_batches": probe.forward_batches(s["forward_batch"], s["micro_batch"]),
+                "metrics": [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else None}
     with probe.installed():
         for again in ([False, True] if resume else [False]):
             probe.stop_after = None if again or not resume else probe.checkpoints + 1
             argv = flags + ["--resume"] * again
             bench.peak_gb(device, reset=True)
             t0 = time.perf_counter()
+            call = {"argv": argv, "stopped_after_checkpoint": False}
+            calls.append(call)
             try:
                 module.main(module.parser.parse_args(argv))
-                stopped = False
             except Interrupted:
-                stopped = True
-            calls.append({"argv": argv, "seconds": time.perf_counter() - t0, "peak_gb": bench.peak_gb(device),
-                          "stopped_after_checkpoint": stopped})
+                call["stopped_after_checkpoint"] = True
+            except BaseException as e:  # an error, or the step's timeout: keep what was measured
+                call.update(seconds=time.perf_counter() - t0, peak_gb=bench.peak_gb(device), error=repr(e)[:500])
+                e.partial = result()
+                raise
+            call.update(seconds=time.perf_counter() - t0, peak_gb=bench.peak_gb(device))
             gc.collect()
             torch.cuda.empty_cache()
     if resume and not calls[0]["stopped_after_checkpoint"]:
         raise RuntimeError("the run ended before its first checkpoint: nothing was resumed")
-    t = probe.seconds
-    iterations = [r + u for r, u in zip(t.get("rollout", []), t.get("update", []))]
-    out = Path(flags[flags.index("--out") + 1])
-    rows = [json.loads(line) for line in (out / run.METRICS).read_text().splitlines()]
-    return {"calls": calls, "phases_s": t, "sft_step_s": median_after_first(t.get("sft_step", [])),
-            "ppo_iteration_s": median_after_first(iterations), "ppo_iterations_s": iterations,
-            "peak_gb": max((c["peak_gb"] for c in calls), default=None) if device.type == "cuda" else None,
-            "forward_batches": probe.forward_batches(s["forward_batch"], s["micro_batch"]),
-            "metrics": rows}
+    return result()
 
 
 def script_steps(work, device, s):
@@ -327,10 +333,10 @@ def run_step(report, path, outdir, name, fn, budget, deadline, optional):
         with open(outdir / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             result = fn()
         entry.update(status="finished", result=result)
-    except StepTimeout:
-        entry.update(status="timeout", error=f"over its budget of {limit:.0f} s")
+    except StepTimeout as e:
+        entry.update(status="timeout", error=f"over its budget of {limit:.0f} s", result=getattr(e, "partial", None))
     except (Exception, SystemExit) as e:  # bench.py and argparse stop with SystemExit
-        entry.update(status="failed", error=f"{type(e).__name__}: {e}",
+        entry.update(status="failed", error=f"{type(e).__name__}: {e}", result=getattr(e, "partial", None),
                      traceback=traceback.format_exc().splitlines()[-30:])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -368,7 +374,9 @@ def main(argv=None):
     report = {"argv": sys.argv if argv is None else argv, "tiny": tiny, "budget_s": args.budget,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "transformers": transformers and transformers.__version__,
-              "cuda": torch.version.cuda, "shapes": s, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "cuda": torch.version.cuda,
+              "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 1e9 if device.type == "cuda" else None,
+              "shapes": s, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "steps": {}}
     t0 = time.time()
     deadline = t0 + args.budget
@@ -383,8 +391,27 @@ def main(argv=None):
             run_step(report, path, outdir, name, fn, BUDGETS[device.type][name], deadline, name in OPTIONAL)
     report["seconds"] = time.time() - t0
     write(report, path)
-    print(f"wrote {path}")
+    print_summary(report)
+    print(f"wrote {path} in {report['seconds']:.0f} s")
     return report
+
+
+def print_summary(report):
+    """One line per step with its headline numbers (the device's output shows the end of stdout)."""
+    for name, entry in report["steps"].items():
+        r, words = entry.get("result") or {}, []
+        for key in ("sft_step_s", "ppo_iteration_s", "peak_gb"):
+            if isinstance(r.get(key), float):
+                words.append(f"{key} {r[key]:.3g}")
+        if "forward_batches" in r:
+            fb = r["forward_batches"]
+            words.append(f"largest no-grad batch {fb['largest_no_grad']} (--forward-batch-size {fb['forward_batch_size']})")
+        words += [f"{row['metric']}: {bench.fmt(row['ours'])}" + (f" vs {bench.fmt(row['transformers'])}"
+                  if row["transformers"] is not None else "") for row in r.get("table", [])]
+        if "passed" in r:
+            words.append(f"{r['passed']} passed, {r['skipped']} skipped")
+        print(f"{name:<22} {entry['status']:<9} {entry.get('seconds', 0):6.1f} s  " + "; ".join(
+            words + [entry.get("error") or entry.get("reason") or ""]).strip("; "))
 
 
 if __name__ == "__main__":
