@@ -68,7 +68,7 @@ SHAPES = {
                 bench=["--batch", "2", "--sample-batch", "3", "--prompt-len", "12", "--response-len", "5",
                        "--warmup", "0", "--repeats", "1"], ppo_grid="2x5", large="tiny"),
 }
-BUDGETS = {"cuda": {"cuda_tests": 45, "train_sft": 60, "train_mlirl": 150, "train_airl": 100,
+BUDGETS = {"cuda": {"cuda_tests": 45, "train_sft": 60, "train_mlirl": 180, "train_airl": 120,
                     "bench": 90, "bench_grad_checkpoint": 50, "bench_large": 90},
            "cpu": {"cuda_tests": 60, "train_sft": 30, "train_mlirl": 30, "train_airl": 30,
                    "bench": 30, "bench_grad_checkpoint": 30, "bench_large": 30}}
