@@ -57,7 +57,8 @@ from nanoirl.model import GPT, GPTConfig, GPTNeoX  # noqa: E402
 from nanoirl.task import TextTask  # noqa: E402
 from nanoirl.tokenizer import ByteTokenizer  # noqa: E402
 
-CUDA_TESTS = "cuda or device_and_dtype"  # pytest -k: the tests that take another path on CUDA
+CUDA_TESTS = "(cuda or device_and_dtype) and not gpu_check"  # pytest -k: the tests that take another path on
+# CUDA, not this check's own test
 # the shapes: TL;DR's on CUDA (issue 24), tiny ones on the CPU; budgets in seconds
 SHAPES = {
     "cuda": dict(model="random:pythia-1b", dtype="bfloat16", prompt_len=512, response_len=53, eval_size=64,
