@@ -220,7 +220,7 @@ def test_gpu_check_runs_every_step_tiny_on_the_cpu(tmp_path):
     assert resumed["argv"][-1] == "--resume" and len(mlirl_run["phases_s"]["load_checkpoint"]) == 1
     assert [row["step"] for row in mlirl_run["metrics"]] == [0, 1] and "rm_accuracy_heldout" in mlirl_run["metrics"][1]
     for r in (sft_run, mlirl_run, airl_run):
-        assert r["peak_gb"] is None and all(c["peak_gb"] is None for c in r["calls"])  # CUDA only
+        assert r["peak_gb"] is None and all(c["peak_gb"] is None for c in r["calls"]) and r["phases_peak_gb"] == {}  # CUDA
         fb = r["forward_batches"]
         assert (fb["forward_batch_size"], fb["micro_batch_size"]) == (4, 2)
         assert fb["largest_no_grad"] == max(fb["largest_no_grad_by_phase"].values()) >= 1

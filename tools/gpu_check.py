@@ -91,8 +91,10 @@ class Interrupted(Exception):
 class Probe:
     """Wraps the functions a script's step is made of (PHASES) to time each call, synchronized,
     and GPTNeoX.forward (the transformer of every policy and scalar model) to record the largest
-    batch it sees, without and with gradients, by the phase it runs in. stop_after: raise
-    Interrupted after that many checkpoints, as if the run had been killed."""
+    batch it sees, without and with gradients, by the phase it runs in. On CUDA the peak memory of
+    each phase and of the whole call: torch.cuda.max_memory_allocated read and reset whenever a
+    phase starts or ends (mark). stop_after: raise Interrupted after that many checkpoints, as if
+    the run had been killed."""
     PHASES = [(sft, "sft_step"), (ppo, "rollout"), (ppo, "update"), (reward, "discriminator_step"),
               (reward, "demonstration_offset"), (mlirl, "demonstration_offset"), (mlirl, "sample_pairs"),
               (mlirl, "reward_step"), (TextTask, "evaluate"), (TextTask, "reward_accuracy"),
@@ -101,21 +103,33 @@ class Probe:
     def __init__(self, device):
         self.device, self.seconds, self.largest, self.stack = device, {}, {}, []
         self.stop_after, self.checkpoints = None, 0
+        self.peak_gb, self.call_peak_gb = {}, None  # None: not on CUDA
 
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def mark(self):
+        """The peak since the last mark, to every phase running since then and to the call."""
+        if self.device.type == "cuda":
+            gb = torch.cuda.max_memory_allocated() / 1e9
+            for name in set(self.stack):
+                self.peak_gb[name] = max(self.peak_gb.get(name, 0), gb)
+            self.call_peak_gb = max(self.call_peak_gb or 0, gb)
+            torch.cuda.reset_peak_memory_stats()
+
     def timed(self, name, f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
             self.sync()
+            self.mark()
             self.stack.append(name)
             t0 = time.perf_counter()
             try:
                 out = f(*args, **kwargs)
                 self.sync()
             finally:
+                self.mark()
                 self.stack.pop()
             self.seconds.setdefault(name, []).append(time.perf_counter() - t0)
             if name == "save_checkpoint":
@@ -203,13 +217,15 @@ def run_script(module, flags, device, s, resume=False):
         return {"calls": calls, "phases_s": t, "sft_step_s": median_after_first(t.get("sft_step", [])),
                 "ppo_iteration_s": median_after_first(iterations), "ppo_iterations_s": iterations,
                 "peak_gb": max((c["peak_gb"] for c in calls), default=None) if device.type == "cuda" else None,
+                "phases_peak_gb": probe.peak_gb,
                 "forward_batches": probe.forward_batches(s["forward_batch"], s["micro_batch"]),
                 "metrics": [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else None}
     with probe.installed():
         for again in ([False, True] if resume else [False]):
             probe.stop_after = None if again or not resume else probe.checkpoints + 1
             argv = flags + ["--resume"] * again
-            bench.peak_gb(device, reset=True)
+            probe.mark()
+            probe.call_peak_gb = None
             t0 = time.perf_counter()
             call = {"argv": argv, "stopped_after_checkpoint": False}
             calls.append(call)
@@ -218,10 +234,12 @@ def run_script(module, flags, device, s, resume=False):
             except Interrupted:
                 call["stopped_after_checkpoint"] = True
             except BaseException as e:  # an error, or the step's timeout: keep what was measured
-                call.update(seconds=time.perf_counter() - t0, peak_gb=bench.peak_gb(device), error=repr(e)[:500])
+                probe.mark()
+                call.update(seconds=time.perf_counter() - t0, peak_gb=probe.call_peak_gb, error=repr(e)[:500])
                 e.partial = result()
                 raise
-            call.update(seconds=time.perf_counter() - t0, peak_gb=bench.peak_gb(device))
+            probe.mark()
+            call.update(seconds=time.perf_counter() - t0, peak_gb=probe.call_peak_gb)
             gc.collect()
             torch.cuda.empty_cache()
     if resume and not calls[0]["stopped_after_checkpoint"]:
@@ -404,6 +422,9 @@ def print_summary(report):
         for key in ("sft_step_s", "ppo_iteration_s", "peak_gb"):
             if isinstance(r.get(key), float):
                 words.append(f"{key} {r[key]:.3g}")
+        if r.get("phases_peak_gb"):
+            phase = max(r["phases_peak_gb"], key=r["phases_peak_gb"].get)
+            words.append(f"highest phase peak {r['phases_peak_gb'][phase]:.3g} GB in {phase}")
         if "forward_batches" in r:
             fb = r["forward_batches"]
             words.append(f"largest no-grad batch {fb['largest_no_grad']} (--forward-batch-size {fb['forward_batch_size']})")
