@@ -495,14 +495,15 @@ g.add_argument("--warmup", type=nonnegative_int, help="untimed runs before each 
 g.add_argument("--repeats", type=positive_int, help="timed runs, the median reported; PPO does half [5]")
 
 
-def main(args):
+def main(args, hw=None):
+    """Every section of args.sections; hw: this device's ceilings() when already measured."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: use --device cpu")
     for k, v in SIZES[device.type].items():
         if getattr(args, k) is None:
             setattr(args, k, grid(v) if k.endswith("grid") else v)
-    hw = ceilings(device, args)
+    hw = hw or ceilings(device, args)
     numerics = ("fp32 master weights, bf16 autocast forward, fp32 loss and log-softmax, fused AdamW; ours "
                 "and transformers' alike" if device.type == "cuda" else "fp32 throughout (CPU), fused AdamW")
     try:
