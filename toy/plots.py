@@ -67,7 +67,7 @@ SEED_FIGURES = ("mlirl_fig2", "mlirl_schemes")  # drawn only when named in --fig
 FIG2 = [("rm_accuracy_heldout", "held-out reward accuracy"), ("gold_reward", "gold reward (exact)"),
         ("win_rate", "win rate vs demonstrations (exact)")]   # MLIRL Fig. 2 (a), (b), (c)
 FIG2_KEYS = ["rm_accuracy_heldout", "gold_reward", "win_rate", "fkl", "fkl_demos", "outside_support"]
-# the ML-IRL schemes with the PPO step on the toy table (README, "Which ML-IRL scheme converges"):
+# the ML-IRL schemes with the PPO step on the toy table (docs/results.md, "Which ML-IRL scheme converges"):
 # train_mlirl.py --model toy-tabular --rounds 8 plus each row's flags
 SCHEME_BASE = ["--model", "toy-tabular", "--rounds", "8"]
 SCHEMES = ["", "--accumulate-pairs", "--fixed-reference", "--beta 0.2", "--beta 0.2 --accumulate-pairs",
