@@ -12,7 +12,7 @@ PPO iteration as train_mlirl.py runs it, four models), memory (that iteration's 
 without a GPU: weights and AdamW states counted, activations tracked on fake tensors), toy (exact
 enumeration; memory and toy always run on the CPU), numerics (log-probs under bf16 autocast
 against fp32, with the output head in fp32 as the models compute it and in bf16).
-Numerics (README, "Pythia weights"): fp32 master weights, forward passes under bf16 autocast, loss and
+Numerics (docs/operations.md, "Pythia weights"): fp32 master weights, forward passes under bf16 autocast, loss and
 log-softmax in fp32, fused AdamW, for ours and transformers' alike (fp32 throughout on CPU).
 Before timing, both models must give the same fp32 logits on the benchmark batch (<= 1e-4).
 With N = every parameter but the input embedding (a lookup; the untied head is a matmul):
