@@ -208,38 +208,50 @@ def test_exponential_rewards_are_clipped_not_overflowing(tmp_path):
     assert all(abs(r["score"]) <= 2 * (2.718281828 ** 20) for r in rows)  # |e^h - 1| <= e^20 per response
 
 
-BF16_RESUME = {  # script: (flags, kill once ckpt.pt exists and this many lines are logged)
-    "train_sft.py": (["--steps", 400, "--batch-size", 2, "--ckpt-every", 50, "--eval-every", 100], 120),
-    "train_airl.py": (["--steps", 60, "--rollout-batch-size", 2, "--disc-steps", 1, "--ckpt-every", 10,
-                       "--eval-every", 20], 15),
-    "train_mlirl.py": (["--rounds", 8, "--sft-steps", 4, "--batch-size", 2, "--ppo-iterations", 3,
-                        "--rollout-batch-size", 2, "--rm-batch-size", 6], 3),
+BF16_RESUME = {  # script: flags; the run is stopped right after its second checkpoint
+    "train_sft.py": ["--steps", 6, "--batch-size", 2, "--ckpt-every", 2, "--eval-every", 3],
+    "train_airl.py": ["--steps", 4, "--rollout-batch-size", 2, "--disc-steps", 1, "--ckpt-every", 1, "--eval-every", 2],
+    "train_mlirl.py": ["--rounds", 3, "--sft-steps", 2, "--batch-size", 2, "--ppo-iterations", 2,
+                       "--rollout-batch-size", 2, "--rm-batch-size", 6],
 }
 
 
-@pytest.mark.parametrize("script", BF16_RESUME)
-def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script):
-    """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
-    GPT-NeoX with a byte-level tokenizer: a run killed with SIGKILL after a checkpoint and resumed
-    with --resume ends with the metrics.jsonl bytes and the checkpoint of an uninterrupted run."""
-    import os
-    import signal
-    import time
+class Stop(BaseException):
+    """Ends a run in this process the moment a checkpoint is written, as a kill would."""
 
-    from test_scripts import Run, assert_same
-    flags, kill_after = BF16_RESUME[script]
-    flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *flags]
-    whole, cut = Run(tmp_path, "whole", script, *flags), Run(tmp_path, "cut", script, *flags)
-    metrics, ckpt = cut.out / "metrics.jsonl", cut.out / "ckpt.pt"
-    while cut.proc.poll() is None and not (ckpt.exists() and metrics.exists()
-                                           and metrics.read_text().count("\n") >= kill_after):
-        time.sleep(0.01)
-    assert cut.proc.poll() is None, "the run ended before the kill: make it longer"
-    os.kill(cut.proc.pid, signal.SIGKILL)
-    cut.wait()
-    resumed = Run(tmp_path, "resumed", script, *flags, "--resume", out=cut.out).wait()
-    assert whole.wait().returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
-    assert metrics.read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
-    a, b = (torch.load(r.out / "ckpt.pt", weights_only=True) for r in (whole, cut))
+
+@pytest.mark.parametrize("script", BF16_RESUME)
+def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script, monkeypatch):
+    """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
+    GPT-NeoX with a byte-level tokenizer: a run stopped right after its second checkpoint and
+    resumed with --resume ends with the metrics.jsonl bytes and the checkpoint of an uninterrupted
+    run. In this process: a SIGKILL mid-run, with lines logged past the checkpoint, is
+    tests/test_scripts.py::test_killed_run_resumes_exactly's (the toy) and tests/test_dist.py's."""
+    import importlib
+
+    from test_scripts import assert_same
+
+    from nanoirl import run
+    module = importlib.import_module(script[:-3])
+    flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *BF16_RESUME[script]]
+    save, saved = run.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
+
+    def counted_save(*args, **kwargs):
+        saved[phase].append(save(*args, **kwargs))
+        if phase == "cut" and len(saved["cut"]) == 2:
+            raise Stop
+        return saved[phase][-1]
+    monkeypatch.setattr(run, "save_checkpoint", counted_save)
+    phase = "whole"
+    run_in_process(module, [*flags, "--out", tmp_path / "whole"])
+    phase = "cut"
+    with pytest.raises(Stop):
+        run_in_process(module, [*flags, "--out", tmp_path / "cut"])
+    phase = "resumed"
+    run_in_process(module, [*flags, "--resume", "--out", tmp_path / "cut"])
+    assert len(saved["resumed"]) == len(saved["whole"]) - 2 > 0  # it went on from the checkpoint, not from 0
+    metrics = lambda name: (tmp_path / name / "metrics.jsonl").read_bytes()
+    assert metrics("cut") == metrics("whole")
+    a, b = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True) for name in ("whole", "cut"))
     same = lambda c: {k: v for k, v in c.items() if k not in ("config", "sha256")}  # config: --resume differs
     assert_same(same(a), same(b))
