@@ -25,25 +25,71 @@ SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def read_safetensors(path):
-    """{name: tensor} of a .safetensors file: an 8-byte little-endian header length n, n bytes of
-    JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian data."""
-    size, out = os.path.getsize(path), {}
+def safetensors_header(path):
+    """(header, data_start) of a .safetensors file: an 8-byte little-endian header length n, n
+    bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian
+    data. The header is checked as the reference reader checks it, before any tensor is read: a
+    known dtype, end - begin = numel x dtype size, and the tensors, in offset order, tiling the data
+    section exactly (no overlap, no gap, nothing before it or past the file's end); a bad file is a
+    one-line ValueError naming it and the tensor."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > min(size - 8, 100_000_000):  # the reference reader's header limit: 100 MB
+            what = "shorter than its 8-byte header length" if n is None else f"its header length {n} " \
+                   f"exceeds the file's {size} bytes" if n > size - 8 else f"its header length {n} exceeds 100 MB"
+            raise ValueError(f"{path}: not a safetensors file, or truncated ({what})")
         try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))  # a cut-off header fails here
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a safetensors file, or truncated ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is a JSON {type(header).__name__}, not an object)")
+    data_size, spans = size - 8 - n, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        bad = lambda why: ValueError(f"{path}: tensor {name}: {why}")
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise bad(f"expected {{dtype, shape, data_offsets}}, got {json.dumps(info)[:80]}")
+        dtype, shape, offsets = SAFETENSORS_DTYPES.get(str(info["dtype"])), info["shape"], info["data_offsets"]
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        if dtype is None:
+            raise bad(f"unknown dtype {info['dtype']!r}; known: {', '.join(SAFETENSORS_DTYPES)}")
+        if not (isinstance(shape, list) and all(map(is_int, shape))):
+            raise bad(f"shape {json.dumps(shape)[:80]} is not a list of integers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets))
+                and offsets[0] <= offsets[1]):
+            raise bad(f"data_offsets {json.dumps(offsets)[:80]} is not [begin, end] with 0 <= begin <= end")
+        if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+            raise bad(f"data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape {shape} of "
+                      f"{info['dtype']} takes {math.prod(shape) * dtype.itemsize}")
+        spans.append((offsets[0], offsets[1], name))
+    at, last = 0, None  # sorted by (begin, end): each tensor must start where the previous one ended
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            where = f"overlaps tensor {last}" if begin < at else f"leaves bytes {at}-{begin} unused after " \
+                    f"{'tensor ' + last if last else 'the header'}"
+            raise ValueError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] {where} (a damaged header)")
+        if end > data_size:
+            raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
+        at, last = end, name
+    if at != data_size:
+        raise ValueError(f"{path}: {data_size - at} bytes after the last tensor's data (a damaged header)")
+    return header, 8 + n
+
+
+def read_safetensors(path):
+    """{name: tensor} of a .safetensors file (its header checked first: safetensors_header)."""
+    header, start = safetensors_header(path)
+    out = {}
+    with open(path, "rb") as f:
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None or end - begin != math.prod(info["shape"]) * dtype.itemsize:
-                raise ValueError(f"{path}: tensor {name} has a bad dtype or size: {info}")
-            if 8 + n + end > size:
-                raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
-            f.seek(8 + n + begin)
+            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES[info["dtype"]]
+            f.seek(start + begin)
             data = bytearray(f.read(end - begin))  # a writable copy that the tensor owns
             out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]) if data \
                 else torch.empty(info["shape"], dtype=dtype)  # frombuffer refuses 0 bytes

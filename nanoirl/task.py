@@ -24,13 +24,13 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               so that the directory works as the next script's --model
 """
 import contextlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
 from nanoirl import data, dist, hub, mlirl, run
+from nanoirl.checkpoint import safetensors_header
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -280,9 +280,7 @@ def tensor_names(files):
     names = set()
     for f in files:
         if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                names |= json.loads(fh.read(n)).keys()
+            names |= safetensors_header(f)[0].keys() - {"__metadata__"}  # checked: one line if damaged
         else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
             try:
                 names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()

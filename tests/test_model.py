@@ -438,6 +438,57 @@ def test_safetensors_reader_dtypes(tmp_path):
         assert read[key].dtype == value.dtype and torch.equal(read[key], value), key
 
 
+def safetensors_file(path, header, data=b"", n=None):
+    """A .safetensors file of a given header (any JSON) and data bytes; n overrides its length."""
+    blob = json.dumps(header).encode()
+    path.write_bytes((len(blob) if n is None else n).to_bytes(8, "little") + blob + data)
+    return path
+
+
+F32 = lambda begin, end, shape=(2,): {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, end]}
+BAD_HEADERS = [  # (header, data, n or None, the end of the message)
+    ({"a": F32(0, 8), "b": F32(0, 8)}, bytes(8), None, "tensor b: data_offsets [0, 8] overlaps tensor a (a damaged header)"),
+    ({"a": F32(0, 8), "b": F32(4, 12)}, bytes(12), None, "tensor b: data_offsets [4, 12] overlaps tensor a (a damaged header)"),
+    ({"a": F32(-8, 0)}, b"", None, "tensor a: data_offsets [-8, 0] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": F32(8, 0)}, bytes(8), None, "tensor a: data_offsets [8, 0] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": F32(0, 8)}, bytes(8), 2 ** 62, "not a safetensors file, or truncated (its header length 4611686018427387904 "
+                                         "exceeds the file's 77 bytes)"),
+    ({"a": F32(0, 8)}, bytes(8), 2 ** 64 - 1, "not a safetensors file, or truncated (its header length "
+                                             "18446744073709551615 exceeds the file's 77 bytes)"),
+    ([1, 2], b"", None, "not a safetensors file (its header is a JSON list, not an object)"),
+    ({"a": "F32"}, b"", None, 'tensor a: expected {dtype, shape, data_offsets}, got "F32"'),
+    ({"a": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "tensor a: expected {dtype, shape, data_offsets}, got "
+                                                          '{"dtype": "F32", "shape": [2]}'),
+    ({"a": {**F32(0, 8), "data_offsets": [0, 4, 8]}}, bytes(8), None,
+     "tensor a: data_offsets [0, 4, 8] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": {**F32(0, 8), "dtype": "F8"}}, bytes(8), None, "tensor a: unknown dtype 'F8'; known: F16, BF16, F32, F64, "
+                                                          "I64, I32, I16, I8, U8, BOOL"),
+    ({"a": F32(0, 8, shape=(3,))}, bytes(8), None, "tensor a: data_offsets [0, 8] hold 8 bytes, but shape [3] of F32 takes 12"),
+    ({"a": F32(0, 8, shape=("2",))}, bytes(8), None, 'tensor a: shape ["2"] is not a list of integers >= 0'),
+    ({"a": F32(8, 16)}, bytes(16), None, "tensor a: data_offsets [8, 16] leaves bytes 0-8 unused after the header "
+                                        "(a damaged header)"),
+    ({"a": F32(0, 8)}, bytes(12), None, "4 bytes after the last tensor's data (a damaged header)"),
+    ({"a": F32(0, 8)}, bytes(4), None, "is truncated: tensor a ends at byte 77/73"),
+]
+
+
+@pytest.mark.parametrize("header,data,n,error", BAD_HEADERS, ids=range(len(BAD_HEADERS)))
+def test_safetensors_header_is_checked(tmp_path, header, data, n, error):
+    """A damaged header (aliased or shifted offsets, negative ones, a huge length, a list, a
+    string entry, a missing or 3-item data_offsets...) is one line naming the file and tensor,
+    as the reference reader refuses it, on the --gold-model path too (task.tensor_names)."""
+    from nanoirl.task import tensor_names
+    path = safetensors_file(tmp_path / "model.safetensors", header, data, n)
+    for read in (read_safetensors, lambda p: tensor_names([p])):
+        with pytest.raises(ValueError) as e:
+            read(path)
+        assert "\n" not in str(e.value) and str(e.value).startswith(str(path)), str(e.value)
+        assert str(e.value).endswith(error), str(e.value)
+    good = safetensors_file(tmp_path / "good.safetensors", {"__metadata__": {"format": "pt"}, "a": F32(0, 8),
+                                                            "e": F32(8, 8, shape=(0, 3))}, bytes(8))
+    assert tensor_names([good]) == {"a", "e"} and read_safetensors(good)["a"].tolist() == [0, 0]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_sampling_agrees_with_float32():
     torch.manual_seed(0)
