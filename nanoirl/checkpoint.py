@@ -12,6 +12,7 @@ transformers or safetensors. Two layouts are read:
 import json
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from nanoirl.model import CONFIGS, GPTConfig, ScalarGPT, new_score_head
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
                       "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def json_kind(value):
+    """What a parsed JSON value is, in JSON's words: 'an array', 'a string', 'null', ..."""
+    kinds = {list: "an array", str: "a string", type(None): "null", bool: "a boolean", dict: "an object"}
+    return kinds.get(type(value), "a number")
 
 
 def safetensors_header(path):
@@ -45,7 +52,7 @@ def safetensors_header(path):
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a safetensors file, or truncated ({e})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a safetensors file (its header is a JSON {type(header).__name__}, not an object)")
+        raise ValueError(f"{path}: not a safetensors file (its header is {json_kind(header)}, not a JSON object)")
     data_size, spans = size - 8 - n, []
     for name, info in header.items():
         if name == "__metadata__":
@@ -115,20 +122,39 @@ HF_NAMES = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
 
 def config_from_hf(path):
     """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters),
-    or from the "base_config" of a ScalarModel's config.json."""
-    c = json.loads(Path(path).read_text())
-    c = c.get("base_config") or c
+    or from the "base_config" of a ScalarModel's config.json. Every field is checked (a JSON object,
+    integer sizes > 0, heads dividing hidden_size, rotary_pct in [0, 1]): a one-line ValueError
+    naming the file and the key, before any model is built."""
+    try:
+        c = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    c = c.get("base_config") or c if isinstance(c, dict) else c
+    if not isinstance(c, dict):
+        raise ValueError(f"{path}: expected a JSON object of GPT-NeoX settings, got {json_kind(c)}")
     rope = c.get("rope_parameters") or {}  # transformers >= 5 writes the rotary settings here
-    c.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
-    c.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
-    c.setdefault("layer_norm_eps", 1e-5)
+    rope = rope if isinstance(rope, dict) else {}
+    c = {"rotary_pct": rope.get("partial_rotary_factor", 0.25), "rotary_emb_base": rope.get("rope_theta", 10000.0),
+         "layer_norm_eps": 1e-5, **c}
     if (c.get("model_type"), c.get("use_parallel_residual", True), c.get("hidden_act", "gelu"),
             rope.get("rope_type", "default")) != ("gpt_neox", True, "gelu", "default"):
         raise ValueError(f"{path}: only GPT-NeoX with parallel residual, exact GELU and plain rotary")
-    try:
-        return GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
-    except KeyError as e:
-        raise ValueError(f"{path}: missing {e}") from None
+    missing = [theirs for theirs in HF_NAMES.values() if theirs not in c]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(map(repr, missing))}")
+    for ours, theirs in HF_NAMES.items():
+        v, is_int = c[theirs], ours not in ("rotary_pct", "rotary_base", "layer_norm_eps")
+        ok = isinstance(v, int) if is_int else isinstance(v, (int, float)) and math.isfinite(v)
+        if isinstance(v, bool) or not ok or not (0 <= v <= 1 if ours == "rotary_pct" else v > 0):
+            want = "an integer > 0" if is_int else "a number in [0, 1]" if ours == "rotary_pct" else "a number > 0"
+            raise ValueError(f"{path}: {theirs} is {json.dumps(v)}, expected {want}")
+    config = GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
+    if config.n_embd % config.n_head:
+        raise ValueError(f"{path}: num_attention_heads {config.n_head} does not divide hidden_size {config.n_embd}")
+    if int(config.n_embd // config.n_head * config.rotary_pct) % 2:
+        raise ValueError(f"{path}: rotary_pct {config.rotary_pct} of the head size {config.n_embd // config.n_head} "
+                         "is an odd number of dims (rotate-half needs pairs)")
+    return config
 
 
 # key prefixes of other layouts -> ours: HF >= 5 may save the head as lm_head; the reference
@@ -156,25 +182,68 @@ def load_model(cls, name_or_path, dtype=None, device=None):
     found, where = {}, {}
     for f in files:
         for key, tensor in read_weights(f).items():
-            for theirs, ours in RENAME.items():
-                key = ours + key[len(theirs):] if key.startswith(theirs) else key
+            key = our_key(key)
             found[key], where[key] = tensor, f.name
     if isinstance(model, ScalarGPT) and "score.weight" not in found:  # reward model from an LM
         head = new_score_head(config.n_embd)
         found.update({"score.weight": head.weight.data, "score.bias": head.bias.data})
-    state = {}  # only the expected keys: stale buffers (attention.bias, inv_freq...) are dropped
-    for key, meta in expected.items():
-        if key not in found:
-            raise ValueError(f"{', '.join(f.name for f in files)} in {files[0].parent}: "
-                             f"no tensor {key} (shape {list(meta.shape)})")
-        if found[key].shape != meta.shape:
-            raise ValueError(f"{where[key]} in {files[0].parent}: tensor {key} has shape "
-                             f"{list(found[key].shape)}, expected {list(meta.shape)}")
-        state[key] = found[key]
-    model.load_state_dict(state, assign=True)  # the meta parameters become the loaded tensors
+    check_keys(model, {k: v.shape for k, v in found.items()}, where, files)
+    model.load_state_dict({key: found[key] for key in expected}, assign=True)  # the meta parameters become the loaded tensors
     if isinstance(model, ScalarGPT):
         model.score_offset = float(offset)
     return model.to(device=device, dtype=dtype)
+
+
+def our_key(key):
+    for theirs, ours in RENAME.items():
+        key = ours + key[len(theirs):] if key.startswith(theirs) else key
+    return key
+
+
+# tensors a checkpoint may hold that no model here takes: stale buffers of old GPT-NeoX code, and
+# the LM head of a causal LM that a reward model (ScalarGPT) is initialised from
+IGNORED = re.compile(r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
+
+
+def check_keys(model, shapes, where, files):
+    """Every tensor the (meta) model expects is in shapes {key: shape} with its shape, and no tensor
+    is left over (a config.json with fewer layers than the weights would drop them silently)."""
+    expected, at = model.state_dict(), f"{', '.join(f.name for f in files)} in {files[0].parent}"
+    for key, meta in expected.items():
+        if key not in shapes:
+            raise ValueError(f"{at}: no tensor {key} (shape {list(meta.shape)})")
+        if tuple(shapes[key]) != tuple(meta.shape):
+            raise ValueError(f"{where.get(key, at)} in {files[0].parent}: tensor {key} has shape "
+                             f"{list(shapes[key])}, expected {list(meta.shape)}")
+    ignored = lambda k: IGNORED.fullmatch(k) or isinstance(model, ScalarGPT) and k == "embed_out.weight"
+    extra = sorted(k for k in shapes.keys() - expected.keys() if not ignored(k))
+    if extra:
+        raise ValueError(f"{at}: {len(extra)} tensors that the config.json's model does not have "
+                         f"({', '.join(extra[:3])}{', ...' * (len(extra) > 3)}): does config.json match the weights?")
+
+
+def check_model(cls, name_or_path):
+    """Check what load_model(cls, name_or_path) would load, without reading the tensors: config.json,
+    and the names and shapes of the weights (safetensors headers; .bin files mapped). The models
+    loaded after --out is made (--reward-init) are checked with it before."""
+    if str(name_or_path).startswith("random:"):
+        return load_model(cls, name_or_path, device="meta").config
+    files = hub.resolve_weights(name_or_path)
+    config = config_from_hf(files[0].parent / "config.json")
+    with torch.device("meta"):
+        model = cls(config)
+    shapes, where = {}, {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            items = {k: v["shape"] for k, v in safetensors_header(f)[0].items() if k != "__metadata__"}
+        else:
+            items = {k: v.shape for k, v in read_weights(f).items()}
+        for key, shape in items.items():
+            shapes[our_key(key)], where[our_key(key)] = shape, f.name
+    if isinstance(model, ScalarGPT) and "score.weight" not in shapes:
+        shapes.update({"score.weight": (1, config.n_embd), "score.bias": (1,)})
+    check_keys(model, shapes, where, files)
+    return config
 
 
 def atomic_write(path, write):

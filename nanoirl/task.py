@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import data, dist, hub, mlirl, run
-from nanoirl.checkpoint import safetensors_header
+from nanoirl.checkpoint import check_model, safetensors_header
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -190,6 +190,19 @@ class TextTask:
         # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
         self.gold = args.gold_model and load_gold_model(args.gold_model, device,
                                                         torch.bfloat16 if self.autocast_dtype else dtype)
+        # every model that reads these token ids must have an embedding row for each (checked
+        # here, not as an IndexError mid-run); --reward-init is loaded after --out is made: checked now
+        models = {"--model": (args.model, self.policy.config),
+                  "--gold-model": (args.gold_model, self.gold and self.gold.config)}
+        if args.reward_init:
+            try:
+                models["--reward-init"] = (args.reward_init, check_model(ScalarGPT, args.reward_init))
+            except (FileNotFoundError, ValueError) as e:
+                raise RunError(f"--reward-init {args.reward_init}: {e}") from None
+        for flag, (name, config) in models.items():
+            if config and config.vocab_size < self.tok.vocab_size:
+                raise RunError(f"{flag} {name}: vocab_size {config.vocab_size} is below the tokenizer's "
+                               f"{self.tok.vocab_size} tokens (an id past the embedding rows would stop the run)")
         if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")

@@ -455,7 +455,7 @@ BAD_HEADERS = [  # (header, data, n or None, the end of the message)
                                          "exceeds the file's 77 bytes)"),
     ({"a": F32(0, 8)}, bytes(8), 2 ** 64 - 1, "not a safetensors file, or truncated (its header length "
                                              "18446744073709551615 exceeds the file's 77 bytes)"),
-    ([1, 2], b"", None, "not a safetensors file (its header is a JSON list, not an object)"),
+    ([1, 2], b"", None, "not a safetensors file (its header is an array, not a JSON object)"),
     ({"a": "F32"}, b"", None, 'tensor a: expected {dtype, shape, data_offsets}, got "F32"'),
     ({"a": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "tensor a: expected {dtype, shape, data_offsets}, got "
                                                           '{"dtype": "F32", "shape": [2]}'),
@@ -556,3 +556,72 @@ def test_reference_reward_model_scores_as_the_reference_code(tmp_path):
     rm.save_pretrained(tmp_path / "ours")
     again = ScalarGPT.from_pretrained(tmp_path / "ours")
     assert again.score_offset == 0.37 and torch.equal(again(idx, key_mask), rm(idx, key_mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# model directories: config.json and the weights checked before --out is made
+
+@pytest.fixture
+def demos(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"a{i}", "response": " b"}) + "\n" for i in range(4)))
+    return path
+
+
+BAD_CONFIGS = [  # (change to a valid config.json: a function of the dict, the end of the message)
+    (lambda c: [c], "expected a JSON object of GPT-NeoX settings, got an array"),
+    (lambda c: "gpt_neox", "expected a JSON object of GPT-NeoX settings, got a string"),
+    (lambda c: None, "expected a JSON object of GPT-NeoX settings, got null"),
+    (lambda c: {**c, "hidden_size": "16"}, 'hidden_size is "16", expected an integer > 0'),
+    (lambda c: {**c, "vocab_size": 256.0}, "vocab_size is 256.0, expected an integer > 0"),
+    (lambda c: {**c, "rotary_pct": "x"}, 'rotary_pct is "x", expected a number in [0, 1]'),
+    (lambda c: {**c, "num_attention_heads": 3}, "num_attention_heads 3 does not divide hidden_size 16"),
+    (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads is 0, expected an integer > 0"),
+    (lambda c: {**c, "num_attention_heads": -2}, "num_attention_heads is -2, expected an integer > 0"),
+    (lambda c: {k: v for k, v in c.items() if k != "intermediate_size"}, "missing 'intermediate_size'"),
+    (lambda c: {**c, "num_hidden_layers": 1}, "model.safetensors in {dir}: 12 tensors that the config.json's "
+     "model does not have (gpt_neox.layers.1.attention.dense.bias, gpt_neox.layers.1.attention.dense.weight, "
+     "gpt_neox.layers.1.attention.query_key_value.bias, ...): does config.json match the weights?"),
+    (lambda c: {**c, "vocab_size": 200}, "model.safetensors in {dir}: tensor gpt_neox.embed_in.weight has shape "
+     "[256, 16], expected [200, 16]"),
+]
+
+
+@pytest.mark.parametrize("change,error", BAD_CONFIGS, ids=range(len(BAD_CONFIGS)))
+def test_bad_model_directory_is_one_line_before_out(tmp_path, demos, change, error):
+    """A config.json that is not an object, a size that is not a positive integer, heads that do
+    not divide the width, fewer layers than the weights: train_sft.py stops with one line naming
+    the file and key, and --out is never made."""
+    import train_sft
+    from nanoirl.run import RunError
+    from test_scripts import tiny_text_run
+    flags = tiny_text_run(tmp_path, demos)
+    model = flags[1]
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(change(config)))
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as e:
+        train_sft.main(train_sft.parser.parse_args(list(map(str, [*flags, "--out", out]))))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"--model {model}: "), msg
+    assert msg.endswith(error.format(dir=model)), msg
+    assert not out.exists()
+
+
+def test_vocab_below_the_tokenizers_is_refused_before_out(tmp_path, demos):
+    """A model with fewer embedding rows than the tokenizer has ids would stop mid-run with an
+    IndexError; it is refused at the start, for --model and --reward-init alike."""
+    import train_sft
+    from nanoirl.run import RunError
+    from test_scripts import tiny_text_run
+    flags = tiny_text_run(tmp_path, demos)
+    small = tmp_path / "small"
+    GPT(GPTConfig(vocab_size=200, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(small)
+    (small / "tokenizer.json").write_bytes((flags[1] / "tokenizer.json").read_bytes())
+    out = tmp_path / "run"
+    for extra, error in [(["--model", small], f"--model {small}: vocab_size 200 is below the tokenizer's 245 tokens"),
+                         (["--reward-init", small], f"--reward-init {small}: vocab_size 200 is below the tokenizer's 245")]:
+        with pytest.raises(RunError) as e:
+            train_sft.main(train_sft.parser.parse_args(list(map(str, [*flags, *extra, "--out", out]))))
+        assert str(e.value).startswith(error), str(e.value)
+        assert not out.exists()
