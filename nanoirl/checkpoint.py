@@ -260,12 +260,11 @@ def atomic_write(path, write):
 def save_model(model, directory):
     """model.save_pretrained: config.json + model.safetensors, loadable by HF's
     GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained. Under torchrun every
-    rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights."""
+    rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights. Each file is
+    written atomically; run.save_model_dir makes the whole directory one change."""
     from nanoirl import dist
     state = {k: v.detach().cpu().contiguous() for k, v in dist.state_dict(model).items()}
-    if dist.is_main():
-        _save_model(dist.unwrap(model), state, Path(directory))
-    dist.barrier()
+    dist.on_main(lambda: _save_model(dist.unwrap(model), state, Path(directory)))  # its error on every rank
 
 
 def _save_model(model, state, directory):
