@@ -176,6 +176,8 @@ def load_model(cls, name_or_path, dtype=None, device=None):
     files = hub.resolve_weights(name_or_path)
     config = config_from_hf(files[0].parent / "config.json")
     offset = json.loads((files[0].parent / "config.json").read_text()).get("bias", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+        raise ValueError(f"{files[0].parent / 'config.json'}: bias is {json.dumps(offset)}, expected a finite number")
     with torch.device("meta"):  # shapes only: no time or memory spent on a random init
         model = cls(config)
     expected = model.state_dict()

@@ -631,9 +631,10 @@ def append_line(fd, line, path):
 
 class Logger:
     """log(step, metrics): appends {"step", **metrics} to out/metrics.jsonl (written through at
-    every line, so a kill loses nothing logged; whole lines only: append_line) and prints 'step s/total | elapsed | eta | name value ...'
-    every `every` steps. A resumed run (start > 0) first drops the lines the checkpoint does
-    not cover, so that the file ends equal to that of an uninterrupted run."""
+    every line, so a kill loses nothing logged; whole lines only: append_line) and prints
+    'step s/total | elapsed | eta | name value ...' every `every` steps. A resumed run (start > 0)
+    first drops the lines the checkpoint does not cover, so that the file ends equal to that of an
+    uninterrupted run."""
     def __init__(self, out, total, start=0, every=1):
         self.path, self.total, self.start, self.every = Path(out) / METRICS, total, start, every
         self.t0 = time.time()

@@ -579,6 +579,7 @@ BAD_CONFIGS = [  # (change to a valid config.json: a function of the dict, the e
     (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads is 0, expected an integer > 0"),
     (lambda c: {**c, "num_attention_heads": -2}, "num_attention_heads is -2, expected an integer > 0"),
     (lambda c: {k: v for k, v in c.items() if k != "intermediate_size"}, "missing 'intermediate_size'"),
+    (lambda c: {**c, "bias": "x"}, 'bias is "x", expected a finite number'),
     (lambda c: {**c, "num_hidden_layers": 1}, "model.safetensors in {dir}: 12 tensors that the config.json's "
      "model does not have (gpt_neox.layers.1.attention.dense.bias, gpt_neox.layers.1.attention.dense.weight, "
      "gpt_neox.layers.1.attention.query_key_value.bias, ...): does config.json match the weights?"),
