@@ -579,7 +579,9 @@ def test_bad_run_files_and_paths_are_one_line(tmp_path):
     for out, name, kind in [("a", "metrics.jsonl", "a directory"), ("b", "ckpt.pt", "a FIFO (named pipe)")]:
         before = tree(tmp_path / out)
         for flag in ("--resume", "--force"):
-            assert one_line_error(run.prepare_out, parse("--out", tmp_path / out, flag)) == \
+            args = parse("--out", tmp_path / out, flag, "--ckpt-every", 4, "--seed", 0, "--device", "cpu",
+                         "--dtype", "float64", "--steps", 4)  # train's flags: the resume would go on
+            assert one_line_error(run.prepare_out, args) == \
                 f"{tmp_path / out / name} is {kind}, where the run keeps a file of its own; move it away"
             assert tree(tmp_path / out) == before
 
