@@ -641,7 +641,7 @@ class Logger:
         if dist.is_main():  # under torchrun rank 0 logs; every rank holds the same global metrics
             truncate_metrics(self.path, start, out)
             try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                self.file = open(self.path, "ab", buffering=0)  # unbuffered: append_line writes its fd
             except OSError as e:  # e.g. metrics.jsonl is a directory
                 raise RunError(f"cannot write {self.path}: {e.strerror}; {last_good(out)}") from None
 
@@ -649,7 +649,7 @@ class Logger:
         if not dist.is_main():
             return
         row = {"step": step, **{k: number(v) for k, v in metrics.items()}}
-        append_line(self.fd, (json.dumps(row) + "\n").encode(), self.path)
+        append_line(self.file.fileno(), (json.dumps(row) + "\n").encode(), self.path)
         if step % self.every == 0 or step + 1 == self.total:
             elapsed = time.time() - self.t0
             eta = elapsed / (step + 1 - self.start) * (self.total - step - 1)

@@ -406,7 +406,7 @@ def test_full_disk_on_config_and_metrics_is_one_line(tmp_path, monkeypatch):
     whole = (b / "metrics.jsonl").read_bytes()
     real = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:5]) and (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")) if fd == log.fd else real(fd, data))
+        OSError(errno.ENOSPC, "No space left on device")) if fd == log.file.fileno() else real(fd, data))
     assert one_line_error(log, 8, {"loss": 2.0}) == \
         f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}the last good checkpoint is {b / 'ckpt.pt'}"
     monkeypatch.undo()
