@@ -301,7 +301,7 @@ def test_rlignment_pairs_come_from_the_policy_before_sft(tmp_path):
     that seed; a sample of the SFT policy would differ."""
     from toy.gpt import tiny_gpt
     from toy.mdp import ToyMDP
-    r = Run(tmp_path, "init-demo", "train_mlirl.py", "--pairs", "init-demo", "--rounds", 1, "--seed", SEED,
+    r = InProcess(tmp_path, "init-demo", "train_mlirl.py", "--pairs", "init-demo", "--rounds", 1, "--seed", SEED,
             "--sft-steps", 20, "--ppo-iterations", 1, "--rollout-batch-size", 16, "--rm-epochs", 1).wait()
     assert r.returncode == 0, r.stderr
     mdp = ToyMDP()
@@ -328,7 +328,7 @@ def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_pa
     from toy import metrics
     from toy.irl import all_rewards
     from toy.mdp import ToyMDP
-    r = Run(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
+    r = InProcess(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
     assert r.returncode == 0, r.stderr
     mdp, state = ToyMDP(), torch.load(r.out / "ckpt.pt", weights_only=True)["state"]
     policy, ref = (toy_policy(mdp, "toy-gpt", state[k]) for k in ("policy", "ref"))
@@ -381,8 +381,8 @@ def resume_runs(tmp_path_factory):
         time.sleep(0.01)
     # first a --resume with another --seed: not this run, so refused, and nothing may change
     before = {c: snapshot(cut[c].out) for c in RESUME}
-    refused = run_all({c: Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
-                              out=cut[c].out) for c in RESUME})
+    refused = {c: InProcess(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                            out=cut[c].out) for c in RESUME}
     for c in RESUME:
         refused[c].untouched = snapshot(cut[c].out) == before[c]
     resumed = run_all({c: Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
@@ -472,7 +472,7 @@ BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "pro
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory, toy_runs):
+def bad_runs(tmp_path_factory):
     """Every case of BAD, started side by side: {case: (Run, expected start of stderr's last line,
     snapshot of --out before)}."""
     tmp = tmp_path_factory.mktemp("bad")
@@ -482,9 +482,13 @@ def bad_runs(tmp_path_factory, toy_runs):
         path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
         return path
 
+    finished = InProcess(tmp, "finished", "train_sft.py", "--model", "toy-tabular", "--device", "cpu", "--seed", SEED,
+                         *TOY_FLAGS["train_sft.py"])
+    assert finished.returncode == 0, finished.stderr
+
     def finished_run(name):  # a copy of a finished run, plus a file of the user's
         out = tmp / name
-        shutil.copytree(toy_runs["train_sft.py", "toy-tabular"].out, out)
+        shutil.copytree(finished.out, out)
         (out / "notes.txt").write_text("mine")
         return out
 
@@ -721,12 +725,12 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     data.write_jsonl(tmp_path / "demos.jsonl", records)
     text = ["--data", tmp_path / "demos.jsonl", "--max-prompt-len", 16, "--max-response-len", 12,
             "--eval-size", 2, "--device", "cpu", "--dtype", "float64"]
-    sft = Run(tmp_path, "sft", "train_sft.py", "--model", "pythia-70m", *text, "--steps", 3, "--batch-size", 4)
+    sft = InProcess(tmp_path, "sft", "train_sft.py", "--model", "pythia-70m", *text, "--steps", 3, "--batch-size", 4)
     assert sft.wait().returncode == 0, sft.stderr
     policy = sft.out / "policy"
-    nexts = run_all({s: Run(tmp_path, s[:-3], s, "--model", policy, *text, *flags) for s, flags in [
+    nexts = {s: InProcess(tmp_path, s[:-3], s, "--model", policy, *text, *flags) for s, flags in [
         ("train_airl.py", ["--steps", 1, "--rollout-batch-size", 4, "--disc-steps", 1]),
-        ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]})
+        ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]}
     for r in nexts.values():
         assert r.returncode == 0, r.stderr
     ref = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["ref"]
@@ -784,8 +788,8 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     (fp64, text path) logs the same metrics.jsonl bytes and ends with the same weights with and
     without it. On the toy table it is an error, not a flag silently ignored."""
     text = tiny_text_run(tmp_path, short_tldr) + ["--dtype", "float64"]
-    runs = run_all({(s, c): Run(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
-                    for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))})
+    runs = {(s, c): InProcess(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
+                    for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))}
     for s in SCRIPTS:
         plain, ckpt = runs[s, "plain"], runs[s, "ckpt"]
         assert plain.returncode == ckpt.returncode == 0, plain.stderr + ckpt.stderr
@@ -797,7 +801,7 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     task = load_task(train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
                      torch.float64)  # the flag reaches the policy and the scalar models made from it
     assert task.policy.gradient_checkpointing and task.new_scalar().gradient_checkpointing
-    r = Run(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
+    r = InProcess(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
     assert r.returncode == 1 and not r.out.exists()
     assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
 
@@ -819,10 +823,10 @@ def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tl
                **{"scalar_head." + k: v for k, v in head.state_dict().items()}}, gold / "model.safetensors")
     (gold / "config.json").write_text(json.dumps({"base_config": cfg.to_dict(), "hidden_size": 16, "bias": 2.5}))
     text = tiny_text_run(tmp_path, short_tldr)
-    runs = run_all({"sft": Run(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
+    runs = {"sft": InProcess(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
                                "--batch-size", 2, "--eval-every", 1),
-                    "mlirl": Run(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
-                                 *TEXT_FLAGS["train_mlirl.py"])})
+                    "mlirl": InProcess(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
+                                 *TEXT_FLAGS["train_mlirl.py"])}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
     rows = rows_of(runs["sft"].out)
