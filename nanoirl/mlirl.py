@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from nanoirl import dist, ppo
 from nanoirl.model import upcast
-from nanoirl.reward import accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores
+from nanoirl.reward import (accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores,
+                            shift_scores)
 from nanoirl.sft import sft_step
 from nanoirl.soft_pi import best_of_n
 
@@ -148,15 +149,18 @@ def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, d
     """`iterations` PPO updates on the reward model's logit (MLIRL Sec. 6.1, Table 4), beta = cfg.beta,
     on prompts drawn from demos = (prompts, prompt_mask, responses), or from prompts = (prompts,
     prompt_mask) if given (PPO needs no responses: e.g. prompts without demonstrations). The reward
-    is read minus the demonstrations' mean score (reward.demonstration_offset: they score 0, so that
-    PPO's -1 for a missing EOS is a penalty), and the lr decays linearly to 0 over the updates
-    (ppo.anneal_lr). progress(i, stats), if given, sees every update's metrics (long runs show
-    their progress)."""
+    is read minus the demonstrations' mean score (reward.demonstration_offset: they score 0, as the
+    TL;DR reward's bias makes the reference summaries score 0), and value_model, a copy of the
+    reward model, starts with the same offset, V = h - offset, as the TL;DR critic subtracts the
+    reward's bias: on the returns' scale, with no terminal TD error of -offset for GAE to spread
+    over the last tokens. The lr decays linearly to 0 over the updates (ppo.anneal_lr).
+    progress(i, stats), if given, sees every update's metrics (long runs show their progress)."""
     ppo_cfg = dataclasses.replace(ppo_cfg, beta=cfg.beta)
     prompts, prompt_mask = demos[:2] if prompts is None else prompts
     offset = demonstration_offset(reward_model, *demos, cfg.eos_id, cfg.level, batch_size=cfg.sample_batch_size,
                                   autocast=lambda: ppo.autocast(demos[0].device, cfg))
     reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id, offset)
+    shift_scores(value_model, offset)  # V = h - offset: the value model starts on the rewards' scale
     for it in range(iterations):
         i = torch.randint(len(prompts), (batch_size,), generator=generator,
                           device=ppo.draw_device(generator, prompts)).to(prompts.device)
