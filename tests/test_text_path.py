@@ -3,6 +3,8 @@ The text path's numerics and randomness, checked on the CPU where a GPU run woul
 draws on the generator's own device, the fp32 output heads under bf16 autocast, the learned
 reward's fixed offset (demonstrations score 0) and the PPO learning-rate decay.
 """
+import math
+
 import pytest
 import torch
 
@@ -206,6 +208,27 @@ def test_exponential_rewards_are_clipped_not_overflowing(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "fkl" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and max(r["reward_clipfrac"] for r in rows) > 0.1
     assert all(abs(r["score"]) <= 2 * (2.718281828 ** 20) for r in rows)  # |e^h - 1| <= e^20 per response
+
+
+def test_alpha_rewards_are_bounded_in_fp32(tmp_path):
+    """alpha-IRL's reward (e^((1-a) h) - 1) / (1 - a) at a = -10: with h clipped to +-20 alone the
+    exponent reaches 220, inf in fp32 (and 6e94 per response in the toy's fp64). --logit-clip bounds
+    the exponent: h is clipped to +-20/11, the reward to [-(1 - e^-20), e^20 - 1] / 11."""
+    import argparse
+    import json
+
+    import train_airl
+    args = argparse.Namespace(divergence="alpha", alpha=-10.0, logit_clip=20.0, gail_reward=None, fairl_reward=None)
+    h = torch.tensor([-1e4, -20.0, 0.0, 20.0, 1e4], dtype=torch.float32)
+    r = train_airl.reward_map(args)(h.clamp(-train_airl.logit_bound(args), train_airl.logit_bound(args)))
+    assert train_airl.logit_bound(args) == pytest.approx(20 / 11)
+    assert torch.isfinite(r).all() and r[-1].item() == pytest.approx(math.expm1(20) / 11, rel=1e-6)
+    assert r[0].item() == pytest.approx(math.expm1(-20) / 11, rel=1e-6) and r[2] == 0
+    run_in_process(train_airl, ["--divergence", "alpha", "--alpha", -10, "--disc-lr", 1000, "--steps", 3,
+                                "--eval-every", 3, "--out", tmp_path / "alpha"])
+    rows = [json.loads(line) for line in (tmp_path / "alpha" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and max(r["reward_clipfrac"] for r in rows) > 0.1
+    assert all(abs(r["score"]) <= 2 * math.expm1(20) / 11 for r in rows)  # minus the offset: at most twice
 
 
 BF16_RESUME = {  # script: (flags, kill once ckpt.pt exists and this many lines are logged)
