@@ -177,6 +177,48 @@ def test_mlirl_negatives_are_drawn_at_the_policy_steps_temperature(tmp_path, sho
     assert temps.count(1.0) == 1 and set(temps) == {0.7, 1.0}  # one round's negatives
 
 
+def test_spin_reads_its_log_ratios_at_the_negatives_temperature(tmp_path, short_tldr, monkeypatch):
+    """SPIN on text draws its negatives at T = 0.7: its DPO log-ratios must be those of the same
+    tempered policy (logits / 0.7), or its exact round is pi_k p / pi_k^(0.7) instead of p. Every
+    log-prob inside dpo.spin_policy_step, the policy's and the reference's, is at the temperature
+    of every sample of the run (0.7; with --sample-temperature 1, 1), the evaluation's included,
+    which samples at the policy's --temperature and logs it as eval_temperature."""
+    import json
+
+    import train_mlirl
+    from nanoirl import dpo
+    from nanoirl.model import GPT
+    seen, in_spin = {"sample": [], "logprobs": []}, []
+    sample, logprobs, spin_step = GPT.sample, GPT.logprobs, dpo.spin_policy_step
+
+    def recorded_sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, **kw):
+        seen["sample"].append(temperature)
+        return sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, **kw)
+
+    def recorded_logprobs(self, prompts, prompt_mask, responses, temperature=1.0):
+        if in_spin:  # not SFT's (round 0 fits the untempered logits)
+            seen["logprobs"].append(temperature)
+        return logprobs(self, prompts, prompt_mask, responses, temperature)
+
+    def spin(*args, **kw):
+        in_spin.append(True)
+        try:
+            return spin_step(*args, **kw)
+        finally:
+            in_spin.clear()
+    monkeypatch.setattr(GPT, "sample", recorded_sample)
+    monkeypatch.setattr(GPT, "logprobs", recorded_logprobs)
+    monkeypatch.setattr(dpo, "spin_policy_step", spin)
+    text = [*tiny_text_run(tmp_path, short_tldr), *TEXT_FLAGS["train_mlirl.py"], "--policy-step", "spin",
+            "--dpo-epochs", 1]
+    for t, extra in ((0.7, []), (1.0, ["--sample-temperature", 1.0, "--temperature", 1.0])):
+        seen["sample"].clear(), seen["logprobs"].clear()
+        run_in_process(train_mlirl, [*text, *extra, "--out", tmp_path / f"spin-{t}"])
+        assert len(seen["logprobs"]) >= 4 and set(seen["logprobs"]) == set(seen["sample"]) == {t}, seen
+        rows = [json.loads(line) for line in (tmp_path / f"spin-{t}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["eval_temperature"] for r in rows] == [t, t]  # round 0 (SFT) and round 1
+
+
 def test_gail_token_reward_keeps_the_experts_length(tmp_path):
     """The default GAIL reward, -log(1 - D) - log 2, is 0 at D = 1/2: at the token level its
     gradient is the JS divergence's, and the policy's expected length lands next to the expert's
