@@ -93,9 +93,10 @@ def main(args):
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy, toy = task.policy, args.model.startswith("toy-")
     pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
+    args.temperature = pick(args.temperature, 1.0, 1.0, 0.7)  # PPO's, and the text evaluation's (task.py)
     cfg = ppo.PPOConfig(
         beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
-        micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
+        micro_batch_size=args.micro_batch_size, temperature=args.temperature,
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)

@@ -15,9 +15,9 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               (TL;DR PPO and MLIRL initialise reward and value models from SFT),
                               or the --reward-init checkpoint on text
   task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
-                              rate against the demonstrations); sampled on text (length, EOS rate;
-                              gold reward and win rate against held-out demonstrations with
-                              --gold-model)
+                              rate against the demonstrations); sampled on text at the policy's
+                              --temperature, logged as eval_temperature (length, EOS rate; gold
+                              reward and win rate against held-out demonstrations with --gold-model)
   task.reward_accuracy(rm)    pair accuracy of a reward model: exact on the toy (pairs labelled by
                               the gold reward), on the --eval-pairs JSONL on text
   task.save(model, dir)       a GPT as a Hugging Face checkpoint; on text with its tokenizer.json,
@@ -230,6 +230,9 @@ class TextTask:
     def evaluate(self, policy, batch_size=16):
         p, m, demos = self.eval
         ys = []
+        # the temperature PPO samples and optimises the policy at; train_sft.py has none: TL;DR's 0.7
+        temperature = getattr(self.args, "temperature", None)
+        temperature = 0.7 if temperature is None else temperature
         # the same draws at every evaluation (common random numbers), and none from the global RNG,
         # which a resumed run reaches in another state (its models are rebuilt after the restore)
         gen = torch.Generator(self.device).manual_seed(self.args.seed)
@@ -237,10 +240,10 @@ class TextTask:
             for i in range(0, len(p), batch_size):
                 p_i, m_i = dist.shard((p[i:i + batch_size], m[i:i + batch_size]))
                 ys.append(dist.gather(policy.sample(p_i, m_i, self.response_len, self.eos_id, self.pad_id,
-                                                    temperature=0.7, generator=gen)[0]))
+                                                    temperature=temperature, generator=gen)[0]))
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
-               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}
+               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item(), "eval_temperature": temperature}
         if self.gold:
             cfg = mlirl.MLIRLConfig(eos_id=self.eos_id, pad_id=self.pad_id)
             with self.autocast():
