@@ -130,7 +130,8 @@ def main(args):
     for step in range(start, args.steps):
         b = next(batches)
         offset = reward.demonstration_offset(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
-                                             args.level, read, autocast=task.autocast)  # reward.py: the scale
+                                             args.level, read, batch_size=args.forward_batch_size,
+                                             autocast=task.autocast)  # reward.py: the scale
         clipped.clear()
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
         n_clipped, n_read = dist.total(sum(c for c, _ in clipped), sum(n for _, n in clipped))  # all ranks

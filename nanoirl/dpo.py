@@ -49,11 +49,10 @@ def spin_policy_step(policy, ref, pairs, cfg, *, optimizer, epochs, batch_size, 
         return upcast(sequence_logprob(lp, y, cfg.eos_id))    # bf16 -> fp32, fp64 stays
 
     p, m, yw, yl = pairs["prompts"], pairs["prompt_mask"], pairs["chosen"], pairs["rejected"]
+    bs = cfg.sample_batch_size  # rows per no-grad pass (--forward-batch-size)
     with torch.no_grad(), ppo.autocast(p.device, cfg):  # the reference's log-probs, once
-        ref_w = torch.cat([seq_logprobs(ref, p[i:i + batch_size], m[i:i + batch_size], yw[i:i + batch_size])
-                           for i in range(0, len(p), batch_size)])
-        ref_l = torch.cat([seq_logprobs(ref, p[i:i + batch_size], m[i:i + batch_size], yl[i:i + batch_size])
-                           for i in range(0, len(p), batch_size)])
+        ref_w = torch.cat([seq_logprobs(ref, p[i:i + bs], m[i:i + bs], yw[i:i + bs]) for i in range(0, len(p), bs)])
+        ref_l = torch.cat([seq_logprobs(ref, p[i:i + bs], m[i:i + bs], yl[i:i + bs]) for i in range(0, len(p), bs)])
     stats = []
     for _ in range(epochs):
         perm = torch.randperm(len(p), generator=generator, device=ppo.draw_device(generator, p)).to(p.device)

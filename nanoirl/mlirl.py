@@ -184,7 +184,7 @@ def bon_policy_step(policy, ref, reward_model, cfg, *, optimizer, prompts, promp
                           device=ppo.draw_device(generator, prompts)).to(prompts.device)
         with torch.no_grad(), forward():
             y, s = best_of_n(ref, prompts[i], prompt_mask[i], score_fn, n, cfg.response_length,
-                             cfg.eos_id, cfg.pad_id, temperature, generator)
+                             cfg.eos_id, cfg.pad_id, temperature, generator, batch_size=cfg.sample_batch_size)
         loss = sft_step(policy, optimizer, prompts[i], prompt_mask[i], y, cfg.eos_id,
                         micro_batch_size=cfg.micro_batch_size, autocast=forward)
     return {"sft_loss": loss, "bon_reward": s.mean().item()}
@@ -210,15 +210,16 @@ def mlirl_round(policy, ref, reward_model, demos, pairs, cfg, policy_step, rewar
 def best_of_n_gold(policy, reward_model, gold_fn, prompts, prompt_mask, ns, cfg, temperature=1.0,
                    generator=None):
     """Best-of-N evaluation: max(ns) samples per prompt; for each n, the best of the first n under
-    the reward model, scored by gold_fn(prompts, mask, responses) -> (B,). Returns {n: mean gold}."""
-    n_max, picks = max(ns), {n: [] for n in ns}
-    k = max(1, cfg.sample_batch_size // n_max)                      # prompts per chunk
-    for i in range(0, len(prompts), k):
-        p, m = prompts[i:i + k].repeat_interleave(n_max, 0), prompt_mask[i:i + k].repeat_interleave(n_max, 0)
+    the reward model, scored by gold_fn(prompts, mask, responses) -> (B,). Returns {n: mean gold}.
+    Sampling and scoring take cfg.sample_batch_size of the B * max(ns) rows at a time."""
+    n_max, bs = max(ns), cfg.sample_batch_size
+    p, m = prompts.repeat_interleave(n_max, 0), prompt_mask.repeat_interleave(n_max, 0)
+    r, gold = [], []
+    for i in range(0, len(p), bs):
+        p_i, m_i = p[i:i + bs], m[i:i + bs]
         with ppo.autocast(p.device, cfg):
-            y, _ = policy.sample(p, m, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
-            r = sequence_rewards(reward_model, p, m, y, cfg).view(-1, n_max)
-        gold = gold_fn(p, m, y).view(-1, n_max)
-        for n in ns:
-            picks[n].append(gold.gather(1, r[:, :n].argmax(1, keepdim=True)))
-    return {n: torch.cat(v).mean().item() for n, v in picks.items()}
+            y, _ = policy.sample(p_i, m_i, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
+            r.append(sequence_rewards(reward_model, p_i, m_i, y, cfg))
+        gold.append(gold_fn(p_i, m_i, y))
+    r, gold = torch.cat(r).view(-1, n_max), torch.cat(gold).view(-1, n_max)
+    return {n: gold.gather(1, r[:, :n].argmax(1, keepdim=True)).mean().item() for n in ns}

@@ -219,6 +219,40 @@ def test_spin_reads_its_log_ratios_at_the_negatives_temperature(tmp_path, short_
         assert [r["eval_temperature"] for r in rows] == [t, t]  # round 0 (SFT) and round 1
 
 
+def test_no_grad_passes_are_chunked_by_forward_batch_size(tmp_path, monkeypatch):
+    """--forward-batch-size bounds the rows of every no-grad forward pass of the text path:
+    rollouts, pairs, the reward offset, the held-out pair accuracy (2,048 pairs in one pass would
+    take ~60 GB of activations at pythia-1b), the evaluation and its gold model, Best-of-N (batch x
+    n samples), SPIN's reference and RLignment's samples; --micro-batch-size bounds the passes with
+    gradients. Here both are 2, with 8 held-out pairs, 6 held-out demonstrations, 4 rollouts and
+    Best-of-4 on 2 prompts: a pass over all of any of them would be seen."""
+    import train_airl
+    import train_mlirl
+    from nanoirl import data
+    from nanoirl.model import GPTConfig, GPTNeoX, ScalarGPT
+    sizes = {False: [], True: []}  # no grad, grad: the batch of every transformer pass
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: sizes[torch.is_grad_enabled()].append(len(args[0])) if isinstance(mod, GPTNeoX) else None)
+    records = [{"prompt": f"q{i}:", "response": f" a{i % 3}"} for i in range(12)]
+    pairs = [{"prompt": f"q{i}:", "chosen": f" a{i % 3}", "rejected": f" b{i}"} for i in range(8)]
+    data.write_jsonl(tmp_path / "demos.jsonl", records)
+    data.write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    ScalarGPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "gold")
+    text = [*tiny_text_run(tmp_path, tmp_path / "demos.jsonl"), "--eval-size", 6, "--gold-model", tmp_path / "gold",
+            "--forward-batch-size", 2, "--micro-batch-size", 2]
+    mlirl = [*TEXT_FLAGS["train_mlirl.py"], "--eval-pairs", tmp_path / "pairs.jsonl", "--rollout-batch-size", 4]
+    try:
+        for i, flags in enumerate([mlirl, [*mlirl, "--policy-step", "bon", "--bon-n", 4, "--bon-steps", 1],
+                                   [*mlirl, "--policy-step", "spin", "--dpo-epochs", 1],
+                                   [*mlirl, "--pairs", "init-sft"]]):
+            run_in_process(train_mlirl, [*text, *flags, "--out", tmp_path / f"mlirl-{i}"])
+        run_in_process(train_airl, [*text, *TEXT_FLAGS["train_airl.py"], "--rollout-batch-size", 4,
+                                    "--out", tmp_path / "airl"])
+    finally:
+        hook.remove()
+    assert len(sizes[False]) > 50 and max(sizes[False]) == 2 and max(sizes[True]) == 2, sizes
+
+
 def test_gail_token_reward_keeps_the_experts_length(tmp_path):
     """The default GAIL reward, -log(1 - D) - log 2, is 0 at D = 1/2: at the token level its
     gradient is the JS divergence's, and the policy's expected length lands next to the expert's
