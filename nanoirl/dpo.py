@@ -45,7 +45,7 @@ def spin_policy_step(policy, ref, pairs, cfg, *, optimizer, epochs, batch_size, 
     Returns {"dpo_loss", "dpo_accuracy"}: means over the steps, accuracy = how often the implicit
     reward beta log(pi / ref) ranks the demonstration above the sample."""
     def seq_logprobs(model, p, m, y):
-        lp = model.logprobs(p, m, y, cfg.sample_temperature)  # logits / T: the policy the negatives came from
+        lp = model.logprobs(p, m, y, cfg.sample_temperature or 1.0)  # logits / T; greedy (T = 0) reads at 1
         return upcast(sequence_logprob(lp, y, cfg.eos_id))    # bf16 -> fp32, fp64 stays
 
     p, m, yw, yl = pairs["prompts"], pairs["prompt_mask"], pairs["chosen"], pairs["rejected"]
