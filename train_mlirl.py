@@ -132,10 +132,12 @@ def main(args):
     gen = torch.Generator(device).manual_seed(args.seed)
     prompts, prompt_mask = task.demos[0], task.demos[1]
 
-    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts
+    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts, --forward-batch-size at a time
+        bs = args.forward_batch_size
         with torch.no_grad(), task.autocast():
-            return prompts, prompt_mask, pi.sample(prompts, prompt_mask, task.response_len, task.eos_id,
-                                                   task.pad_id, args.sample_temperature, generator=gen)[0]
+            return prompts, prompt_mask, torch.cat([
+                pi.sample(prompts[i:i + bs], prompt_mask[i:i + bs], task.response_len, task.eos_id, task.pad_id,
+                          args.sample_temperature, generator=gen)[0] for i in range(0, len(prompts), bs)])
 
     # ---- round 0: SFT. A checkpoint every --ckpt-every steps holds the policy, the SFT optimizer
     # and sft_step; the checkpoint after round 0 holds the four models and the reward model's init ----

@@ -15,9 +15,9 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               (TL;DR PPO and MLIRL initialise reward and value models from SFT),
                               or the --reward-init checkpoint on text
   task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
-                              rate against the demonstrations); sampled on text (length, EOS rate;
-                              gold reward and win rate against held-out demonstrations with
-                              --gold-model)
+                              rate against the demonstrations); sampled on text at the policy's
+                              --temperature, logged as eval_temperature (length, EOS rate; gold
+                              reward and win rate against held-out demonstrations with --gold-model)
   task.reward_accuracy(rm)    pair accuracy of a reward model: exact on the toy (pairs labelled by
                               the gold reward), on the --eval-pairs JSONL on text
   task.save(model, dir)       a GPT as a Hugging Face checkpoint; on text with its tokenizer.json,
@@ -263,25 +263,28 @@ class TextTask:
         return scalar
 
     @torch.no_grad()
-    def evaluate(self, policy, batch_size=16):
+    def evaluate(self, policy):
         p, m, demos = self.eval
-        ys = []
+        ys, bs = [], self.args.forward_batch_size  # every no-grad pass: --forward-batch-size rows at most
+        # the temperature PPO samples and optimises the policy at; train_sft.py has none: TL;DR's 0.7
+        temperature = getattr(self.args, "temperature", None)
+        temperature = 0.7 if temperature is None else temperature
         # the same draws at every evaluation (common random numbers), and none from the global RNG,
         # which a resumed run reaches in another state (its models are rebuilt after the restore)
         gen = torch.Generator(self.device).manual_seed(self.args.seed)
         with self.autocast():  # under torchrun each rank samples its share of each chunk
-            for i in range(0, len(p), batch_size):
-                p_i, m_i = dist.shard((p[i:i + batch_size], m[i:i + batch_size]))
+            for i in range(0, len(p), bs):
+                p_i, m_i = dist.shard((p[i:i + bs], m[i:i + bs]))
                 ys.append(dist.gather(policy.sample(p_i, m_i, self.response_len, self.eos_id, self.pad_id,
-                                                    temperature=0.7, generator=gen)[0]))
+                                                    temperature=temperature, generator=gen)[0]))
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
-               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}
+               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item(), "eval_temperature": temperature}
         if self.gold:
             cfg = mlirl.MLIRLConfig(eos_id=self.eos_id, pad_id=self.pad_id)
+            gold = lambda p, m, y: mlirl.sequence_rewards(self.gold, p, m, y, cfg).float()
             with self.autocast():
-                g_y = mlirl.sequence_rewards(self.gold, p, m, y, cfg).float()
-                g_d = mlirl.sequence_rewards(self.gold, p, m, demos, cfg).float()
+                g_y, g_d = in_chunks(gold, bs, p, m, y), in_chunks(gold, bs, p, m, demos)
             out.update(gold_reward=g_y.mean().item(), win_rate=accuracy(g_y, g_d))
         return out
 
@@ -290,11 +293,18 @@ class TextTask:
         if self.pairs is None:
             return None
         cfg = mlirl.MLIRLConfig(level=level, eos_id=self.eos_id, pad_id=self.pad_id)
-        p, m = self.pairs["prompts"], self.pairs["prompt_mask"]
-        with self.autocast():
-            r_c = mlirl.sequence_rewards(reward_model, p, m, self.pairs["chosen"], cfg)
-            r_r = mlirl.sequence_rewards(reward_model, p, m, self.pairs["rejected"], cfg)
-        return accuracy(r_c.float(), r_r.float())
+        p, m, bs = self.pairs["prompts"], self.pairs["prompt_mask"], self.args.forward_batch_size
+        reward = lambda p, m, y: mlirl.sequence_rewards(reward_model, p, m, y, cfg).float()
+        with self.autocast():  # 2,048 pairs x 565 tokens at once would take ~60 GB of activations at 1b
+            r_c = in_chunks(reward, bs, p, m, self.pairs["chosen"])
+            r_r = in_chunks(reward, bs, p, m, self.pairs["rejected"])
+        return accuracy(r_c, r_r)
+
+
+def in_chunks(fn, batch_size, *tensors):
+    """fn(*rows) over chunks of batch_size rows of the tensors, concatenated: a no-grad pass in
+    --forward-batch-size pieces."""
+    return torch.cat([fn(*(t[i:i + batch_size] for t in tensors)) for i in range(0, len(tensors[0]), batch_size)])
 
 
 def load_gold_model(name, device, dtype=None):
