@@ -48,6 +48,7 @@ def test_ppo_state_on_hand_numbers():
             assert sum(p.numel() for p in ScalarGPT(CONFIGS[name]).parameters()) == S
 
 
+@pytest.mark.slow
 def test_memory_estimate_scales_with_the_batch_and_checkpointing_cuts_it():
     """estimate_micro_step_gb (fake tensors, nothing allocated): activations grow linearly with the
     micro-batch (the same increment per row, above a part that does not depend on it), and
@@ -179,6 +180,7 @@ def test_fsdp_memory_counts_a_layer_and_shards_the_states():
         assert whole == pytest.approx(4 * (bench.n_params(cfg)[0] - (cfg.n_layer - 2) * bench.layer_params(cfg)) / 1e9)
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_step_tiny_on_the_cpu(tmp_path):
     """tools/gpu_check.py --tiny, in this process: every step finished and in the JSON it wrote,
     every timing positive and every number finite; the scripts' steps made of their phases (SFT

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-9
 # the text dry run in float32 (in float64 a Pythia-70m checkpoint with AdamW moments is 1.7 GB a run):

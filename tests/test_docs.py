@@ -246,6 +246,7 @@ def test_ladder_is_short_and_every_step_has_a_command():
     assert 5 <= len(commands) <= 12, commands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ladder_commands())
 def test_ladder_command_runs(command, tmp_path):
     argv, expected = fast_mode(shlex.split(command), tmp_path)

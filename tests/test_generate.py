@@ -32,6 +32,7 @@ def generate(tmp, out, *flags, n=1200):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
     torch.manual_seed(0)  # vocab 245: every id is a byte of the byte-level tokenizer
     GPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "tiny")

@@ -208,6 +208,7 @@ def test_ppo_full_table_reaches_the_exact_optimum():
     assert (kl <= 0.02).all(), kl
 
 
+@pytest.mark.slow
 def test_ppo_tiny_gpt_approaches_the_optimum():
     """The same PPO lines on the tiny GPT of toy/gpt.py (value model: a table). Stated bound:
     KL(pi_PPO || pi*) <= 0.2 nats per prompt after 60 updates of 512 responses, from ~1 nat at

@@ -213,6 +213,7 @@ def toy_scalar(mdp, model, state):
     return scalar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,model", TOY)
 def test_toy_run_directory(toy_runs, script, model):
     """config.json = the flags, one metrics.jsonl line per step with the shared names, the plots,
@@ -252,6 +253,7 @@ def test_toy_run_directory(toy_runs, script, model):
     assert_summary(r.stdout, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,model", TOY)
 def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
     """The last logged exact evaluation, recomputed from ckpt.pt's weights in a fresh policy: the
@@ -314,6 +316,7 @@ def test_rlignment_pairs_come_from_the_policy_before_sft(tmp_path):
     assert torch.equal(pairs["rejected"], init)
 
 
+@pytest.mark.slow
 def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_path):
     """Round 1 of `python train_mlirl.py` (toy GPT, every default but --rounds): the PPO step must
     land on the target it approximates, pi* ∝ pi_ref exp(r / beta) (MLIRL Eq. 12), with pi_ref the
@@ -390,6 +393,7 @@ def resume_runs(tmp_path_factory):
     return {c: (whole[c].wait(), cut[c], resumed[c], done[c], refused[c]) for c in RESUME}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", RESUME)
 def test_killed_run_resumes_exactly(resume_runs, case):
     """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
@@ -421,6 +425,7 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     assert_same(same(a), same(b))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
     on; that checkpoint and metrics.jsonl pass --resume's checks."""
@@ -438,6 +443,7 @@ def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     assert ckpt["step"] > 0
 
 
+@pytest.mark.slow
 def test_a_second_run_on_an_out_in_use_is_refused(tmp_path):
     """A run holds --out for its whole life: a second one there, even with --force, is refused in
     one line and touches nothing (unlocked, its --force would delete the first run's files under it)."""

@@ -253,6 +253,7 @@ def test_no_grad_passes_are_chunked_by_forward_batch_size(tmp_path, monkeypatch)
     assert len(sizes[False]) > 50 and max(sizes[False]) == 2 and max(sizes[True]) == 2, sizes
 
 
+@pytest.mark.slow
 def test_gail_token_reward_keeps_the_experts_length(tmp_path):
     """The default GAIL reward, -log(1 - D) - log 2, is 0 at D = 1/2: at the token level its
     gradient is the JS divergence's, and the policy's expected length lands next to the expert's
@@ -319,6 +320,7 @@ class Stop(BaseException):
     """Ends a run in this process the moment a checkpoint is written, as a kill would."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", BF16_RESUME)
 def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script, monkeypatch):
     """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
