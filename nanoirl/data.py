@@ -398,7 +398,7 @@ def write_atomically(path, texts, mode="w"):
 
 
 def why_not_written(error):
-    """An OSError as a message ends: a full disk worded as the README words it for checkpoints."""
+    """An OSError as a message ends: a full disk worded as docs/operations.md words it for checkpoints."""
     return "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
 
 

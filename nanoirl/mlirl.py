@@ -42,7 +42,7 @@ from nanoirl.soft_pi import best_of_n
 
 @dataclass
 class MLIRLConfig:
-    beta: float = 1.0                # KL coefficient of the policy step (Eq. 9; Table 4's 0.05: README)
+    beta: float = 1.0                # KL coefficient of the policy step (Eq. 9; Table 4's 0.05: docs/results.md)
     level: str = "sequence"          # reward per response (Eq. 11) or per token (summed for pairs)
     accumulate_pairs: bool = False   # authors' code: pairs accumulate across rounds
     reinit_reward: bool = True       # authors' code: reward model re-initialised every round

@@ -27,7 +27,7 @@ GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table bon --style 1                              # + the "a"s in each pick
     python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
 `--ppo` adds to the heldout and horizon tables ML-IRL rows whose policy step is PPO (ppo_step):
-~18 and ~44 min over 5 seeds on 2 busy cores (README).
+~18 and ~44 min over 5 seeds on 2 busy cores (docs/results.md).
 """
 import argparse
 import copy
