@@ -36,7 +36,7 @@ from nanoirl import data, mlirl, run
 from nanoirl.model import GPT
 from nanoirl.policy import ends_with_eos
 from nanoirl.run import RunError
-from nanoirl.task import load_gold_model, load_tokenizer
+from nanoirl.task import check_temperature, load_gold_model, load_tokenizer
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 parser.add_argument("--model", type=run.model_arg, required=True, help="the policy that writes the demonstrations")
@@ -104,6 +104,7 @@ def append_whole(out, text, size):
 
 
 def main(args):
+    check_temperature("temperature", args.temperature, greedy=True)
     device, dtype = run.device_and_dtype(args)
     out, meta = Path(args.out), Path(args.out + ".config.json")
     flags = {k: v for k, v in vars(args).items() if k not in ("out", "force")}

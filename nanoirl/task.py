@@ -71,14 +71,19 @@ def add_task_args(parser):
 MIN_TEMPERATURE = 0.01  # logits / 0.01: a change of 0.01 in a logit moves a PPO log-ratio by 1
 
 
+def check_temperature(flag, t, greedy):
+    """A temperature flag's value: a tiny one passes > 0, then is 0 in fp32 (empty EOS-only samples).
+    greedy: 0 is allowed, and samples the most likely token."""
+    if t is not None and t < MIN_TEMPERATURE and not (greedy and t == 0):
+        raise RunError(f"--{flag.replace('_', '-')} {t:g} is below {MIN_TEMPERATURE}: fp32 logits / T "
+                       "overflow, and every sample is already the most likely token"
+                       + ("; 0 samples greedily" if greedy else ""))
+
+
 def load_task(args, device, dtype, default_pairs=None):
     """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
     for flag, greedy in (("temperature", False), ("sample_temperature", True)):
-        t = getattr(args, flag, None)  # a tiny one passes > 0, then is 0 in fp32: empty EOS-only samples
-        if t is not None and t < MIN_TEMPERATURE and not (greedy and t == 0):
-            raise RunError(f"--{flag.replace('_', '-')} {t:g} is below {MIN_TEMPERATURE}: fp32 logits / T "
-                           "overflow, and every sample is already the most likely token"
-                           + ("; 0 samples greedily" if greedy else ""))
+        check_temperature(flag, getattr(args, flag, None), greedy)
     if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
         given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
         if given:

@@ -162,6 +162,16 @@ def test_generate_bad_outs_are_one_line(tiny, tmp_path):
     assert files(tmp_path) == before
 
 
+def test_generate_refuses_a_temperature_that_is_zero_in_fp32(tiny, tmp_path):
+    """--temperature 1e-45 is > 0, and 0 in fp32: refused in one line before anything is written,
+    as the training scripts refuse it; 0 itself samples greedily."""
+    out = tmp_path / "d.jsonl"
+    assert refused(tiny, out, "--temperature", "1e-45").startswith("--temperature 1e-45 is below 0.01")
+    assert list(tmp_path.iterdir()) == []
+    run_generate(tiny, out, "--temperature", 0)
+    assert len(out.read_text().splitlines()) == 5
+
+
 def test_generate_full_disk_keeps_whole_lines_and_the_rerun_ends_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     """ENOSPC in the middle of batch 2: one line naming what is kept, the file cut back to batch
     1's whole lines (it used to keep a cut line and a traceback); the rerun ends with the bytes
