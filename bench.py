@@ -12,7 +12,7 @@ PPO iteration as train_mlirl.py runs it, four models), memory (that iteration's 
 without a GPU: weights and AdamW states counted, activations tracked on fake tensors), toy (exact
 enumeration; memory and toy always run on the CPU), numerics (log-probs under bf16 autocast
 against fp32, with the output head in fp32 as the models compute it and in bf16).
-Numerics (README, "Pythia weights"): fp32 master weights, forward passes under bf16 autocast, loss and
+Numerics (docs/operations.md, "Pythia weights"): fp32 master weights, forward passes under bf16 autocast, loss and
 log-softmax in fp32, fused AdamW, for ours and transformers' alike (fp32 throughout on CPU).
 Before timing, both models must give the same fp32 logits on the benchmark batch (<= 1e-4).
 With N = every parameter but the input embedding (a lookup; the untied head is a matmul):
@@ -495,14 +495,15 @@ g.add_argument("--warmup", type=nonnegative_int, help="untimed runs before each 
 g.add_argument("--repeats", type=positive_int, help="timed runs, the median reported; PPO does half [5]")
 
 
-def main(args):
+def main(args, hw=None):
+    """Every section of args.sections; hw: this device's ceilings() when already measured."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: use --device cpu")
     for k, v in SIZES[device.type].items():
         if getattr(args, k) is None:
             setattr(args, k, grid(v) if k.endswith("grid") else v)
-    hw = ceilings(device, args)
+    hw = hw or ceilings(device, args)
     numerics = ("fp32 master weights, bf16 autocast forward, fp32 loss and log-softmax, fused AdamW; ours "
                 "and transformers' alike" if device.type == "cuda" else "fp32 throughout (CPU), fused AdamW")
     try:

@@ -53,8 +53,10 @@ g.add_argument("--gail-reward", default="-log(1-D)-log2", choices=["-log(1-D)-lo
 g.add_argument("--fairl-reward", default="gradient", choices=["gradient", "published"],
                help="forward-kl only: e^h - 1, whose gradient is the forward KL's, or the published -h e^h")
 g.add_argument("--logit-clip", type=run.positive_float, default=20.0,
-               help="the discriminator logit h is clipped to [-c, c] before its reward is read (e^h - 1 "
-                    "overflows fp32 at h > 88; c = 20 is D within 2e-9 of 0 or 1); reward_clipfrac logs how often")
+               help="the discriminator logit h is clipped before its reward is read, so that the reward's "
+                    "exponent stays in [-c, c]: h to [-c, c], and to [-c, c] / |1 - alpha| for alpha-IRL when "
+                    "|1 - alpha| > 1 (e^x overflows fp32 at x > 88; c = 20 is D within 2e-9 of 0 or 1); "
+                    "reward_clipfrac logs how often")
 g.add_argument("--steps", type=run.positive_int, default=150, help="iterations (rollout, discriminator, PPO)")
 g.add_argument("--disc-steps", type=run.positive_int, default=5, help="discriminator steps per iteration")
 g.add_argument("--disc-lr", type=run.learning_rate, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
@@ -78,15 +80,23 @@ def reward_map(args):
     return lambda h: fdiv.f_reward(h, kind, args.alpha)
 
 
+def logit_bound(args):
+    """b such that h in [-b, b] keeps the reward's exponent in [-c, c], c = --logit-clip: e^h for
+    the forward KL, e^((1 - a) h) for alpha-IRL (at a = -10, h = 20 would be e^220: inf in fp32)."""
+    k = abs(1 - args.alpha) if args.divergence == "alpha" else 1.0
+    return args.logit_clip / max(1.0, k)
+
+
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
     task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy, toy = task.policy, args.model.startswith("toy-")
     pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
+    args.temperature = pick(args.temperature, 1.0, 1.0, 0.7)  # PPO's, and the text evaluation's (task.py)
     cfg = ppo.PPOConfig(
         beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
-        micro_batch_size=args.micro_batch_size, temperature=pick(args.temperature, 1.0, 1.0, 0.7),
+        micro_batch_size=args.micro_batch_size, temperature=args.temperature,
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
@@ -105,22 +115,23 @@ def main(args):
     log = run.Logger(out, args.steps, start, args.log_every)
     demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
     batches = data.iterate_batches(demos, batch_size, args.seed, start)
-    to_reward = reward_map(args)
+    to_reward, bound = reward_map(args), logit_bound(args)
     clipped = []  # (scores clipped, scores) of each rollout chunk
 
-    def read(h):  # the reward of logits h, clipped to +-c: e^h and e^((1-a)h) overflow beyond
+    def read(h):  # the reward of logits h, clipped to +-bound: e^h and e^((1-a)h) overflow beyond
         h = h.double() if toy else h.float()
-        return to_reward(h.clamp(-args.logit_clip, args.logit_clip))
+        return to_reward(h.clamp(-bound, bound))
 
     def reward_fn(p, m, y):  # (B, R) rewards on the tokens PPO sees, demonstrations at 0 on average
         h, valid = reward.scores(disc, p, m, y, task.eos_id, args.level)
-        clipped.append(((h.abs() > args.logit_clip)[valid].sum().item(), valid.sum().item()))
+        clipped.append(((h.abs() > bound)[valid].sum().item(), valid.sum().item()))
         return reward.token_rewards(torch.where(valid, read(h), 0.0) - offset, y, task.eos_id, args.level)
 
     for step in range(start, args.steps):
         b = next(batches)
         offset = reward.demonstration_offset(disc, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
-                                             args.level, read, autocast=task.autocast)  # reward.py: the scale
+                                             args.level, read, batch_size=args.forward_batch_size,
+                                             autocast=task.autocast)  # reward.py: the scale
         clipped.clear()
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
         n_clipped, n_read = dist.total(sum(c for c, _ in clipped), sum(n for _, n in clipped))  # all ranks

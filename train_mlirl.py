@@ -10,10 +10,10 @@ baseline: DPO on the same pairs against the last round's policy, with no reward 
     python train_mlirl.py --model toy-tabular --policy-class markov --policy-step soft-pi
     python train_mlirl.py --pairs init-sft --rounds 1   # RLignment's reward-model data choices
     python train_mlirl.py --policy-step spin             # SPIN: DPO on (demonstration ≻ sample) pairs
-    python train_mlirl.py --beta 0.05 --accumulate-pairs  # the authors' pipeline (not convergent: README)
+    python train_mlirl.py --beta 0.05 --accumulate-pairs  # the authors' pipeline (not convergent: docs/results.md)
     python train_mlirl.py --model pythia-1b --data tldr.jsonl --eval-pairs prefs.jsonl --out out/mlirl-1b
     python train_mlirl.py --model pythia-1b         # TL;DR and its preferences (README: the MLIRL TL;DR experiment)
-    python -m nanoirl.data fake-prefs.jsonl --n 8 --preferences   # a dry run on a CPU (README), after train_sft.py's:
+    python -m nanoirl.data fake-prefs.jsonl --n 8 --preferences   # a dry run on a CPU (docs/operations.md), after train_sft.py's:
     python train_mlirl.py --model out/dry-sft/policy --sft-steps 0 --data fake.jsonl --eval-pairs fake-prefs.jsonl --max-prompt-len 256 --eval-size 2 --rounds 1 --ppo-iterations 1 --rollout-batch-size 2 --out out/dry-mlirl
 
 Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and the reward model's
@@ -33,7 +33,7 @@ from nanoirl.task import add_task_args, load_task
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
 add_task_args(parser)
-g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults: the scheme that converges exactly, README)")
+g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults: the scheme that converges exactly, docs/results.md)")
 g.add_argument("--rounds", type=run.nonnegative_int, default=4, help="IRL rounds after round 0 (SFT)")
 g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon", "spin"],
                help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only), Best-of-N SFT (Sec. 6.2), "
@@ -45,7 +45,7 @@ g.add_argument("--pairs", default="mlirl", choices=["mlirl", "init-sft", "init-d
 g.add_argument("--beta", type=run.positive_float, default=1.0,
                help="KL coefficient of the policy step: 1 as in MLIRL Eq. 5b and 9, where an exact reward fit "
                     "and an exact step land on the demonstrations in one round; the paper's runs use 0.05 "
-                    "(Table 4), whose exact rounds diverge with a moving reference (README)")
+                    "(Table 4), whose exact rounds diverge with a moving reference (docs/results.md)")
 g.add_argument("--level", default="sequence", choices=["sequence", "token"],
                help="reward per response (read at the last token) or per token")
 g.add_argument("--accumulate-pairs", action="store_true",
@@ -87,7 +87,7 @@ def fill_defaults(args, task):
     Appendix A); each tuple is (table, toy GPT, text)."""
     defaults = {"rm_epochs": (20, 20, 1), "rm_lr": (0.05, 1e-3, 3e-6),
                 "sft_lr": (0.1, 3e-3, 1e-5), "ppo_iterations": (40, 40, 100),
-                "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-4, 3e-6),  # toy GPT: at 1e-3 PPO misses pi* by nats (README)
+                "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-4, 3e-6),  # toy GPT: at 1e-3 PPO misses pi* by nats (docs/results.md)
                 "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7),
                 "dpo_epochs": (20, 20, 2), "dpo_lr": (0.05, 1e-4, 5e-7)}  # toy: PPO's lr; text: SPIN's (Chen et al. 2024)
     for k, v in defaults.items():
@@ -132,10 +132,12 @@ def main(args):
     gen = torch.Generator(device).manual_seed(args.seed)
     prompts, prompt_mask = task.demos[0], task.demos[1]
 
-    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts
+    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts, --forward-batch-size at a time
+        bs = args.forward_batch_size
         with torch.no_grad(), task.autocast():
-            return prompts, prompt_mask, pi.sample(prompts, prompt_mask, task.response_len, task.eos_id,
-                                                   task.pad_id, args.sample_temperature, generator=gen)[0]
+            return prompts, prompt_mask, torch.cat([
+                pi.sample(prompts[i:i + bs], prompt_mask[i:i + bs], task.response_len, task.eos_id, task.pad_id,
+                          args.sample_temperature, generator=gen)[0] for i in range(0, len(prompts), bs)])
 
     # ---- round 0: SFT. A checkpoint every --ckpt-every steps holds the policy, the SFT optimizer
     # and sft_step; the checkpoint after round 0 holds the four models and the reward model's init ----

@@ -7,7 +7,7 @@ Supervised fine-tuning: behaviour cloning, which is forward-KL imitation of the 
     python train_sft.py --model toy-gpt --lr 3e-3          # the tiny GPT on the toy
     python train_sft.py --occupancy                        # Sun24 Eq. 8-12: position re-weighting
     python train_sft.py --model pythia-1b --data tldr.jsonl --out out/sft-1b
-    python -m nanoirl.data fake.jsonl --n 8               # a dry run on a CPU, offline (README): fake data,
+    python -m nanoirl.data fake.jsonl --n 8               # a dry run on a CPU, offline (docs/operations.md): fake data,
     python train_sft.py --model random:pythia-70m --data fake.jsonl --max-prompt-len 256 --eval-size 2 --steps 3 --batch-size 2 --out out/dry-sft
 
 The run directory (--out) gets config.json, metrics.jsonl, metrics.png, ckpt.pt and, for a GPT,

@@ -12,6 +12,7 @@ transformers or safetensors. Two layouts are read:
 import json
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -25,25 +26,77 @@ SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def read_safetensors(path):
-    """{name: tensor} of a .safetensors file: an 8-byte little-endian header length n, n bytes of
-    JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian data."""
-    size, out = os.path.getsize(path), {}
+def json_kind(value):
+    """What a parsed JSON value is, in JSON's words: 'an array', 'a string', 'null', ..."""
+    kinds = {list: "an array", str: "a string", type(None): "null", bool: "a boolean", dict: "an object"}
+    return kinds.get(type(value), "a number")
+
+
+def safetensors_header(path):
+    """(header, data_start) of a .safetensors file: an 8-byte little-endian header length n, n
+    bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw little-endian
+    data. The header is checked as the reference reader checks it, before any tensor is read: a
+    known dtype, end - begin = numel x dtype size, and the tensors, in offset order, tiling the data
+    section exactly (no overlap, no gap, nothing before it or past the file's end); a bad file is a
+    one-line ValueError naming it and the tensor."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > min(size - 8, 100_000_000):  # the reference reader's header limit: 100 MB
+            what = "shorter than its 8-byte header length" if n is None else f"its header length {n} " \
+                   f"exceeds the file's {size} bytes" if n > size - 8 else f"its header length {n} exceeds 100 MB"
+            raise ValueError(f"{path}: not a safetensors file, or truncated ({what})")
         try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))  # a cut-off header fails here
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a safetensors file, or truncated ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is {json_kind(header)}, not a JSON object)")
+    data_size, spans = size - 8 - n, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        bad = lambda why: ValueError(f"{path}: tensor {name}: {why}")
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise bad(f"expected {{dtype, shape, data_offsets}}, got {json.dumps(info)[:80]}")
+        dtype, shape, offsets = SAFETENSORS_DTYPES.get(str(info["dtype"])), info["shape"], info["data_offsets"]
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        if dtype is None:
+            raise bad(f"unknown dtype {info['dtype']!r}; known: {', '.join(SAFETENSORS_DTYPES)}")
+        if not (isinstance(shape, list) and all(map(is_int, shape))):
+            raise bad(f"shape {json.dumps(shape)[:80]} is not a list of integers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets))
+                and offsets[0] <= offsets[1]):
+            raise bad(f"data_offsets {json.dumps(offsets)[:80]} is not [begin, end] with 0 <= begin <= end")
+        if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+            raise bad(f"data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape {shape} of "
+                      f"{info['dtype']} takes {math.prod(shape) * dtype.itemsize}")
+        spans.append((offsets[0], offsets[1], name))
+    at, last = 0, None  # sorted by (begin, end): each tensor must start where the previous one ended
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            where = f"overlaps tensor {last}" if begin < at else f"leaves bytes {at}-{begin} unused after " \
+                    f"{'tensor ' + last if last else 'the header'}"
+            raise ValueError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] {where} (a damaged header)")
+        if end > data_size:
+            raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
+        at, last = end, name
+    if at != data_size:
+        raise ValueError(f"{path}: {data_size - at} bytes after the last tensor's data (a damaged header)")
+    return header, 8 + n
+
+
+def read_safetensors(path):
+    """{name: tensor} of a .safetensors file (its header checked first: safetensors_header)."""
+    header, start = safetensors_header(path)
+    out = {}
+    with open(path, "rb") as f:
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None or end - begin != math.prod(info["shape"]) * dtype.itemsize:
-                raise ValueError(f"{path}: tensor {name} has a bad dtype or size: {info}")
-            if 8 + n + end > size:
-                raise ValueError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end}/{size}")
-            f.seek(8 + n + begin)
+            (begin, end), dtype = info["data_offsets"], SAFETENSORS_DTYPES[info["dtype"]]
+            f.seek(start + begin)
             data = bytearray(f.read(end - begin))  # a writable copy that the tensor owns
             out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]) if data \
                 else torch.empty(info["shape"], dtype=dtype)  # frombuffer refuses 0 bytes
@@ -69,20 +122,39 @@ HF_NAMES = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
 
 def config_from_hf(path):
     """GPTConfig from a Hugging Face GPT-NeoX config.json (old rotary_pct or new rope_parameters),
-    or from the "base_config" of a ScalarModel's config.json."""
-    c = json.loads(Path(path).read_text())
-    c = c.get("base_config") or c
+    or from the "base_config" of a ScalarModel's config.json. Every field is checked (a JSON object,
+    integer sizes > 0, heads dividing hidden_size, rotary_pct in [0, 1]): a one-line ValueError
+    naming the file and the key, before any model is built."""
+    try:
+        c = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    c = c.get("base_config") or c if isinstance(c, dict) else c
+    if not isinstance(c, dict):
+        raise ValueError(f"{path}: expected a JSON object of GPT-NeoX settings, got {json_kind(c)}")
     rope = c.get("rope_parameters") or {}  # transformers >= 5 writes the rotary settings here
-    c.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
-    c.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
-    c.setdefault("layer_norm_eps", 1e-5)
+    rope = rope if isinstance(rope, dict) else {}
+    c = {"rotary_pct": rope.get("partial_rotary_factor", 0.25), "rotary_emb_base": rope.get("rope_theta", 10000.0),
+         "layer_norm_eps": 1e-5, **c}
     if (c.get("model_type"), c.get("use_parallel_residual", True), c.get("hidden_act", "gelu"),
             rope.get("rope_type", "default")) != ("gpt_neox", True, "gelu", "default"):
         raise ValueError(f"{path}: only GPT-NeoX with parallel residual, exact GELU and plain rotary")
-    try:
-        return GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
-    except KeyError as e:
-        raise ValueError(f"{path}: missing {e}") from None
+    missing = [theirs for theirs in HF_NAMES.values() if theirs not in c]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(map(repr, missing))}")
+    for ours, theirs in HF_NAMES.items():
+        v, is_int = c[theirs], ours not in ("rotary_pct", "rotary_base", "layer_norm_eps")
+        ok = isinstance(v, int) if is_int else isinstance(v, (int, float)) and math.isfinite(v)
+        if isinstance(v, bool) or not ok or not (0 <= v <= 1 if ours == "rotary_pct" else v > 0):
+            want = "an integer > 0" if is_int else "a number in [0, 1]" if ours == "rotary_pct" else "a number > 0"
+            raise ValueError(f"{path}: {theirs} is {json.dumps(v)}, expected {want}")
+    config = GPTConfig(**{ours: c[theirs] for ours, theirs in HF_NAMES.items()})
+    if config.n_embd % config.n_head:
+        raise ValueError(f"{path}: num_attention_heads {config.n_head} does not divide hidden_size {config.n_embd}")
+    if int(config.n_embd // config.n_head * config.rotary_pct) % 2:
+        raise ValueError(f"{path}: rotary_pct {config.rotary_pct} of the head size {config.n_embd // config.n_head} "
+                         "is an odd number of dims (rotate-half needs pairs)")
+    return config
 
 
 # key prefixes of other layouts -> ours: HF >= 5 may save the head as lm_head; the reference
@@ -104,31 +176,76 @@ def load_model(cls, name_or_path, dtype=None, device=None):
     files = hub.resolve_weights(name_or_path)
     config = config_from_hf(files[0].parent / "config.json")
     offset = json.loads((files[0].parent / "config.json").read_text()).get("bias", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+        raise ValueError(f"{files[0].parent / 'config.json'}: bias is {json.dumps(offset)}, expected a finite number")
     with torch.device("meta"):  # shapes only: no time or memory spent on a random init
         model = cls(config)
     expected = model.state_dict()
     found, where = {}, {}
     for f in files:
         for key, tensor in read_weights(f).items():
-            for theirs, ours in RENAME.items():
-                key = ours + key[len(theirs):] if key.startswith(theirs) else key
+            key = our_key(key)
             found[key], where[key] = tensor, f.name
     if isinstance(model, ScalarGPT) and "score.weight" not in found:  # reward model from an LM
         head = new_score_head(config.n_embd)
         found.update({"score.weight": head.weight.data, "score.bias": head.bias.data})
-    state = {}  # only the expected keys: stale buffers (attention.bias, inv_freq...) are dropped
-    for key, meta in expected.items():
-        if key not in found:
-            raise ValueError(f"{', '.join(f.name for f in files)} in {files[0].parent}: "
-                             f"no tensor {key} (shape {list(meta.shape)})")
-        if found[key].shape != meta.shape:
-            raise ValueError(f"{where[key]} in {files[0].parent}: tensor {key} has shape "
-                             f"{list(found[key].shape)}, expected {list(meta.shape)}")
-        state[key] = found[key]
-    model.load_state_dict(state, assign=True)  # the meta parameters become the loaded tensors
+    check_keys(model, {k: v.shape for k, v in found.items()}, where, files)
+    model.load_state_dict({key: found[key] for key in expected}, assign=True)  # the meta parameters become the loaded tensors
     if isinstance(model, ScalarGPT):
         model.score_offset = float(offset)
     return model.to(device=device, dtype=dtype)
+
+
+def our_key(key):
+    for theirs, ours in RENAME.items():
+        key = ours + key[len(theirs):] if key.startswith(theirs) else key
+    return key
+
+
+# tensors a checkpoint may hold that no model here takes: stale buffers of old GPT-NeoX code, and
+# the LM head of a causal LM that a reward model (ScalarGPT) is initialised from
+IGNORED = re.compile(r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
+
+
+def check_keys(model, shapes, where, files):
+    """Every tensor the (meta) model expects is in shapes {key: shape} with its shape, and no tensor
+    is left over (a config.json with fewer layers than the weights would drop them silently)."""
+    expected, at = model.state_dict(), f"{', '.join(f.name for f in files)} in {files[0].parent}"
+    for key, meta in expected.items():
+        if key not in shapes:
+            raise ValueError(f"{at}: no tensor {key} (shape {list(meta.shape)})")
+        if tuple(shapes[key]) != tuple(meta.shape):
+            raise ValueError(f"{where.get(key, at)} in {files[0].parent}: tensor {key} has shape "
+                             f"{list(shapes[key])}, expected {list(meta.shape)}")
+    ignored = lambda k: IGNORED.fullmatch(k) or isinstance(model, ScalarGPT) and k == "embed_out.weight"
+    extra = sorted(k for k in shapes.keys() - expected.keys() if not ignored(k))
+    if extra:
+        raise ValueError(f"{at}: {len(extra)} tensors that the config.json's model does not have "
+                         f"({', '.join(extra[:3])}{', ...' * (len(extra) > 3)}): does config.json match the weights?")
+
+
+def check_model(cls, name_or_path):
+    """Check what load_model(cls, name_or_path) would load, without reading the tensors: config.json,
+    and the names and shapes of the weights (safetensors headers; .bin files mapped). The models
+    loaded after --out is made (--reward-init) are checked with it before."""
+    if str(name_or_path).startswith("random:"):
+        return load_model(cls, name_or_path, device="meta").config
+    files = hub.resolve_weights(name_or_path)
+    config = config_from_hf(files[0].parent / "config.json")
+    with torch.device("meta"):
+        model = cls(config)
+    shapes, where = {}, {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            items = {k: v["shape"] for k, v in safetensors_header(f)[0].items() if k != "__metadata__"}
+        else:
+            items = {k: v.shape for k, v in read_weights(f).items()}
+        for key, shape in items.items():
+            shapes[our_key(key)], where[our_key(key)] = shape, f.name
+    if isinstance(model, ScalarGPT) and "score.weight" not in shapes:
+        shapes.update({"score.weight": (1, config.n_embd), "score.bias": (1,)})
+    check_keys(model, shapes, where, files)
+    return config
 
 
 def atomic_write(path, write):
@@ -145,12 +262,11 @@ def atomic_write(path, write):
 def save_model(model, directory):
     """model.save_pretrained: config.json + model.safetensors, loadable by HF's
     GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained. Under torchrun every
-    rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights."""
+    rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights. Each file is
+    written atomically; run.save_model_dir makes the whole directory one change."""
     from nanoirl import dist
     state = {k: v.detach().cpu().contiguous() for k, v in dist.state_dict(model).items()}
-    if dist.is_main():
-        _save_model(dist.unwrap(model), state, Path(directory))
-    dist.barrier()
+    dist.on_main(lambda: _save_model(dist.unwrap(model), state, Path(directory)))  # its error on every rank
 
 
 def _save_model(model, state, directory):

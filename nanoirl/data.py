@@ -16,22 +16,33 @@ Layouts (read off the fields of the first record):
                   reference's preprocessed sets end chosen and rejected with "<|endoftext|>",
                   which is dropped here since tokenize appends EOS)
 Extra fields are ignored. Every problem raises DataError, whose message is one line
-"file:line: what is wrong", so that a script can print it and exit without a traceback.
+"file:line: what is wrong", so that a script can print it and exit without a traceback. A name
+meant as a file (a typo of one) is said to be missing, never looked up on the Hub; offline, the
+Hub is given up after a 3 s reachability check (nanoirl/hub.py), as for models. What is written
+here (fake data, downloads) is whole or not at all: a temp file renamed at the end.
 
     examples = load_demonstrations("tldr.jsonl")
     train = tokenize(examples, tokenizer, max_prompt_len=512, max_response_len=53)
     for step, batch in zip(range(steps), iterate_batches(train, 64, seed=1)): ...
 """
+import sys
+if __name__ == "__main__":  # a Ctrl-C while torch is imported (seconds) ends in one line too
+    sys.excepthook = lambda kind, e, tb: (print("error: interrupted while starting; nothing was written", file=sys.stderr)
+                                          if issubclass(kind, KeyboardInterrupt) else sys.__excepthook__(kind, e, tb))
 import argparse
+import difflib
+import errno
 import json
 import os
 import random
 import re
+import shutil
 import stat
 from pathlib import Path
 
 import torch
 
+from nanoirl.hub import reachable
 from nanoirl.policy import left_pad, right_pad
 
 LAYOUTS = {
@@ -47,6 +58,9 @@ EOS_TEXT = "<|endoftext|>"
 TLDR_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered"
 TLDR_PREFERENCES = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
 MAX_TRUNCATED_SHARE = 0.05  # above this share of responses cut short, tokenize refuses
+FIELDS = {f for fields in LAYOUTS.values() for f in fields}
+# names that are files, never Hub datasets "owner/name" (a typo of a local file must not go to the Hub)
+FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip"}
 
 
 class DataError(ValueError):
@@ -93,6 +107,25 @@ def data_dir():
     return Path(os.environ.get("NANOIRL_DATA", "data"))
 
 
+def hub_offline():
+    """Whether the user asked for no network (then `datasets` reads only its own cache, fast)."""
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def missing_file(name):
+    """For a name that is no existing path but was meant as a file (a file extension, an existing
+    directory before its last '/', or a near-miss of an existing file): the one-line error that
+    says so; None for a name that can only be a Hub dataset."""
+    path = Path(name)
+    if not path.parent.is_dir():
+        return None if path.suffix.lower() not in FILE_SUFFIXES else f"{name}: no such file"
+    near = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1, cutoff=0.8)
+    if near:
+        return f"{name}: no such file; did you mean {path.parent / near[0]}?"
+    return f"{name}: no such file in the directory {path.parent}"
+
+
 def read_dataset(source):
     """The rows of a parquet file, a save_to_disk directory or a Hub dataset, "source[:split]"
     (split "train" by default, "validation[:2048]" slices). Needs the optional `datasets`."""
@@ -105,6 +138,11 @@ def read_dataset(source):
            "($NANOIRL_DATA moves that folder); or pass a JSONL file")
     if not Path(name).exists() and not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
         raise DataError(f"{source}: no such file, directory or Hub dataset owner/name")
+    if not local.exists() and (why := missing_file(name)):
+        raise DataError(why)
+    if split and local.is_file() and local.suffix != ".parquet":
+        raise DataError(f"{source}: {name} is a file; a split ':{split}' applies to a saved dataset, "
+                        f"a parquet file or a Hub dataset only")
     if local.is_dir() and not any((local / f).exists() for f in ("dataset_dict.json", "state.json")):
         raise DataError(f"{local}: is a directory, not a JSONL file or a saved dataset "
                         "(datasets' save_to_disk writes dataset_dict.json or state.json)")
@@ -113,8 +151,10 @@ def read_dataset(source):
     except ImportError:
         raise DataError(f"{source}: reading it needs the `datasets` package: pip install datasets; "
                         f"then {get}") from None
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a failure is one DataError line below
     datasets.disable_progress_bars()
+    if not local.exists() and not hub_offline() and (offline := reachable()):  # datasets would retry ~30 s
+        raise DataError(f"{source}: not in {local}, and {offline}; with the network, {get}")
     try:
         if local.suffix == ".parquet":
             ds = datasets.Dataset.from_parquet(str(local))
@@ -122,8 +162,11 @@ def read_dataset(source):
             ds = datasets.load_from_disk(str(local))
         else:  # the Hub (or datasets' own cache)
             ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # offline, no such dataset, a broken directory, ...
+    except Exception as e:  # offline, no such dataset, a broken file or directory, ...
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if local.exists():  # a local file or directory: nothing to download
+            kind = "a parquet file" if local.suffix == ".parquet" else "a saved dataset"
+            raise DataError(f"{local}: cannot read it as {kind} ({why})") from None
         raise DataError(f"{source}: not in {local} and not loadable ({why}); with the network, {get}") from None
     m = re.fullmatch(r"(\w+)(?:\[:(\d+)\])?", split or "train")
     if isinstance(ds, datasets.DatasetDict):  # a saved Dataset is one split already
@@ -132,8 +175,11 @@ def read_dataset(source):
         ds = ds[m.group(1)]
     if local.exists() and m.group(2):  # (load_dataset slices by itself)
         ds = ds.select(range(min(int(m.group(2)), len(ds))))
-    text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-    return ds.select_columns(text)  # the preprocessed sets also hold token lists: not read here
+    # the text columns and any field of a layout (one that is not text is then named as such);
+    # the preprocessed sets also hold token lists: not read here
+    text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")
+            or c in FIELDS]
+    return ds.select_columns(text)
 
 
 def read_records(source):
@@ -327,25 +373,62 @@ def fake_tldr(n, seed=0, preferences=False):
 
 def write_jsonl(path, records, mode="w"):
     """Write records one JSON line each, as they come (records may be a generator). mode "x"
-    refuses an existing file."""
-    with open(path, mode, encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    refuses an existing file. Atomic (write_atomically): path is whole or as it was."""
+    write_atomically(path, (json.dumps(r) + "\n" for r in records), mode)
+
+
+def write_atomically(path, texts, mode="w"):
+    """Write the strings `texts` (streamed: a generator is never held whole) to a temp file beside
+    `path`, then rename it onto path: path is never left partial, and a full disk, an I/O error or
+    Ctrl-C leaves it as it was, the temp file removed. mode "x" refuses an existing path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename is atomic
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            for text in texts:
+                f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
+        if mode == "x" and path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def why_not_written(error):
+    """An OSError as a message ends: a full disk worded as docs/operations.md words it for checkpoints."""
+    return "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
 
 
 def download(name):
-    """Save the Hub dataset `name` (every split) under $NANOIRL_DATA, where --data name finds it."""
+    """Save the Hub dataset `name` (every split) under $NANOIRL_DATA, where --data name finds it.
+    Saved into a temp directory that is renamed at the end: a failure leaves no partial dataset."""
+    if not hub_offline() and (offline := reachable()):  # datasets would retry ~30 s, then a traceback
+        raise DataError(f"cannot download {name}: {offline}")
     import datasets
+    datasets.logging.set_verbosity_error()
     path = data_dir() / name
-    datasets.load_dataset(name).save_to_disk(str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        datasets.load_dataset(name).save_to_disk(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)  # an earlier download of it
+        os.replace(tmp, path)
+    except Exception as e:  # no such dataset, a full disk, ...
+        why = why_not_written(e) if isinstance(e, OSError) and e.errno else (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot download {name} to {path}: {why}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-if __name__ == "__main__":
+def main(argv=None):
     # python -m nanoirl.data fake_tldr.jsonl --n 256 [--preferences] [--force]
     # python -m nanoirl.data --download vwxyzjn/summarize_from_feedback_tldr_3_filtered
     from nanoirl.run import HelpFormatter, positive_int, seed_arg
-    parser = argparse.ArgumentParser(description="Write synthetic TL;DR-shaped JSONL for dry runs, "
+    parser = argparse.ArgumentParser(prog="python -m nanoirl.data",
+                                     description="Write synthetic TL;DR-shaped JSONL for dry runs, "
                                                  "or save Hub datasets where --data finds them.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("path", nargs="?", help="output JSONL file")
@@ -357,18 +440,27 @@ if __name__ == "__main__":
     parser.add_argument("--download", nargs="+", metavar="OWNER/NAME",
                         help=f"save these Hub datasets under $NANOIRL_DATA (now {data_dir()}); "
                              f"MLIRL Sec. 6.1 needs {TLDR_SFT} {TLDR_PREFERENCES}")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.path and not args.download:
         parser.error("give the path of the JSONL file to write, or --download NAME")
-    for name in args.download or []:
-        print(f"saved {name} to {download(name)}")
-    if args.path:
-        if os.path.isdir(args.path):
-            parser.error(f"{args.path} is a directory; give the path of the JSONL file to write")
-        if os.path.exists(args.path) and not args.force:
-            parser.error(f"{args.path} exists; pass --force to overwrite it")
-        try:
+    if args.path and os.path.isdir(args.path):
+        parser.error(f"{args.path} is a directory; give the path of the JSONL file to write")
+    if args.path and os.path.exists(args.path) and not args.force:
+        parser.error(f"{args.path} exists; pass --force to overwrite it")
+    try:
+        for name in args.download or []:
+            print(f"saved {name} to {download(name)}")
+        if args.path:
             write_jsonl(args.path, fake_tldr(args.n, args.seed, args.preferences), "w" if args.force else "x")
-        except OSError as e:
-            parser.error(f"cannot write {args.path}: {e.strerror}")
-        print(f"wrote {args.n} records to {args.path}")
+            print(f"wrote {args.n} records to {args.path}")
+    except DataError as e:
+        parser.error(str(e))
+    except OSError as e:
+        parser.error(f"cannot write {args.path}: {why_not_written(e)}; nothing was written")
+    except KeyboardInterrupt:  # exit status 130 = 128 + SIGINT, as a shell reports a Ctrl-C
+        print(f"error: interrupted; nothing was written{' to ' + args.path if args.path else ''}", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,9 @@ itself as the reference: ML-IRL's round (mlirl.mlirl_round) with the reward mode
 beta log(pi / pi_k). In the full class its exact round is ML-IRL's exact round with a moving
 reference, pi_{k+1} ∝ pi_k (p_demo / pi_k)^(1/beta) (toy.irl.bt_optimum), whose fixed point is the
 demonstrations' empirical law p_demo; beta = 1 lands there in one round (tests/test_mlirl.py).
+pi is the policy at the temperature its negatives are drawn at (cfg.sample_temperature; 0.7 on
+text): the log-ratios read logits / T, as PPO's log-probs do (ppo.py, detail 2). At T = 1 against
+negatives drawn at 0.7 the exact round would be pi_k p / pi_k^(0.7), not p.
 
   dpo_loss         Eq. 4 on sequence log-probs (negated, to minimise), optionally weighted
   spin_policy_step one SPIN iteration on sampled pairs: epochs of DPO minibatches against ref = pi_k
@@ -38,17 +41,18 @@ def spin_policy_step(policy, ref, pairs, cfg, *, optimizer, epochs, batch_size, 
     """One SPIN iteration: `epochs` passes of DPO minibatches over the pairs (demonstration ≻ sample
     of pi_k), reference `ref` = pi_k (a frozen copy of the policy the pairs were sampled from), beta
     = cfg.beta, AdamW `optimizer` on the policy. cfg is an MLIRLConfig (eos_id, micro-batches,
-    autocast). Returns {"dpo_loss", "dpo_accuracy"}: means over the steps, accuracy = how often the
-    implicit reward beta log(pi / ref) ranks the demonstration above the sample."""
+    autocast, and sample_temperature: the negatives' temperature, at which every log-prob is read).
+    Returns {"dpo_loss", "dpo_accuracy"}: means over the steps, accuracy = how often the implicit
+    reward beta log(pi / ref) ranks the demonstration above the sample."""
     def seq_logprobs(model, p, m, y):
-        return upcast(sequence_logprob(model.logprobs(p, m, y), y, cfg.eos_id))  # bf16 -> fp32, fp64 stays
+        lp = model.logprobs(p, m, y, cfg.sample_temperature or 1.0)  # logits / T; greedy (T = 0) reads at 1
+        return upcast(sequence_logprob(lp, y, cfg.eos_id))    # bf16 -> fp32, fp64 stays
 
     p, m, yw, yl = pairs["prompts"], pairs["prompt_mask"], pairs["chosen"], pairs["rejected"]
+    bs = cfg.sample_batch_size  # rows per no-grad pass (--forward-batch-size)
     with torch.no_grad(), ppo.autocast(p.device, cfg):  # the reference's log-probs, once
-        ref_w = torch.cat([seq_logprobs(ref, p[i:i + batch_size], m[i:i + batch_size], yw[i:i + batch_size])
-                           for i in range(0, len(p), batch_size)])
-        ref_l = torch.cat([seq_logprobs(ref, p[i:i + batch_size], m[i:i + batch_size], yl[i:i + batch_size])
-                           for i in range(0, len(p), batch_size)])
+        ref_w = torch.cat([seq_logprobs(ref, p[i:i + bs], m[i:i + bs], yw[i:i + bs]) for i in range(0, len(p), bs)])
+        ref_l = torch.cat([seq_logprobs(ref, p[i:i + bs], m[i:i + bs], yl[i:i + bs]) for i in range(0, len(p), bs)])
     stats = []
     for _ in range(epochs):
         perm = torch.randperm(len(p), generator=generator, device=ppo.draw_device(generator, p)).to(p.device)

@@ -34,14 +34,15 @@ import torch.nn.functional as F
 
 from nanoirl import dist, ppo
 from nanoirl.model import upcast
-from nanoirl.reward import accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores
+from nanoirl.reward import (accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores,
+                            shift_scores)
 from nanoirl.sft import sft_step
 from nanoirl.soft_pi import best_of_n
 
 
 @dataclass
 class MLIRLConfig:
-    beta: float = 1.0                # KL coefficient of the policy step (Eq. 9; Table 4's 0.05: README)
+    beta: float = 1.0                # KL coefficient of the policy step (Eq. 9; Table 4's 0.05: docs/results.md)
     level: str = "sequence"          # reward per response (Eq. 11) or per token (summed for pairs)
     accumulate_pairs: bool = False   # authors' code: pairs accumulate across rounds
     reinit_reward: bool = True       # authors' code: reward model re-initialised every round
@@ -148,15 +149,18 @@ def ppo_policy_step(policy, ref, reward_model, cfg, *, value_model, optimizer, d
     """`iterations` PPO updates on the reward model's logit (MLIRL Sec. 6.1, Table 4), beta = cfg.beta,
     on prompts drawn from demos = (prompts, prompt_mask, responses), or from prompts = (prompts,
     prompt_mask) if given (PPO needs no responses: e.g. prompts without demonstrations). The reward
-    is read minus the demonstrations' mean score (reward.demonstration_offset: they score 0, so that
-    PPO's -1 for a missing EOS is a penalty), and the lr decays linearly to 0 over the updates
-    (ppo.anneal_lr). progress(i, stats), if given, sees every update's metrics (long runs show
-    their progress)."""
+    is read minus the demonstrations' mean score (reward.demonstration_offset: they score 0, as the
+    TL;DR reward's bias makes the reference summaries score 0), and value_model, a copy of the
+    reward model, starts with the same offset, V = h - offset, as the TL;DR critic subtracts the
+    reward's bias: on the returns' scale, with no terminal TD error of -offset for GAE to spread
+    over the last tokens. The lr decays linearly to 0 over the updates (ppo.anneal_lr).
+    progress(i, stats), if given, sees every update's metrics (long runs show their progress)."""
     ppo_cfg = dataclasses.replace(ppo_cfg, beta=cfg.beta)
     prompts, prompt_mask = demos[:2] if prompts is None else prompts
     offset = demonstration_offset(reward_model, *demos, cfg.eos_id, cfg.level, batch_size=cfg.sample_batch_size,
                                   autocast=lambda: ppo.autocast(demos[0].device, cfg))
     reward_fn = ppo.reward_from_scorer(reward_model, cfg.level, cfg.eos_id, offset)
+    shift_scores(value_model, offset)  # V = h - offset: the value model starts on the rewards' scale
     for it in range(iterations):
         i = torch.randint(len(prompts), (batch_size,), generator=generator,
                           device=ppo.draw_device(generator, prompts)).to(prompts.device)
@@ -180,7 +184,7 @@ def bon_policy_step(policy, ref, reward_model, cfg, *, optimizer, prompts, promp
                           device=ppo.draw_device(generator, prompts)).to(prompts.device)
         with torch.no_grad(), forward():
             y, s = best_of_n(ref, prompts[i], prompt_mask[i], score_fn, n, cfg.response_length,
-                             cfg.eos_id, cfg.pad_id, temperature, generator)
+                             cfg.eos_id, cfg.pad_id, temperature, generator, batch_size=cfg.sample_batch_size)
         loss = sft_step(policy, optimizer, prompts[i], prompt_mask[i], y, cfg.eos_id,
                         micro_batch_size=cfg.micro_batch_size, autocast=forward)
     return {"sft_loss": loss, "bon_reward": s.mean().item()}
@@ -206,15 +210,16 @@ def mlirl_round(policy, ref, reward_model, demos, pairs, cfg, policy_step, rewar
 def best_of_n_gold(policy, reward_model, gold_fn, prompts, prompt_mask, ns, cfg, temperature=1.0,
                    generator=None):
     """Best-of-N evaluation: max(ns) samples per prompt; for each n, the best of the first n under
-    the reward model, scored by gold_fn(prompts, mask, responses) -> (B,). Returns {n: mean gold}."""
-    n_max, picks = max(ns), {n: [] for n in ns}
-    k = max(1, cfg.sample_batch_size // n_max)                      # prompts per chunk
-    for i in range(0, len(prompts), k):
-        p, m = prompts[i:i + k].repeat_interleave(n_max, 0), prompt_mask[i:i + k].repeat_interleave(n_max, 0)
+    the reward model, scored by gold_fn(prompts, mask, responses) -> (B,). Returns {n: mean gold}.
+    Sampling and scoring take cfg.sample_batch_size of the B * max(ns) rows at a time."""
+    n_max, bs = max(ns), cfg.sample_batch_size
+    p, m = prompts.repeat_interleave(n_max, 0), prompt_mask.repeat_interleave(n_max, 0)
+    r, gold = [], []
+    for i in range(0, len(p), bs):
+        p_i, m_i = p[i:i + bs], m[i:i + bs]
         with ppo.autocast(p.device, cfg):
-            y, _ = policy.sample(p, m, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
-            r = sequence_rewards(reward_model, p, m, y, cfg).view(-1, n_max)
-        gold = gold_fn(p, m, y).view(-1, n_max)
-        for n in ns:
-            picks[n].append(gold.gather(1, r[:, :n].argmax(1, keepdim=True)))
-    return {n: torch.cat(v).mean().item() for n, v in picks.items()}
+            y, _ = policy.sample(p_i, m_i, cfg.response_length, cfg.eos_id, cfg.pad_id, temperature, generator=generator)
+            r.append(sequence_rewards(reward_model, p_i, m_i, y, cfg))
+        gold.append(gold_fn(p_i, m_i, y))
+    r, gold = torch.cat(r).view(-1, n_max), torch.cat(gold).view(-1, n_max)
+    return {n: gold.gather(1, r[:, :n].argmax(1, keepdim=True)).mean().item() for n in ns}

@@ -249,8 +249,9 @@ class GPT(nn.Module):
         """(responses, logprobs), both (B, max_new_tokens), as policy.py defines them. The prompt
         is run once (prefill) into a static KV cache of P + max_new_tokens positions, then one
         token per step. temperature 0 = greedy (its log-probs are reported at temperature 1).
-        logprobs are those of the temperature-scaled distribution before top-k, top-p and the
-        min_new_tokens EOS ban: the same numbers logprobs() recomputes on the responses."""
+        logprobs are those of the temperature-scaled distribution before top-k, top-p, the
+        min_new_tokens EOS ban and the pad ban (pad is never sampled, on any path): the same
+        numbers logprobs() recomputes on the responses."""
         (B, P), c, w = prompts.shape, self.config, self.embed_out.weight
         autocast = torch.is_autocast_enabled(w.device.type)  # then K, V come out in autocast's dtype
         dtype = torch.get_autocast_dtype(w.device.type) if autocast else w.dtype
@@ -268,6 +269,8 @@ class GPT(nn.Module):
             logp = F.log_softmax(logits, dim=-1)
             if t < min_new_tokens:  # EOS banned: a sampling filter like top-k, not in logp
                 logits[:, eos_id] = -float("inf")
+            if pad_id is not None and pad_id != eos_id:  # pad is never a response token
+                logits[:, pad_id] = -float("inf")
             if temperature == 0:
                 token = logits.argmax(dim=-1)
             else:

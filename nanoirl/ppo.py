@@ -15,9 +15,12 @@ Implementation details (each names where it lives; 13 is ours, for memory):
     with no EOS was truncated at max length (policy.sample -> policy.response_mask, `rollout`).
  2. Log-probs are recomputed by a forward pass at the sampling temperature (logits / T) for the
     policy and the reference alike, so that ratio = 1 on the first minibatch (`rollout`).
- 3. A response with no EOS gets a fixed penalty score (-1 in TL;DR) instead of its reward; `None`
-    turns this off (the toy, where truncation is a legal ending) (`rollout`, `missing_eos_penalty`).
-    The penalty needs rewards on a fixed scale: every learned sequence reward is read minus the
+ 3. A response with no EOS pays a penalty added to its reward, r(x, y) - 1 (`penalise_truncation`);
+    `None` turns this off (the toy, where truncation is a legal ending). The TL;DR code replaces
+    the score by -1 instead, a penalty only for scores above -1: once the policy's samples score
+    below -1 (a Bradley-Terry reward on (demonstration ≻ sample) pairs puts them there, with the
+    demonstrations at 0), not ending would pay. Added, the penalty lowers a response's score on
+    every scale and offset the rewards take. Every learned sequence reward is read minus the
     demonstrations' mean score, so that they score 0 on average, as the TL;DR code shifts its
     reward model by its `bias` (reward.demonstration_offset; `reward_from_scorer`, train_airl.py).
  4. Per-token reward -beta (log pi - log pi_ref) on every valid token plus the task reward: a
@@ -48,7 +51,7 @@ Metrics (one dict per update):
   approx_kl           KL(pi_old || pi_new) per token, estimator mean((ratio - 1) - log ratio)
   clipfrac            fraction of valid tokens whose ratio left [1 - eps, 1 + eps]
   explained_variance  1 - Var(returns - values) / Var(returns) on the rollout (1 = perfect critic)
-  score               mean task reward per response (sum over tokens, after the EOS penalty)
+  score               mean task reward per response (sum over tokens, with the EOS penalty)
   kl_ref              mean sequence KL to the reference, sum_t (log pi - log pi_ref) on samples
 """
 import contextlib
@@ -78,7 +81,7 @@ class PPOConfig:  # defaults: MLIRL Appendix A Table 4 = the TL;DR PPO code at p
     vf_coef: float = 0.1             # value loss coefficient
     temperature: float = 0.7         # sampling temperature; log-probs use logits / temperature
     response_length: int = 53        # new tokens per response
-    missing_eos_penalty: float = -1.0  # score of a response with no EOS (None = keep its reward)
+    missing_eos_penalty: float = -1.0  # added to the score of a response with no EOS (None = off)
     eos_id: int = 0                  # Pythia: <|endoftext|>; toy: "."
     pad_id: int = 1                  # Pythia: <|padding|>; toy: "_"
     autocast_dtype: str = None       # "bfloat16" on CUDA: autocast forward passes, fp32 weights
@@ -153,6 +156,16 @@ def anneal_lr(optimizer, cfg, iteration, iterations):
         group["lr"] = cfg.lr * (1 - iteration / iterations)
 
 
+def penalise_truncation(task, responses, eos_id, penalty):
+    """Detail 3: the (B, R) task rewards with `penalty` added on the last token of each response
+    that has no EOS, so that its score is r(x, y) + penalty: below what it would be, whatever the
+    rewards' scale and offset (a score *replaced* by the penalty pays whenever r < penalty)."""
+    truncated = ~(responses == eos_id).any(dim=1)                    # (B,)
+    task = task.clone()
+    task[:, -1] += torch.where(truncated, penalty, 0.0).to(task.dtype)  # a truncated response's last token
+    return task
+
+
 @torch.no_grad()
 def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, generator=None):
     """Sample one response per prompt and compute everything `update` needs: a dict of (B, ...)
@@ -176,11 +189,8 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
     ro = {k: torch.cat(v) for k, v in cols.items()}
     y, mask = ro["responses"], response_mask(ro["responses"], cfg.eos_id)
     task = torch.where(mask, ro["task"], 0.0)
-    if cfg.missing_eos_penalty is not None:  # detail 3: a truncated response scores the penalty
-        truncated = ~(y == cfg.eos_id).any(dim=1)
-        penalty = torch.zeros_like(task)
-        penalty[:, -1] = cfg.missing_eos_penalty
-        task = torch.where(truncated[:, None], penalty, task)
+    if cfg.missing_eos_penalty is not None:  # detail 3
+        task = penalise_truncation(task, y, cfg.eos_id, cfg.missing_eos_penalty)
     kl = torch.where(mask, ro["logprobs"] - ro["ref_logprobs"], 0.0)       # log pi - log pi_ref
     rewards = task - cfg.beta * kl                                          # detail 4
     advantages, returns = gae(rewards, ro["values"], mask, cfg.gamma, cfg.lam)  # detail 6

@@ -17,10 +17,11 @@ discriminator_step is one optimiser step of discriminator_loss, in micro-batches
 The scale of a learned reward (demonstration_offset). Bradley-Terry rewards are defined up to a
 constant (the loss is shift-invariant), and a discriminator's logit sits wherever the last step
 left it; a sequence-level reward of either kind is therefore read minus the mean score of the
-demonstrations, so that they score 0 on average, as the TL;DR PPO code's reward `bias` does. Only
-then is the -1 given to a response with no EOS (ppo.py, detail 3) a penalty: on raw logits, once
-the discriminator says "policy" with more than 73% confidence (h < -1), truncating would pay more
-than ending. A constant changes nothing else at the sequence level (one reward per response).
+demonstrations, so that they score 0 on average, as the TL;DR PPO code's reward `bias` does. A
+constant changes nothing else at the sequence level (one reward per response): the -1 of a
+response with no EOS is added to its score (ppo.py, detail 3), a penalty whatever the offset. The
+value model that starts as the reward model starts with the same offset, V = h - offset
+(`shift_scores`; mlirl.ppo_policy_step), so that its values are on the scale of the returns.
 At the token level the offset stays 0: a constant per token is a length bonus that changes the
 divergence's gradient, and the f-rewards of fdiv.py are already 0 where D = 1/2.
 """
@@ -114,6 +115,14 @@ def demonstration_offset(scorer, prompts, prompt_mask, demos, eos_id, level, rew
                           demos[i:i + batch_size], eos_id, level)
         total += reward(upcast(h)).sum().item()
     return total / len(demos)
+
+
+@torch.no_grad()
+def shift_scores(scalar, c):
+    """Subtract c from every score of a scalar model, through its head's bias (ScalarGPT) or its
+    table (toy.tabular.TabularScalar): state_scores then reads h - c."""
+    model = dist.unwrap(scalar)
+    (model.score.bias if hasattr(model, "score") else model.table).sub_(c)
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -47,7 +47,8 @@ from nanoirl.data import DataError
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
 # what a run writes in --out, and all that --force removes: the files, and the saved models of
 # train_sft.py (policy/), train_airl.py (discriminator/) and train_mlirl.py (reward_model/)
-RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, "metrics.tmp", PLOT, "mlirl_fig2.png")
+RUN_FILES = (CKPT, CKPT + ".tmp", CONFIG, METRICS, "metrics.tmp", PLOT, "mlirl_fig2.png",
+             f".{CONFIG}.tmp", f".{METRICS}.tmp")  # the last two: write_file's temp files
 RUN_DIRS = ("policy", "discriminator", "reward_model")
 # flags that may differ on --resume: where and how fast the run computes, not what it computes
 # (micro-batches sum the same gradients; --grad-checkpoint recomputes the same activations; the
@@ -310,8 +311,12 @@ def device_and_dtype(args):
         device = torch.device(name)
     except RuntimeError:
         raise RunError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: not what nanoirl runs and tests on
+        raise RunError(f"--device {name}: not supported; use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
     if getattr(args, "fsdp", False) and "RANK" not in os.environ:
         raise RunError("--fsdp shards the models over the ranks of torchrun: launch with "
                        "torchrun --nproc_per_node N (README: past one GPU)")
@@ -348,7 +353,13 @@ def prepare_out(args):
 
 def _prepare_out(args):
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    try:
+        is_file = not stat.S_ISDIR(os.stat(out).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_file = False  # made below, or refused there (a parent that is a file)
+    except OSError as e:  # a name over 255 bytes, a path over 4096, a loop of links...
+        raise RunError(f"--out {out}: {e.strerror}") from None
+    if is_file:
         raise RunError(f"--out {out} is a file, not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -356,22 +367,75 @@ def _prepare_out(args):
     except OSError as e:
         raise RunError(f"--out {out} is not writable: {e.strerror}") from None
     lock(out)
+    for name in RUN_FILES:  # a directory or a FIFO where a run file goes: reading it would fail or hang
+        path = out / name
+        if os.path.lexists(path) and not path.is_file():
+            kind = "a directory" if path.is_dir() else "a FIFO (named pipe)" if path.is_fifo() else "not a regular file"
+            raise RunError(f"{path} is {kind}, where the run keeps a file of its own; move it away")
     held = sorted(p.name for p in out.iterdir())
     if args.resume and not (out / CKPT).exists():
         raise RunError(f"--resume: there is no checkpoint {out / CKPT} to resume from")
     if held and not (args.resume or args.force):
         raise RunError(f"--out {out} already holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}; "
                        "pass --resume to continue that run or --force to start over")
-    if args.resume:
-        check_resume(out, args)
+    if args.resume:  # the metrics the checkpoint does not cover are dropped before config.json
+        truncate_metrics(out / METRICS, check_resume(out, args), out)  # changes: a failed write leaves both
     if args.force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
+        for name in RUN_DIRS + tuple(f".{d}.{x}" for d in RUN_DIRS for x in ("tmp", "old")):
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
-    (out / CONFIG).write_text(json.dumps(plain_config(args), indent=2) + "\n")
+    write_file(out / CONFIG, (json.dumps(plain_config(args), indent=2) + "\n").encode(), out)
     return out
+
+
+def write_error(path, error, out):
+    """The one line of a failed write (an OSError: a full disk, a quota, an I/O error), worded as
+    the checkpoint's: 'cannot write <path>: no space left on the device; the last good checkpoint is ...'."""
+    why = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    return RunError(f"cannot write {path}: {why}; {last_good(out)}")
+
+
+def write_file(path, data, out):
+    """Write bytes to path through a temp file beside it and a rename: path is always either the
+    old file or the new one, never a cut one; a failed write is write_error's one line."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e, out) from None
+    finally:
+        if os.path.lexists(tmp):
+            tmp.unlink()
+
+
+def save_model_dir(model, directory, out, also=None):
+    """model.save_pretrained(directory) as one change: written (and also(tmp) called on rank 0,
+    e.g. to add tokenizer.json) into .<name>.tmp beside it, which then replaces the directory, so
+    that a full disk never leaves a policy/ of new config.json and old weights. Every rank calls it
+    (FSDP2's shards are gathered); a failed write is write_error's one line on every rank."""
+    directory = Path(directory)
+    tmp, old = (directory.with_name(f".{directory.name}.{x}") for x in ("tmp", "old"))
+
+    def swap():
+        if also:
+            also(tmp)
+        if directory.exists():  # a directory cannot be renamed over a full one: old aside, new in
+            os.rename(directory, old)
+        os.rename(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        dist.on_main(lambda: [shutil.rmtree(p) for p in (tmp, old) if p.is_dir()])
+        model.save_pretrained(tmp)
+        dist.on_main(swap)
+    except OSError as e:
+        dist.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        raise write_error(directory, e, out) from None
 
 
 _locks = {}  # resolved --out -> the open directory this process holds the flock of
@@ -399,12 +463,18 @@ def check_resume(out, args):
     RESUME_MAY_CHANGE), and metrics.jsonl must hold every step the checkpoint covers."""
     ckpt = read_checkpoint(out)
     old, new = ckpt["config"], plain_config(args)
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
+    if "data_sha256" in old and old["data_sha256"] != new.get("data_sha256"):  # (older checkpoints have none)
+        raise RunError(f"--resume: the contents of --data {new.get('data')}{' or --eval-pairs' * bool(new.get('eval_pairs'))} "
+                       f"changed since the checkpoint (fingerprint {old['data_sha256']} -> {new.get('data_sha256')}); "
+                       "resume with the run's data, or start a new run with another --out or --force")
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE
+               and k != "data_sha256"]
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise RunError(f"--resume: flags differ from the checkpoint's run ({flags}); resume with its flags "
                        f"(see {out / CONFIG}), or start a new run with another --out or --force")
     check_metrics(out / METRICS, ckpt["step"])
+    return ckpt["step"]
 
 
 def check_metrics(path, start):
@@ -581,39 +651,57 @@ def last_good(out):
     return f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
 
 
-def truncate_metrics(path, start):
-    """Keep only the lines of steps < start (the steps the checkpoint covers); drop a cut line."""
-    if not path.exists():
+def truncate_metrics(path, start, out=None):
+    """Keep only the lines of steps < start (the steps the checkpoint covers); drop a cut line.
+    The file is rewritten (atomically) only if a line goes; a file that is not regular is left
+    alone (prepare_out refuses one; a device such as /dev/full would read forever)."""
+    if not path.is_file():
         return
-    keep = []
-    for line in path.read_text().splitlines():
+    lines, keep = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True), []
+    for line in lines:
         try:
             if json.loads(line)["step"] < start:
-                keep.append(line + "\n")
+                keep.append(line if line.endswith("\n") else line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             pass  # the last line, cut short by a kill
-    path.with_suffix(".tmp").write_text("".join(keep))
-    os.replace(path.with_suffix(".tmp"), path)
+    if keep != lines:
+        write_file(path, "".join(keep).encode(), out or path.parent)
+
+
+def append_line(fd, line, path):
+    """Append one whole line to the file open as fd (O_APPEND), or nothing: a write cut by a full
+    disk is truncated away, so metrics.jsonl holds only whole lines, and the run stops in one line."""
+    size = os.fstat(fd).st_size
+    try:
+        while line:
+            line = line[os.write(fd, line):]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise write_error(path, e, path.parent) from None
 
 
 class Logger:
-    """log(step, metrics): appends {"step", **metrics} to out/metrics.jsonl (flushed every line,
-    so a kill loses nothing logged) and prints 'step s/total | elapsed | eta | name value ...'
-    every `every` steps. A resumed run (start > 0) first drops the lines the checkpoint does
-    not cover, so that the file ends equal to that of an uninterrupted run."""
+    """log(step, metrics): appends {"step", **metrics} to out/metrics.jsonl (written through at
+    every line, so a kill loses nothing logged; whole lines only: append_line) and prints
+    'step s/total | elapsed | eta | name value ...' every `every` steps. A resumed run (start > 0)
+    first drops the lines the checkpoint does not cover, so that the file ends equal to that of an
+    uninterrupted run."""
     def __init__(self, out, total, start=0, every=1):
         self.path, self.total, self.start, self.every = Path(out) / METRICS, total, start, every
         self.t0 = time.time()
         if dist.is_main():  # under torchrun rank 0 logs; every rank holds the same global metrics
-            truncate_metrics(self.path, start)
-            self.file = open(self.path, "a", encoding="utf-8")
+            truncate_metrics(self.path, start, out)
+            try:
+                self.file = open(self.path, "ab", buffering=0)  # unbuffered: append_line writes its fd
+            except OSError as e:  # e.g. metrics.jsonl is a directory
+                raise RunError(f"cannot write {self.path}: {e.strerror}; {last_good(out)}") from None
 
     def __call__(self, step, metrics):
         if not dist.is_main():
             return
         row = {"step": step, **{k: number(v) for k, v in metrics.items()}}
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        append_line(self.file.fileno(), (json.dumps(row) + "\n").encode(), self.path)
         if step % self.every == 0 or step + 1 == self.total:
             elapsed = time.time() - self.t0
             eta = elapsed / (step + 1 - self.start) * (self.total - step - 1)

@@ -70,13 +70,18 @@ def best_of_n_logprobs(logd, reward, n):
 
 @torch.no_grad()
 def best_of_n(policy, prompts, prompt_mask, score_fn, n, max_new_tokens, eos_id, pad_id,
-              temperature=1.0, generator=None):
+              temperature=1.0, generator=None, batch_size=None):
     """Sample n responses per prompt and keep the best under score_fn(prompts, mask, responses) ->
-    (B,) sequence scores. Returns (responses (B, R), scores (B,) of the kept ones)."""
+    (B,) sequence scores, sampling and scoring batch_size of the B * n rows at a time (None: all).
+    Returns (responses (B, R), scores (B,) of the kept ones)."""
     B = len(prompts)
     p, m = prompts.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
-    y, _ = policy.sample(p, m, max_new_tokens, eos_id, pad_id, temperature, generator=generator)
-    s = score_fn(p, m, y).view(B, n)
+    bs, ys, ss = batch_size or len(p), [], []
+    for i in range(0, len(p), bs):
+        y, _ = policy.sample(p[i:i + bs], m[i:i + bs], max_new_tokens, eos_id, pad_id, temperature, generator=generator)
+        ys.append(y)
+        ss.append(score_fn(p[i:i + bs], m[i:i + bs], y))
+    y, s = torch.cat(ys), torch.cat(ss).view(B, n)
     best = s.argmax(1)                                                      # first among ties
     return y.view(B, n, -1)[torch.arange(B), best], s[torch.arange(B), best]
 

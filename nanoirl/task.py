@@ -15,15 +15,16 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
                               (TL;DR PPO and MLIRL initialise reward and value models from SFT),
                               or the --reward-init checkpoint on text
   task.evaluate(policy)       exact on the toy (divergences to the expert, gold reward, modes, win
-                              rate against the demonstrations); sampled on text (length, EOS rate;
-                              gold reward and win rate against held-out demonstrations with
-                              --gold-model)
+                              rate against the demonstrations); sampled on text at the policy's
+                              --temperature, logged as eval_temperature (length, EOS rate; gold
+                              reward and win rate against held-out demonstrations with --gold-model)
   task.reward_accuracy(rm)    pair accuracy of a reward model: exact on the toy (pairs labelled by
                               the gold reward), on the --eval-pairs JSONL on text
   task.save(model, dir)       a GPT as a Hugging Face checkpoint; on text with its tokenizer.json,
                               so that the directory works as the next script's --model
 """
 import contextlib
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import data, dist, hub, mlirl, run
+from nanoirl.checkpoint import check_model, safetensors_header
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -66,8 +68,22 @@ def add_task_args(parser):
                         "gold reward and win rate against the held-out demonstrations")
 
 
+MIN_TEMPERATURE = 0.01  # logits / 0.01: a change of 0.01 in a logit moves a PPO log-ratio by 1
+
+
+def check_temperature(flag, t, greedy):
+    """A temperature flag's value: a tiny one passes > 0, then is 0 in fp32 (empty EOS-only samples).
+    greedy: 0 is allowed, and samples the most likely token."""
+    if t is not None and t < MIN_TEMPERATURE and not (greedy and t == 0):
+        raise RunError(f"--{flag.replace('_', '-')} {t:g} is below {MIN_TEMPERATURE}: fp32 logits / T "
+                       "overflow, and every sample is already the most likely token"
+                       + ("; 0 samples greedily" if greedy else ""))
+
+
 def load_task(args, device, dtype, default_pairs=None):
     """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
+    for flag, greedy in (("temperature", False), ("sample_temperature", True)):
+        check_temperature(flag, getattr(args, flag, None), greedy)
     if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
         given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
         if given:
@@ -113,7 +129,7 @@ class ToyTask:
         return contextlib.nullcontext()
 
     def save(self, model, directory):
-        model.save_pretrained(directory)
+        run.save_model_dir(model, directory, Path(self.args.out))
 
     def new_scalar(self):
         from toy.tabular import TabularScalar
@@ -125,7 +141,7 @@ class ToyTask:
     def evaluate(self, policy):
         from toy import metrics
         with dist.full_weights(policy) as model:  # FSDP2: whole on every rank; every rank evaluates
-            logd = self.mdp.trajectory_logprobs(model)
+            logd = self.mdp.trajectory_logprobs(model).double()  # a float32 policy is judged in float64 too
         return {**metrics.summary(self.mdp, logd, self.demo_logd),
                 "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item()}
 
@@ -135,6 +151,14 @@ class ToyTask:
         from toy.irl import all_rewards
         with dist.full_weights(reward_model) as model:
             return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, model, level)).mean().item()
+
+
+def fingerprint(records):
+    """sha256 of loaded records (any source: a file, a dataset directory, the Hub), first 16 hex digits."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, default=str).encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()[:16]
 
 
 def load_tokenizer(model):
@@ -168,6 +192,9 @@ class TextTask:
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
         examples = data.load_demonstrations(args.data)
         held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
+        # the data's fingerprint goes into config.json and the checkpoint: a --resume on changed
+        # contents under the same name is refused like a changed flag (run.check_resume)
+        args.data_sha256 = fingerprint(examples + (held_out if eval_data else []))
         examples = examples if eval_data else examples[args.eval_size:]
         if not examples:
             raise RunError(f"--data {args.data}: {len(held_out)} examples, need more than "
@@ -180,7 +207,9 @@ class TextTask:
         self.eval = tuple(e[k].to(device) for k in ("prompts", "prompt_mask", "responses"))
         self.pairs = None
         if args.eval_pairs:
-            p = tok(data.load_preferences(args.eval_pairs))
+            pairs = data.load_preferences(args.eval_pairs)
+            args.data_sha256 += " " + fingerprint(pairs)  # --eval-pairs is the run's data too
+            p = tok(pairs)
             self.pairs = {k: v.to(device) for k, v in p.items()}
         try:  # fp32 master weights; compute in bf16 under autocast
             weights = torch.float32 if self.autocast_dtype else dtype
@@ -190,6 +219,19 @@ class TextTask:
         # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
         self.gold = args.gold_model and load_gold_model(args.gold_model, device,
                                                         torch.bfloat16 if self.autocast_dtype else dtype)
+        # every model that reads these token ids must have an embedding row for each (checked
+        # here, not as an IndexError mid-run); --reward-init is loaded after --out is made: checked now
+        models = {"--model": (args.model, self.policy.config),
+                  "--gold-model": (args.gold_model, self.gold and self.gold.config)}
+        if args.reward_init:
+            try:
+                models["--reward-init"] = (args.reward_init, check_model(ScalarGPT, args.reward_init))
+            except (FileNotFoundError, ValueError) as e:
+                raise RunError(f"--reward-init {args.reward_init}: {e}") from None
+        for flag, (name, config) in models.items():
+            if config and config.vocab_size < self.tok.vocab_size:
+                raise RunError(f"{flag} {name}: vocab_size {config.vocab_size} is below the tokenizer's "
+                               f"{self.tok.vocab_size} tokens (an id past the embedding rows would stop the run)")
         if args.max_prompt_len + args.max_response_len > self.policy.config.block_size:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")
@@ -207,13 +249,12 @@ class TextTask:
     def save(self, model, directory):
         """model.save_pretrained(directory) and its tokenizer.json (a byte-token dry run writes
         one that encodes as ByteTokenizer), so that the directory works as the next --model."""
-        model.save_pretrained(directory)  # every rank: FSDP2's shards are gathered; rank 0 writes
-        if not dist.is_main():
-            return
-        if self.tokenizer_json:
-            shutil.copyfile(self.tokenizer_json, Path(directory) / "tokenizer.json")
-        else:
-            self.tok.save(Path(directory) / "tokenizer.json")
+        def tokenizer(tmp):  # rank 0, into the temp directory that then replaces `directory`
+            if self.tokenizer_json:
+                shutil.copyfile(self.tokenizer_json, tmp / "tokenizer.json")
+            else:
+                self.tok.save(tmp / "tokenizer.json")
+        run.save_model_dir(model, directory, Path(self.args.out), tokenizer)  # every rank (FSDP2 gathers)
 
     def new_scalar(self):
         if not self.args.reward_init:
@@ -227,25 +268,28 @@ class TextTask:
         return scalar
 
     @torch.no_grad()
-    def evaluate(self, policy, batch_size=16):
+    def evaluate(self, policy):
         p, m, demos = self.eval
-        ys = []
+        ys, bs = [], self.args.forward_batch_size  # every no-grad pass: --forward-batch-size rows at most
+        # the temperature PPO samples and optimises the policy at; train_sft.py has none: TL;DR's 0.7
+        temperature = getattr(self.args, "temperature", None)
+        temperature = 0.7 if temperature is None else temperature
         # the same draws at every evaluation (common random numbers), and none from the global RNG,
         # which a resumed run reaches in another state (its models are rebuilt after the restore)
         gen = torch.Generator(self.device).manual_seed(self.args.seed)
         with self.autocast():  # under torchrun each rank samples its share of each chunk
-            for i in range(0, len(p), batch_size):
-                p_i, m_i = dist.shard((p[i:i + batch_size], m[i:i + batch_size]))
+            for i in range(0, len(p), bs):
+                p_i, m_i = dist.shard((p[i:i + bs], m[i:i + bs]))
                 ys.append(dist.gather(policy.sample(p_i, m_i, self.response_len, self.eos_id, self.pad_id,
-                                                    temperature=0.7, generator=gen)[0]))
+                                                    temperature=temperature, generator=gen)[0]))
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
-               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item()}
+               "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item(), "eval_temperature": temperature}
         if self.gold:
             cfg = mlirl.MLIRLConfig(eos_id=self.eos_id, pad_id=self.pad_id)
+            gold = lambda p, m, y: mlirl.sequence_rewards(self.gold, p, m, y, cfg).float()
             with self.autocast():
-                g_y = mlirl.sequence_rewards(self.gold, p, m, y, cfg).float()
-                g_d = mlirl.sequence_rewards(self.gold, p, m, demos, cfg).float()
+                g_y, g_d = in_chunks(gold, bs, p, m, y), in_chunks(gold, bs, p, m, demos)
             out.update(gold_reward=g_y.mean().item(), win_rate=accuracy(g_y, g_d))
         return out
 
@@ -254,11 +298,18 @@ class TextTask:
         if self.pairs is None:
             return None
         cfg = mlirl.MLIRLConfig(level=level, eos_id=self.eos_id, pad_id=self.pad_id)
-        p, m = self.pairs["prompts"], self.pairs["prompt_mask"]
-        with self.autocast():
-            r_c = mlirl.sequence_rewards(reward_model, p, m, self.pairs["chosen"], cfg)
-            r_r = mlirl.sequence_rewards(reward_model, p, m, self.pairs["rejected"], cfg)
-        return accuracy(r_c.float(), r_r.float())
+        p, m, bs = self.pairs["prompts"], self.pairs["prompt_mask"], self.args.forward_batch_size
+        reward = lambda p, m, y: mlirl.sequence_rewards(reward_model, p, m, y, cfg).float()
+        with self.autocast():  # 2,048 pairs x 565 tokens at once would take ~60 GB of activations at 1b
+            r_c = in_chunks(reward, bs, p, m, self.pairs["chosen"])
+            r_r = in_chunks(reward, bs, p, m, self.pairs["rejected"])
+        return accuracy(r_c, r_r)
+
+
+def in_chunks(fn, batch_size, *tensors):
+    """fn(*rows) over chunks of batch_size rows of the tensors, concatenated: a no-grad pass in
+    --forward-batch-size pieces."""
+    return torch.cat([fn(*(t[i:i + batch_size] for t in tensors)) for i in range(0, len(tensors[0]), batch_size)])
 
 
 def load_gold_model(name, device, dtype=None):
@@ -280,9 +331,7 @@ def tensor_names(files):
     names = set()
     for f in files:
         if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                names |= json.loads(fh.read(n)).keys()
+            names |= safetensors_header(f)[0].keys() - {"__metadata__"}  # checked: one line if damaged
         else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
             try:
                 names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()

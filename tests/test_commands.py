@@ -1,16 +1,21 @@
 """
-Every command that README.md and the three scripts' docstrings show runs (docs/guide.md's ladder is
-run by tests/test_docs.py), offline, in one working directory, in the order they are documented, so
-that the documented chains hold (SFT's policy/ is ML-IRL's --model):
+Every command that README.md, the pages of docs/ and the three scripts' docstrings show runs
+(docs/guide.md's teaching ladder is run by tests/test_docs.py), offline, in one working directory,
+in the order they are documented, so that the documented chains hold (SFT's policy/ is ML-IRL's
+--model), and none of them changes the repository's work tree:
   as written  the text dry runs (`python -m nanoirl.data ...`, `--model random:pythia-70m`, and
               ML-IRL from the dry run's policy/): random weights and byte tokens, on the CPU
   fast        the toy commands, with FAST's small settings appended (argparse keeps the last value
               of a repeated flag) and an --out of their own; the Pythia commands, the same way, on a
-              tiny GPT-NeoX with a byte-level tokenizer.json cached as EleutherAI/pythia-1b
+              tiny GPT-NeoX with a byte-level tokenizer.json cached as EleutherAI/pythia-1b;
+              `python -m toy.plots` with small settings and its own --out, relative to the working
+              directory (the command that regenerates figures/ writes the working directory's)
   skipped     installing, downloading, this test suite itself, and bench.py on CUDA without one
 """
+import hashlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+LADDER = "docs/guide.md, teaching ladder"  # run by tests/test_docs.py::test_ladder_command_runs
 SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
 FAST = {  # appended to the toy's and Pythia's commands
     "train_sft.py": ["--steps", "3", "--eval-every", "3"],
@@ -34,11 +43,17 @@ TEXT_FAST = {"train_sft.py": ["--max-prompt-len", "256", "--eval-size", "2", "--
 
 
 def documented():
-    """[(source, command)]: the README's ```bash blocks, then each script's docstring, line by
-    line, comments cut, `a && b` split."""
-    readme = (ROOT / "README.md").read_text()
-    sources = [("README.md", line) for block in re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)
-               for line in block.replace("\\\n", " ").splitlines()]  # a line continued with \ is one command
+    """[(source, command)]: the ```bash blocks of README.md and of each page of docs/, then each
+    script's docstring, line by line, comments cut, `a && b` split. The commands of the guide's
+    teaching ladder have the source LADDER."""
+    sources = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        ladder = re.search(r"^## Teaching ladder\n.*?(?=^## |\Z)", text, re.S | re.M) if doc == "docs/guide.md" else None
+        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
+            source = LADDER if ladder and ladder.start() <= block.start() < ladder.end() else doc
+            sources += [(source, line) for line in  # a line continued with \ is one command
+                        block.group(1).replace("\\\n", " ").splitlines()]
     for script in SCRIPTS:
         doc = (ROOT / script).read_text().split('"""')[1]
         sources += [(script, line) for line in doc.splitlines() if line.strip().startswith("python ")]
@@ -78,7 +93,12 @@ def fast_variant(argv, n):
         return (argv[1:], "as written") if torch.cuda.is_available() else (None, "bench.py on CUDA")
     if is_dry_run(argv):
         return argv[1:], "as written"
+    if argv[:3] == ["python", "-m", "toy.plots"]:  # its own --out stays: relative to the working directory
+        out = [] if "--out" in argv else ["--out", f"toy-{n}"]
+        return argv[1:] + out + ["--steps", "20", "--demos", "3,12", "--seeds", "1", "--runs-dir", f"toy-{n}/runs",
+                                 "--mlirl-flags", " ".join(FAST["train_mlirl.py"])], "fast"
     script = argv[1]
+    assert script in FAST, f"no fast variant for the documented command {' '.join(argv)!r}: add one here"
     model = argv[argv.index("--model") + 1] if "--model" in argv else "toy"
     if model.startswith("pythia-") or model.startswith("out/"):
         return argv[1:] + FAST[script] + TEXT_FAST[script], "fast, tiny cached pythia-1b"
@@ -114,14 +134,12 @@ def test_documented_commands_run(workspace):
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(workspace / "hf-cache"), "PYTHONPATH": str(ROOT),
            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}  # one thread: fastest on a busy CPU
     commands = documented()
-    assert sum(s == "README.md" for s, _ in commands) >= 8 and {s for s, _ in commands} >= {"README.md", *SCRIPTS}
-    planned = {}  # command -> (source, argv, how); the scripts' docstrings repeat the README's dry run
-    for n, (source, command) in enumerate(commands):
-        argv, how = fast_variant(shlex.split(command), n)
-        if argv is None:
-            print(f"skipped ({how}): {command}")
-        elif command not in planned:
-            planned[command] = source, [str(ROOT / a) if a.endswith(".py") else a for a in argv], how
+    assert sum(s == "README.md" for s, _ in commands) >= 8
+    assert {s for s, _ in commands} >= {"README.md", "docs/operations.md", LADDER, *SCRIPTS}
+    planned, skipped = plan(commands)
+    for command, how in skipped:
+        print(f"skipped ({how}): {command}")
+    before = work_tree()
     start = lambda argv: subprocess.Popen([sys.executable, *argv], cwd=workspace, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ran = []
@@ -139,7 +157,13 @@ def test_documented_commands_run(workspace):
         stdout, stderr = proc.communicate(timeout=600)
         print(f"fast: {command}")
         assert proc.returncode == 0 and "Traceback" not in stderr, f"{command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
-    assert len(toy) >= 9
+    assert len(toy) >= 10
+    assert (workspace / "figures" / "results.jsonl").is_file()  # README's `--out figures`: the workspace's
+    if before is None:
+        print("no git repository here: the work-tree check is skipped")
+    else:
+        changed = sorted(set(work_tree().items()) ^ set(before.items()))
+        assert not changed, f"documented commands changed the repository's work tree: {changed}"
     assert any("random:pythia-70m" in c for c in ran) and any("out/dry-sft/policy" in c for c in ran)
     check_dry_run(workspace / "out" / "dry-sft", "train_sft.py", 3)
     check_dry_run(workspace / "out" / "dry-mlirl", "train_mlirl.py", 2)
@@ -148,6 +172,38 @@ def test_documented_commands_run(workspace):
     from nanoirl.tokenizer import ByteTokenizer, Tokenizer
     text = "SUBREDDIT: r/tifu\n\nTITLE: é ü 日本\n\nPOST: a  b\n\nTL;DR:"
     assert Tokenizer.from_pretrained(dry).encode(text) == ByteTokenizer().encode(text)
+
+
+def plan(commands):
+    """({command: (source, argv, how)} to run, [(command, why)] skipped), in documented order; a
+    command documented twice runs once (the scripts' docstrings repeat the dry run)."""
+    planned, skipped = {}, []
+    for n, (source, command) in enumerate(commands):
+        if source == LADDER:
+            argv, how = None, "the guide's teaching ladder: tests/test_docs.py::test_ladder_command_runs"
+        else:
+            argv, how = fast_variant(shlex.split(command), n)
+        if argv is None:
+            skipped.append((command, how))
+        elif command not in planned:
+            planned[command] = source, [str(ROOT / a) if a.endswith(".py") else a for a in argv], how
+    return planned, skipped
+
+
+def work_tree():
+    """{line of `git status --porcelain`: sha256 of the file it names} for the repository, or None
+    where git or the repository is absent (an exported copy)."""
+    if shutil.which("git") is None:
+        return None
+    done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    files = {}
+    for line in done.stdout.splitlines():
+        path = ROOT / line[3:].split(" -> ")[-1].strip('"')
+        files[line] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return files
 
 
 def test_offline_model_fails_fast_and_names_every_file(tmp_path):

@@ -1,4 +1,5 @@
 """nanoirl/data.py: every bad input gives one line naming file:line; the batch layout; batching."""
+import errno
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanoirl import data
 from nanoirl.data import (TLDR_PROMPT, DataError, batch_indices, fake_tldr, iterate_batches,
                           load_demonstrations, load_preferences, tokenize, write_jsonl)
 from nanoirl.policy import ends_with_eos
@@ -267,39 +269,158 @@ def test_bad_text_and_bad_paths_are_one_line(tmp_path):
     assert error_of(load_preferences, fifo) == f"{fifo}: is a FIFO (named pipe), not a JSONL file"
 
 
-def data_cli(*argv, timeout=60):
-    return subprocess.run([sys.executable, "-m", "nanoirl.data", *map(str, argv)], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=timeout)
-
-
-def test_data_cli_checks_its_flags_and_never_overwrites(tmp_path):
-    """python -m nanoirl.data: --n checked, an existing file refused without --force, a directory
-    or a missing parent one line (argparse's exit 2), nothing written on a refusal."""
+def test_data_cli_checks_its_flags_and_never_overwrites(tmp_path, capsys):
+    """python -m nanoirl.data (in-process: data.main): --n checked, an existing file refused
+    without --force, a directory or a missing parent one line (argparse's exit 2), nothing
+    written on a refusal."""
     out = tmp_path / "f.jsonl"
     out.write_text("mine\n")
     cases = [(["--n", "-5", tmp_path / "g.jsonl"], "argument --n: expected a positive integer, got '-5'"),
              ([out, "--n", 3], f"{out} exists; pass --force to overwrite it"),
              ([tmp_path, "--n", 3], f"{tmp_path} is a directory; give the path of the JSONL file to write"),
-             ([tmp_path / "no" / "f.jsonl"], f"cannot write {tmp_path / 'no' / 'f.jsonl'}: No such file or directory")]
+             ([tmp_path / "no" / "f.jsonl"],
+              f"cannot write {tmp_path / 'no' / 'f.jsonl'}: No such file or directory; nothing was written")]
     for argv, error in cases:
-        r = data_cli(*argv)
-        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("error: " + error), r.stderr
-        assert "Traceback" not in r.stderr
+        assert cli(capsys, *argv) == (2, "python -m nanoirl.data: error: " + error)
     assert out.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["f.jsonl"]
-    assert data_cli(out, "--n", 3, "--force").returncode == 0 and len(load_demonstrations(out)) == 3
+    data.main([str(out), "--n", "3", "--force"])
+    assert len(load_demonstrations(out)) == 3
 
 
 def test_data_cli_streams_its_records(tmp_path):
-    """Records are written as they are made: a run asked for 10^9 records has written thousands
-    after a few seconds (built in memory first, it would have written nothing)."""
+    """Records are written as they are made, into the temp file that becomes the output at the
+    end: a run asked for 10^9 records has written thousands after a few seconds (built in memory
+    first, it would have written nothing), and the output itself does not exist yet."""
     out = tmp_path / "big.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "nanoirl.data", str(out), "--n", str(10 ** 9)],
                             cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    size = lambda: sum(p.stat().st_size for p in tmp_path.glob(".big.jsonl.*.tmp"))
     try:
         deadline = time.time() + 30
-        while time.time() < deadline and (not out.exists() or out.stat().st_size < 10 ** 6):
+        while time.time() < deadline and size() < 10 ** 6:
             time.sleep(0.2)
     finally:
         proc.kill()
         proc.wait()
-    assert out.exists() and out.stat().st_size >= 10 ** 6
+    assert size() >= 10 ** 6 and not out.exists()
+
+
+# ---- faults: a full disk, Ctrl-C, the Hub offline, names that were meant as files (in-process) ---
+class FullDisk:
+    """open() for a module (monkeypatched as its `open`) whose files take `room` more bytes or
+    characters, then fail with ENOSPC (half a write lands first, as on a real full disk)."""
+
+    def __init__(self, room):
+        self.room = room
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        if "r" in mode:
+            return f
+        write, disk = f.write, self
+
+        def full_write(b):
+            if len(b) > disk.room:
+                write(b[:len(b) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            disk.room -= len(b)
+            return write(b)
+        f.write = full_write
+        return f
+
+
+def cli(capsys, *argv):
+    """python -m nanoirl.data in-process: (exit status, the last line of stderr)."""
+    with pytest.raises(SystemExit) as e:
+        data.main(list(map(str, argv)))
+    return e.value.code, capsys.readouterr().err.splitlines()[-1]
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """ENOSPC in the middle: write_jsonl leaves no file (it used to leave a partial one, which
+    then blocked the rerun with 'exists; pass --force'); the CLI says it in one line, exit 2, and
+    with --force the old file is kept byte for byte; no temp file is left."""
+    out = tmp_path / "f.jsonl"
+    monkeypatch.setattr(data, "open", FullDisk(2000), raising=False)
+    with pytest.raises(OSError):
+        write_jsonl(out, fake_tldr(100))
+    assert list(tmp_path.iterdir()) == []
+    assert cli(capsys, out, "--n", 100) == (2, f"python -m nanoirl.data: error: cannot write {out}: "
+                                               "no space left on the device; nothing was written")
+    assert list(tmp_path.iterdir()) == []
+    out.write_bytes(b"mine\n")
+    assert cli(capsys, out, "--n", 100, "--force")[0] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["f.jsonl"] and out.read_bytes() == b"mine\n"
+    monkeypatch.undo()
+    data.main([str(tmp_path / "g.jsonl"), "--n", "100"])  # the rerun is not blocked
+    assert len(load_demonstrations(tmp_path / "g.jsonl")) == 100
+
+
+def test_ctrl_c_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle: no file, one line, exit 130 (it used to be a traceback and a partial file)."""
+    def interrupted(n, seed=0, preferences=False):
+        yield from fake_tldr(10)
+        raise KeyboardInterrupt
+    out = tmp_path / "f.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(out, interrupted(10))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(data, "fake_tldr", interrupted)
+    assert cli(capsys, out, "--n", 100) == (130, f"error: interrupted; nothing was written to {out}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """The Hub as an offline machine sees it: nothing listens at $HF_ENDPOINT, no offline flag set."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("NANOIRL_DATA", str(tmp_path / "data"))
+
+
+def test_hub_dataset_offline_is_one_fast_line(offline, tmp_path, capsys):
+    """--data owner/name and --download owner/name, offline: one line within a second or two
+    (they used to take 27 s of retries, and --download ended in a ConnectionError traceback)."""
+    pytest.importorskip("datasets", reason="the Hub path needs datasets")
+    import datasets  # noqa: F401  (imported once: not part of the time below)
+    t = time.time()
+    get = f"python -m nanoirl.data --download owner/name saves it to {tmp_path / 'data' / 'owner' / 'name'}"
+    assert error_of(load_demonstrations, "owner/name:train") == (
+        f"owner/name:train: not in {tmp_path / 'data' / 'owner' / 'name'}, and 127.0.0.1 is not reachable "
+        f"(Connection refused); with the network, {get} ($NANOIRL_DATA moves that folder); or pass a JSONL file")
+    assert cli(capsys, "--download", "owner/name") == (
+        2, "python -m nanoirl.data: error: cannot download owner/name: 127.0.0.1 is not reachable (Connection refused)")
+    assert time.time() - t < 3 and not (tmp_path / "data").exists()
+
+
+def test_names_meant_as_files_are_said_to_be_missing(offline, tmp_path, monkeypatch):
+    """A typo of a local file, a file extension, a local directory before the '/': 'no such file',
+    at once, never the Hub (they used to wait for it and then advise --download of a path)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d", GOOD, name="fake.jsonl")
+    t = time.time()
+    assert error_of(load_demonstrations, "d/fake.json") == "d/fake.json: no such file; did you mean d/fake.jsonl?"
+    assert error_of(load_demonstrations, "d/fake.json:train") == "d/fake.json: no such file; did you mean d/fake.jsonl?"
+    assert error_of(load_demonstrations, "d/other") == "d/other: no such file in the directory d"
+    assert error_of(load_demonstrations, "x/notes.csv") == "x/notes.csv: no such file"
+    assert time.time() - t < 1
+
+
+def test_local_files_get_messages_about_themselves(tmp_path):
+    """An int64 column is named as not a string (it was 'missing field'); a garbage .parquet, or
+    a split after a JSONL file, is said to be what it is, never advised to be downloaded."""
+    datasets = pytest.importorskip("datasets", reason="datasets reads parquet")
+    records = [{**r, "summary": i} for i, r in enumerate(fake_tldr(3))]
+    datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "int.parquet"))
+    assert error_of(load_demonstrations, str(tmp_path / "int.parquet")) == \
+        f"{tmp_path / 'int.parquet'} row 0: field 'summary' is int, expected a string"
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all\n" * 10)
+    assert error_of(load_demonstrations, str(tmp_path / "bad.parquet")) == (
+        f"{tmp_path / 'bad.parquet'}: cannot read it as a parquet file (Parquet magic bytes not found in footer. "
+        "Either the file is corrupted or this is not a parquet file.)")
+    path = write(tmp_path, GOOD)
+    assert error_of(load_demonstrations, f"{path}:train") == (
+        f"{path}:train: {path} is a file; a split ':train' applies to a saved dataset, a parquet file "
+        "or a Hub dataset only")

@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-9
 # the text dry run in float32 (in float64 a Pythia-70m checkpoint with AdamW moments is 1.7 GB a run):
@@ -171,13 +173,17 @@ def test_killed_two_rank_run_resumes_on_two_ranks_on_one_and_sharded(toy_runs, t
     assert_same_run(toy_runs[script, "fsdp"], fsdp)
 
 
-def test_text_dry_run_on_two_ranks(tmp_path):
-    """train_sft.py on a random-init Pythia-70m with byte tokens (the README's dry run), in float32:
-    the same weights and metrics to TEXT_TOL (the toy's runs above are the float64 check)."""
+def test_text_dry_run_on_two_ranks(tmp_path, monkeypatch):
+    """train_sft.py on the text path (a tiny GPT-NeoX cached as pythia-70m, byte tokens), in
+    float32: the same weights and metrics to TEXT_TOL (the toy's runs above are the float64 check)."""
+    from test_scripts import cached_tiny_pythia
+
     from nanoirl import data
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m", block_size=160)
+    monkeypatch.setitem(ENV, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     path = tmp_path / "fake.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in data.fake_tldr(12)))
-    flags = ["--model", "random:pythia-70m", "--data", str(path), "--max-prompt-len", "128", "--max-response-len", "12",
+    flags = ["--model", "pythia-70m", "--data", str(path), "--max-prompt-len", "128", "--max-response-len", "12",
              "--truncate-long-responses", "--eval-size", "2", "--steps", "2", "--batch-size", "4", "--dtype", "float32",
              "--eval-every", "2"]  # the posts are cut to fit 128 bytes, the summaries to 12
     procs = [launch("train_sft.py", tmp_path / "one", flags, 0), launch("train_sft.py", tmp_path / "two", flags, 2)]

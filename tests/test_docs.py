@@ -1,8 +1,10 @@
 """
-docs/guide.md stays true to the code it maps the papers onto:
-  references    every `file.py:function` it names exists (modules imported and read with getattr,
-                top-level scripts parsed with ast), every `tests/test_x.py::test_name` exists (collected
-                with ast, not run), each is a link to its file, and every relative link resolves
+docs/guide.md stays true to the code it maps the papers onto, and README.md and every page of docs/
+to the files they name:
+  references    in every doc, every `file.py:function` named exists (modules imported and read with
+                getattr, top-level scripts parsed with ast), every `tests/test_x.py::test_name` exists
+                (collected with ast, not run), each is a link to its file, and every relative link
+                resolves, its #anchor to a heading of the page it points at
   equation map  the table has a row for every Sun24 equation 1-30 and MLIRL equation 1-11, plus
                 MLIRL Algorithm 1 and RLignment's constructs, and every row names code and a test or
                 says "context"
@@ -26,6 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 CODE_REF = re.compile(r"`((?:[\w-]+/)*[\w-]+\.py):([A-Za-z_][\w.]*)`")
 TEST_REF = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
@@ -87,10 +90,30 @@ def collected_tests(path):
     return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
 
 
+def name(doc):
+    return str(doc.relative_to(ROOT))
+
+
+def anchor(heading):
+    """GitHub's anchor of a heading: lower case, every character but letters, digits, _, - and
+    spaces dropped (markup and punctuation), spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path):
+    return {anchor(h) for h in re.findall(r"^#{1,6} (.*)$", prose(path.read_text()), re.M)}
+
+
 # ---- references and links ----------------------------------------------------------------------------
-def test_every_named_function_exists():
-    refs = sorted(set(CODE_REF.findall(prose(guide()))))
-    assert len(refs) > 50, "the guide should map the papers onto the code"
+def test_the_docs_are_found():
+    assert {name(d) for d in DOCS} >= {"README.md", "docs/guide.md", "docs/results.md", "docs/operations.md"}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=name)
+def test_every_named_function_exists(doc):
+    refs = sorted(set(CODE_REF.findall(prose(doc.read_text()))))
+    if doc == GUIDE:
+        assert len(refs) > 50, "the guide should map the papers onto the code"
     missing = []
     for path, qualname in refs:
         if not (ROOT / path).is_file():
@@ -103,32 +126,42 @@ def test_every_named_function_exists():
                 missing.append(f"{path}:{qualname}")
         elif ast_lookup(path, qualname)[0] is None:
             missing.append(f"{path}:{qualname}")
-    assert not missing, f"docs/guide.md names code that does not exist: {missing}"
+    assert not missing, f"{name(doc)} names code that does not exist: {missing}"
 
 
-def test_every_named_test_exists():
-    refs = sorted(set(TEST_REF.findall(prose(guide()))))
-    assert len(refs) > 20
+@pytest.mark.parametrize("doc", DOCS, ids=name)
+def test_every_named_test_exists(doc):
+    refs = sorted(set(TEST_REF.findall(prose(doc.read_text()))))
+    if doc == GUIDE:
+        assert len(refs) > 20
     missing = [f"{p}::{n}" for p, n in refs if not (ROOT / p).is_file() or n not in collected_tests(p)]
-    assert not missing, f"docs/guide.md names tests that do not exist: {missing}"
+    assert not missing, f"{name(doc)} names tests that do not exist: {missing}"
 
 
-def test_references_are_links_to_their_files():
+@pytest.mark.parametrize("doc", DOCS, ids=name)
+def test_references_are_links_to_their_files(doc):
     """One click from a name to its file: `a/b.py:f` and `tests/t.py::test_x` are always written as
-    [`...`](../a/b.py), relative to docs/, so they work on GitHub."""
-    text = prose(guide())
+    [`...`](../a/b.py), relative to the doc (docs/ or the root), so they work on GitHub."""
+    text = prose(doc.read_text())
     n_refs = len(CODE_REF.findall(text)) + len(TEST_REF.findall(text))
     linked = LINKED_REF.findall(text)
-    assert len(linked) == n_refs, "every file.py:function and test reference must be a link to its file"
-    wrong = [(path, target) for path, target in linked if target != f"../{path}"]
-    assert not wrong, f"links that do not point at the named file: {wrong}"
+    assert len(linked) == n_refs, f"{name(doc)}: every file.py:function and test reference must be a link to its file"
+    wrong = [(path, target) for path, target in linked if target != os.path.relpath(ROOT / path, doc.parent)]
+    assert not wrong, f"{name(doc)}: links that do not point at the named file: {wrong}"
 
 
-def test_relative_links_resolve():
-    targets = [t for t in LINK.findall(prose(guide())) if not re.match(r"[a-z]+:|#", t)]
-    assert any(t.endswith(".png") for t in targets), "the guide shows the ladder's figures"
-    missing = [t for t in targets if not (GUIDE.parent / t.split("#")[0]).exists()]
-    assert not missing, f"relative links in docs/guide.md that do not resolve: {missing}"
+@pytest.mark.parametrize("doc", DOCS, ids=name)
+def test_relative_links_resolve(doc):
+    targets = [t for t in LINK.findall(prose(doc.read_text())) if not re.match(r"[a-z]+:", t)]
+    if doc == GUIDE:
+        assert any(t.endswith(".png") for t in targets), "the guide shows the ladder's figures"
+    missing = []
+    for target in targets:
+        path, _, fragment = target.partition("#")
+        path = (doc.parent / path) if path else doc
+        if not path.exists() or (fragment and path.suffix == ".md" and fragment not in anchors(path)):
+            missing.append(target)
+    assert not missing, f"relative links in {name(doc)} that do not resolve: {missing}"
 
 
 # ---- the equation map ----------------------------------------------------------------------------------
@@ -213,6 +246,7 @@ def test_ladder_is_short_and_every_step_has_a_command():
     assert 5 <= len(commands) <= 12, commands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ladder_commands())
 def test_ladder_command_runs(command, tmp_path):
     argv, expected = fast_mode(shlex.split(command), tmp_path)

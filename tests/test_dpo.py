@@ -8,6 +8,7 @@ nanoirl/dpo.py on the toy MDP, with exact numbers:
     fixed points in every class, and in the full class the empirical law is one;
   - one sampled SPIN iteration (spin_policy_step) raises the implicit reward's margin on its pairs.
 """
+import pytest
 import torch
 
 from nanoirl import dpo, mlirl
@@ -46,6 +47,7 @@ def test_dpo_gradient_is_its_closed_form(mdp):
     assert auto.abs().max() > 1e-3 and (auto - closed).abs().max() < 1e-14
 
 
+@pytest.mark.slow
 def test_spin_full_class_is_the_exact_moving_reference_map(mdp):
     """spin_exact (L-BFGS on the exact expected DPO loss over every pair) against the closed-form map
     of irl.scheme_rounds (Bradley-Terry optimum, moving reference), from the same start: KL(empirical

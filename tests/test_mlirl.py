@@ -260,6 +260,40 @@ def test_ppo_policy_step_draws_rollouts_from_the_given_prompts_only(mdp, monkeyp
     assert abs(stats["reward_offset"] - demo_mean) < 1e-12
 
 
+@pytest.mark.parametrize("model", ["toy-tabular", "toy-gpt"])
+def test_value_model_starts_with_the_reward_offset(mdp, model):
+    """The value model, a copy of the reward model, starts on the scale of the returns: V = h -
+    offset at every state (the TL;DR critic subtracts the reward's bias too), so that the terminal
+    TD error of a demonstration is 0, not -offset. One PPO update at lr 0 leaves the values as the
+    policy step set them; the offset is ~2 nats here, so a value model left at h misses by that."""
+    from nanoirl import ppo
+    from nanoirl.task import scalar_from_policy
+    from toy.gpt import tiny_gpt
+    demos, _ = _demos(mdp, 30)
+    g = torch.Generator().manual_seed(0)
+    if model == "toy-tabular":
+        policy, rm = TabularPolicy(mdp, "full"), TabularScalar(mdp)
+        with torch.no_grad():
+            rm.table.normal_(2, 1, generator=g)
+    else:
+        policy = tiny_gpt(mdp, seed=0)
+        rm = scalar_from_policy(policy)
+        with torch.no_grad():
+            rm.score.bias.fill_(2.0)
+    value = copy.deepcopy(rm)
+    cfg = MLIRLConfig(response_length=mdp.T, eos_id=EOS, pad_id=PAD)
+    pcfg = ppo.PPOConfig(response_length=mdp.T, missing_eos_penalty=None, lr=0.0, weight_decay=0.0)
+    stats = mlirl.ppo_policy_step(policy, copy.deepcopy(policy), rm, cfg, value_model=value, demos=demos,
+                                  optimizer=ppo.make_optimizer(policy, value, pcfg), ppo_cfg=pcfg, iterations=1,
+                                  batch_size=16, generator=g)
+    offset = stats["reward_offset"]
+    p, m, y = mdp.all_pairs()
+    with torch.no_grad():
+        h, v = rm.state_scores(p, m, y), value.state_scores(p, m, y)
+    assert offset > 1.0
+    assert torch.allclose(v, h - offset, atol=1e-12, rtol=0)
+
+
 def test_table_of_holds_any_trajectory_law(mdp):
     """toy.irl.table_of: a full table whose exact law is the given one (here the uniform law over
     responses, which the zero table, token-uniform, is not), to 1e-12."""

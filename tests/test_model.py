@@ -438,6 +438,57 @@ def test_safetensors_reader_dtypes(tmp_path):
         assert read[key].dtype == value.dtype and torch.equal(read[key], value), key
 
 
+def safetensors_file(path, header, data=b"", n=None):
+    """A .safetensors file of a given header (any JSON) and data bytes; n overrides its length."""
+    blob = json.dumps(header).encode()
+    path.write_bytes((len(blob) if n is None else n).to_bytes(8, "little") + blob + data)
+    return path
+
+
+F32 = lambda begin, end, shape=(2,): {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, end]}
+BAD_HEADERS = [  # (header, data, n or None, the end of the message)
+    ({"a": F32(0, 8), "b": F32(0, 8)}, bytes(8), None, "tensor b: data_offsets [0, 8] overlaps tensor a (a damaged header)"),
+    ({"a": F32(0, 8), "b": F32(4, 12)}, bytes(12), None, "tensor b: data_offsets [4, 12] overlaps tensor a (a damaged header)"),
+    ({"a": F32(-8, 0)}, b"", None, "tensor a: data_offsets [-8, 0] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": F32(8, 0)}, bytes(8), None, "tensor a: data_offsets [8, 0] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": F32(0, 8)}, bytes(8), 2 ** 62, "not a safetensors file, or truncated (its header length 4611686018427387904 "
+                                         "exceeds the file's 77 bytes)"),
+    ({"a": F32(0, 8)}, bytes(8), 2 ** 64 - 1, "not a safetensors file, or truncated (its header length "
+                                             "18446744073709551615 exceeds the file's 77 bytes)"),
+    ([1, 2], b"", None, "not a safetensors file (its header is an array, not a JSON object)"),
+    ({"a": "F32"}, b"", None, 'tensor a: expected {dtype, shape, data_offsets}, got "F32"'),
+    ({"a": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "tensor a: expected {dtype, shape, data_offsets}, got "
+                                                          '{"dtype": "F32", "shape": [2]}'),
+    ({"a": {**F32(0, 8), "data_offsets": [0, 4, 8]}}, bytes(8), None,
+     "tensor a: data_offsets [0, 4, 8] is not [begin, end] with 0 <= begin <= end"),
+    ({"a": {**F32(0, 8), "dtype": "F8"}}, bytes(8), None, "tensor a: unknown dtype 'F8'; known: F16, BF16, F32, F64, "
+                                                          "I64, I32, I16, I8, U8, BOOL"),
+    ({"a": F32(0, 8, shape=(3,))}, bytes(8), None, "tensor a: data_offsets [0, 8] hold 8 bytes, but shape [3] of F32 takes 12"),
+    ({"a": F32(0, 8, shape=("2",))}, bytes(8), None, 'tensor a: shape ["2"] is not a list of integers >= 0'),
+    ({"a": F32(8, 16)}, bytes(16), None, "tensor a: data_offsets [8, 16] leaves bytes 0-8 unused after the header "
+                                        "(a damaged header)"),
+    ({"a": F32(0, 8)}, bytes(12), None, "4 bytes after the last tensor's data (a damaged header)"),
+    ({"a": F32(0, 8)}, bytes(4), None, "is truncated: tensor a ends at byte 77/73"),
+]
+
+
+@pytest.mark.parametrize("header,data,n,error", BAD_HEADERS, ids=range(len(BAD_HEADERS)))
+def test_safetensors_header_is_checked(tmp_path, header, data, n, error):
+    """A damaged header (aliased or shifted offsets, negative ones, a huge length, a list, a
+    string entry, a missing or 3-item data_offsets...) is one line naming the file and tensor,
+    as the reference reader refuses it, on the --gold-model path too (task.tensor_names)."""
+    from nanoirl.task import tensor_names
+    path = safetensors_file(tmp_path / "model.safetensors", header, data, n)
+    for read in (read_safetensors, lambda p: tensor_names([p])):
+        with pytest.raises(ValueError) as e:
+            read(path)
+        assert "\n" not in str(e.value) and str(e.value).startswith(str(path)), str(e.value)
+        assert str(e.value).endswith(error), str(e.value)
+    good = safetensors_file(tmp_path / "good.safetensors", {"__metadata__": {"format": "pt"}, "a": F32(0, 8),
+                                                            "e": F32(8, 8, shape=(0, 3))}, bytes(8))
+    assert tensor_names([good]) == {"a", "e"} and read_safetensors(good)["a"].tolist() == [0, 0]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_sampling_agrees_with_float32():
     torch.manual_seed(0)
@@ -505,3 +556,73 @@ def test_reference_reward_model_scores_as_the_reference_code(tmp_path):
     rm.save_pretrained(tmp_path / "ours")
     again = ScalarGPT.from_pretrained(tmp_path / "ours")
     assert again.score_offset == 0.37 and torch.equal(again(idx, key_mask), rm(idx, key_mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# model directories: config.json and the weights checked before --out is made
+
+@pytest.fixture
+def demos(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"a{i}", "response": " b"}) + "\n" for i in range(4)))
+    return path
+
+
+BAD_CONFIGS = [  # (change to a valid config.json: a function of the dict, the end of the message)
+    (lambda c: [c], "expected a JSON object of GPT-NeoX settings, got an array"),
+    (lambda c: "gpt_neox", "expected a JSON object of GPT-NeoX settings, got a string"),
+    (lambda c: None, "expected a JSON object of GPT-NeoX settings, got null"),
+    (lambda c: {**c, "hidden_size": "16"}, 'hidden_size is "16", expected an integer > 0'),
+    (lambda c: {**c, "vocab_size": 256.0}, "vocab_size is 256.0, expected an integer > 0"),
+    (lambda c: {**c, "rotary_pct": "x"}, 'rotary_pct is "x", expected a number in [0, 1]'),
+    (lambda c: {**c, "num_attention_heads": 3}, "num_attention_heads 3 does not divide hidden_size 16"),
+    (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads is 0, expected an integer > 0"),
+    (lambda c: {**c, "num_attention_heads": -2}, "num_attention_heads is -2, expected an integer > 0"),
+    (lambda c: {k: v for k, v in c.items() if k != "intermediate_size"}, "missing 'intermediate_size'"),
+    (lambda c: {**c, "bias": "x"}, 'bias is "x", expected a finite number'),
+    (lambda c: {**c, "num_hidden_layers": 1}, "model.safetensors in {dir}: 12 tensors that the config.json's "
+     "model does not have (gpt_neox.layers.1.attention.dense.bias, gpt_neox.layers.1.attention.dense.weight, "
+     "gpt_neox.layers.1.attention.query_key_value.bias, ...): does config.json match the weights?"),
+    (lambda c: {**c, "vocab_size": 200}, "model.safetensors in {dir}: tensor gpt_neox.embed_in.weight has shape "
+     "[256, 16], expected [200, 16]"),
+]
+
+
+@pytest.mark.parametrize("change,error", BAD_CONFIGS, ids=range(len(BAD_CONFIGS)))
+def test_bad_model_directory_is_one_line_before_out(tmp_path, demos, change, error):
+    """A config.json that is not an object, a size that is not a positive integer, heads that do
+    not divide the width, fewer layers than the weights: train_sft.py stops with one line naming
+    the file and key, and --out is never made."""
+    import train_sft
+    from nanoirl.run import RunError
+    from test_scripts import tiny_text_run
+    flags = tiny_text_run(tmp_path, demos)
+    model = flags[1]
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(change(config)))
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as e:
+        train_sft.main(train_sft.parser.parse_args(list(map(str, [*flags, "--out", out]))))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"--model {model}: "), msg
+    assert msg.endswith(error.format(dir=model)), msg
+    assert not out.exists()
+
+
+def test_vocab_below_the_tokenizers_is_refused_before_out(tmp_path, demos):
+    """A model with fewer embedding rows than the tokenizer has ids would stop mid-run with an
+    IndexError; it is refused at the start, for --model and --reward-init alike."""
+    import train_sft
+    from nanoirl.run import RunError
+    from test_scripts import tiny_text_run
+    flags = tiny_text_run(tmp_path, demos)
+    small = tmp_path / "small"
+    GPT(GPTConfig(vocab_size=200, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(small)
+    (small / "tokenizer.json").write_bytes((flags[1] / "tokenizer.json").read_bytes())
+    out = tmp_path / "run"
+    for extra, error in [(["--model", small], f"--model {small}: vocab_size 200 is below the tokenizer's 245 tokens"),
+                         (["--reward-init", small], f"--reward-init {small}: vocab_size 200 is below the tokenizer's 245")]:
+        with pytest.raises(RunError) as e:
+            train_sft.main(train_sft.parser.parse_args(list(map(str, [*flags, *extra, "--out", out]))))
+        assert str(e.value).startswith(error), str(e.value)
+        assert not out.exists()

@@ -10,6 +10,7 @@ import torch
 
 from nanoirl import ppo, soft_pi
 from nanoirl.policy import response_mask
+from nanoirl.reward import token_rewards
 from toy import irl, metrics
 from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
@@ -69,8 +70,8 @@ def _toy_cfg(mdp, **kw):
 
 
 def test_rollout_layout_penalty_and_first_ratio():
-    """No EOS -> the score is the penalty (TL;DR's -1) on the last token; policy = ref -> the KL
-    penalty is 0; log-probs recomputed in the rollout give ratio 1 before the first step."""
+    """No EOS -> the score is the reward plus the penalty (-1) on the last token; policy = ref ->
+    the KL penalty is 0; log-probs recomputed in the rollout give ratio 1 before the first step."""
     mdp = ToyMDP()
     policy = TabularPolicy(mdp, "full")
     with torch.no_grad():
@@ -82,14 +83,93 @@ def test_rollout_layout_penalty_and_first_ratio():
     cfg = _toy_cfg(mdp, missing_eos_penalty=-1.0, num_epochs=1, lr=0.1)
     opt = ppo.make_optimizer(policy, value, cfg)
     ro = ppo.rollout(policy, ref, value, prompts, mask, ppo.reward_from_scorer(rm, "sequence", EOS), cfg)
-    assert ro["stats"]["score"] == -1.0 and ro["stats"]["kl_ref"] == 0.0
-    assert (ro["rewards"][:, -1] == -1.0).all() and (ro["rewards"][:, :-1] == 0).all()
+    h = rm.state_scores(prompts, mask, ro["responses"])[:, -1].detach()  # every response has T tokens
+    assert ro["stats"]["score"] == pytest.approx(h.mean().item() - 1, abs=1e-12) and ro["stats"]["kl_ref"] == 0.0
+    assert torch.equal(ro["rewards"][:, -1], h - 1) and (ro["rewards"][:, :-1] == 0).all()
     stats = ppo.update(policy, value, opt, ro, cfg)
     assert stats["approx_kl"] == 0.0 and stats["clipfrac"] == 0.0
     # token level: the scorer's state score of s_{t+1} on every valid token
     y = ro["responses"]
     r_tok = ppo.reward_from_scorer(rm, "token", EOS)(prompts, mask, y)
     assert torch.equal(r_tok, rm.state_scores(prompts, mask, y)[:, 1:].detach())
+
+
+def _replaced_by_penalty(task, responses, eos_id, penalty):
+    """The TL;DR code's rule, which detail 3 replaced: a truncated response's score *is* the penalty."""
+    truncated = ~(responses == eos_id).any(dim=1)
+    last = torch.zeros_like(task)
+    last[:, -1] = penalty
+    return torch.where(truncated[:, None], last, task)
+
+
+def test_missing_eos_penalty_is_a_penalty_on_an_exact_bradley_terry_reward():
+    """Detail 3 on the exact case of an ML-IRL round: the Bradley-Terry optimum on (expert ≻ pi_k)
+    pairs, r = log p - log pi_k (toy.irl.bt_optimum), read minus the demonstrations' mean (they score
+    0), the penalty -1 on the 243 truncated responses of the toy, and one exact beta = 1 step
+    pi_{k+1} ∝ pi_k exp(r). Without a penalty pi_{k+1} = p (truncated mass 0.0067, the expert's).
+    A score *replaced* by -1 pays for truncation, since the shifted scores of pi_k's samples lie far
+    below -1: from a uniform pi_k the truncated mass goes to 0.954 and KL(p || pi_{k+1}) to 3.02, from
+    (p + uniform) / 2 to 0.187 and 0.176. Added, the penalty scales each truncated response's mass
+    by e^-1 from both starts: p_T e^-1 / (1 - p_T (1 - e^-1)) = 0.0025, at most the expert's."""
+    mdp = ToyMDP()
+    p, y = mdp.expert_logprob, mdp.responses.repeat(mdp.n_prompts, 1)  # (n_prompts, N); (n_prompts * N, T)
+    truncated = ~(mdp.responses == EOS).any(1)
+    p_T = p.exp()[:, truncated].sum(-1)                                   # the expert's truncated mass
+    uniform = torch.full_like(p, -torch.log(torch.tensor(float(p.shape[1]))).item())
+    mix = torch.logaddexp(p, uniform) - torch.log(torch.tensor(2.0)).item()
+
+    def step(pi_k, rule):  # one exact round; returns (truncated mass, KL(p || pi_{k+1})), means over prompts
+        r = irl.bt_optimum(p, pi_k)
+        s = r - (p.exp() * r).sum(-1, keepdim=True).mean()                # reward.demonstration_offset
+        task = rule(token_rewards(s.reshape(-1), y, EOS, "sequence"), y, EOS, -1.0)
+        pi = soft_pi.trajectory_optimum(pi_k, task.sum(1).view_as(s), 1.0)
+        return pi.exp()[:, truncated].sum(-1).mean().item(), metrics.forward_kl(p, pi).mean().item()
+
+    assert p_T.mean().item() == pytest.approx(0.00668, abs=1e-5)
+    assert step(uniform, _replaced_by_penalty) == pytest.approx((0.954, 3.016), abs=1e-3)  # before
+    assert step(mix, _replaced_by_penalty) == pytest.approx((0.187, 0.176), abs=1e-3)
+    e = torch.exp(torch.tensor(-1.0, dtype=p.dtype))
+    want = (p_T * e / (1 - p_T * (1 - e))).mean().item()
+    for pi_k in (uniform, mix):
+        mass, kl = step(pi_k, ppo.penalise_truncation)
+        assert mass == pytest.approx(want, rel=1e-9) and mass < p_T.mean().item() and kl < 0.003
+
+
+def test_missing_eos_penalty_keeps_a_sampled_gpts_eos_rate(monkeypatch):
+    """The same round sampled: the tiny GPT-NeoX of toy/gpt.py (random init: 21% of its mass on
+    truncated responses), the exact Bradley-Terry reward on (expert ≻ pi_k) pairs, and 10 PPO
+    updates of 128 rollouts (mlirl.ppo_policy_step: the reward read minus the mean of 600 expert
+    demonstrations, 99% of which end; beta 1, lr 1e-3, penalty -1), the truncated mass computed
+    exactly after. With the score replaced by -1, PPO follows the exact round of the test above to
+    0.948 (the EOS rate falls to 0.05); with the penalty added it falls to 0.067, towards the
+    exact round's 0.0025 (the EOS rate rises towards the demonstrations')."""
+    from nanoirl import mlirl
+    from toy.gpt import tiny_gpt
+    mdp = ToyMDP()
+    truncated = ~(mdp.responses == EOS).any(1)
+    demos = mdp.demonstrations(600, torch.Generator().manual_seed(0))
+    start = tiny_gpt(mdp, seed=0)
+    with torch.no_grad():
+        logd = mdp.trajectory_logprobs(start)
+    reward_model = irl.sequence_reward_table(mdp, irl.bt_optimum(mdp.expert_logprob, logd))
+
+    def truncated_mass(rule):  # after one PPO policy step with the truncation rule `rule`
+        monkeypatch.setattr(ppo, "penalise_truncation", rule)
+        policy, value = copy.deepcopy(start), copy.deepcopy(reward_model)
+        cfg = ppo.PPOConfig(lr=1e-3, temperature=1.0, num_minibatches=4, response_length=mdp.T, eos_id=EOS,
+                            pad_id=PAD)
+        mlirl.ppo_policy_step(policy, copy.deepcopy(start), reward_model, mlirl.MLIRLConfig(beta=1.0, eos_id=EOS),
+                              value_model=value, optimizer=ppo.make_optimizer(policy, value, cfg), demos=demos,
+                              ppo_cfg=cfg, iterations=10, batch_size=128, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return mdp.trajectory_logprobs(policy).exp()[:, truncated].sum(-1).mean().item()
+
+    assert logd.exp()[:, truncated].sum(-1).mean().item() == pytest.approx(0.210, abs=1e-3)
+    assert demos[2].eq(EOS).any(1).double().mean().item() == pytest.approx(0.992, abs=1e-3)
+    added = ppo.penalise_truncation
+    before, after = truncated_mass(_replaced_by_penalty), truncated_mass(added)
+    print("truncated mass after PPO: score replaced by -1", before, "| -1 added", after)
+    assert before > 0.9 and after < 0.1
 
 
 def _run_ppo(mdp, policy, ref, value, beta, iters, batch, lr, value_lr, seed=0):
@@ -128,6 +208,7 @@ def test_ppo_full_table_reaches_the_exact_optimum():
     assert (kl <= 0.02).all(), kl
 
 
+@pytest.mark.slow
 def test_ppo_tiny_gpt_approaches_the_optimum():
     """The same PPO lines on the tiny GPT of toy/gpt.py (value model: a table). Stated bound:
     KL(pi_PPO || pi*) <= 0.2 nats per prompt after 60 updates of 512 responses, from ~1 nat at

@@ -124,6 +124,12 @@ def snapshot(out):
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
 
 
+def tree(out):
+    """snapshot of every file and directory under out (saved models, a directory where a file goes)."""
+    return {str(p.relative_to(out)): (p.is_dir() or p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
+            if p.is_dir() or p.is_file()}
+
+
 def test_fresh_run_writes_config(tmp_path):
     out = run.prepare_out(parse("--out", tmp_path / "a" / "b", "--seed", 7))
     assert json.loads((out / "config.json").read_text())["seed"] == 7
@@ -381,6 +387,94 @@ def test_full_disk_while_saving_is_one_line(tmp_path, monkeypatch):
     assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 4
 
 
+def full_disk_open(monkeypatch, module, names):
+    """Writes to a file named in `names` through `module`'s open() fail as on a full disk: half the
+    bytes reach the file, then ENOSPC."""
+    import builtins
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+    real = builtins.open
+    monkeypatch.setattr(module, "open", lambda path, *a, **k: Full(real(path, *a, **k)) if any(
+        n in os.fspath(path) for n in names) else real(path, *a, **k), raising=False)
+
+
+NO_SPACE = "no space left on the device; "
+
+
+def test_full_disk_on_config_and_metrics_is_one_line(tmp_path, monkeypatch):
+    """A full disk while config.json is first written, while a --resume drops the steps the
+    checkpoint does not cover, or while a metrics line is appended: one line worded as the
+    checkpoint's, and nothing half-written: no 0-byte config.json, a resume that changes nothing
+    (config.json is rewritten only after metrics.jsonl), metrics.jsonl of whole lines only."""
+    out = tmp_path / "fresh"
+    full_disk_open(monkeypatch, run, ["config.json"])
+    assert one_line_error(run.prepare_out, parse("--out", out)) == \
+        f"cannot write {out / 'config.json'}: {NO_SPACE}no checkpoint was written yet"
+    assert list(out.iterdir()) == []  # the rerun is not refused for a file left behind
+    monkeypatch.undo()
+
+    b = tmp_path / "b"
+    train(b, crash_at=7)  # checkpoint at step 4, steps 4-6 logged after it
+    before = snapshot(b)
+    full_disk_open(monkeypatch, run, ["metrics.jsonl"])
+    msg = one_line_error(train, b, "--resume", "--log-every", 3)  # --log-every may change: config.json would
+    assert msg == f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}the last good checkpoint is {b / 'ckpt.pt'}"
+    assert snapshot(b) == before
+    monkeypatch.undo()
+
+    log = run.Logger(b, 10, start=7)
+    log(7, {"loss": 1.0})
+    whole = (b / "metrics.jsonl").read_bytes()
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:5]) and (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")) if fd == log.file.fileno() else real(fd, data))
+    assert one_line_error(log, 8, {"loss": 2.0}) == \
+        f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}the last good checkpoint is {b / 'ckpt.pt'}"
+    monkeypatch.undo()
+    assert (b / "metrics.jsonl").read_bytes() == whole  # the cut line taken back
+    (b / "metrics.jsonl").unlink()
+    (b / "metrics.jsonl").symlink_to("/dev/full")  # a real ENOSPC from the kernel
+    assert one_line_error(run.Logger(b, 10, start=7), 7, {"loss": 1.0}).startswith(
+        f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}")
+
+
+def test_full_disk_on_a_saved_model_keeps_the_old_one(tmp_path, monkeypatch):
+    """policy/ (and reward_model/, discriminator/) is written beside, then swapped in: a full disk
+    while its weights are written leaves the previous policy/ whole, and no temp directory."""
+    from nanoirl import checkpoint
+    from nanoirl.model import CONFIGS, GPT
+    torch.manual_seed(0)
+    old, new = GPT(CONFIGS["tiny"]), GPT(CONFIGS["tiny"])
+    run.save_model_dir(old, tmp_path / "policy", tmp_path, also=lambda d: (d / "tokenizer.json").write_text("{}"))
+    before = snapshot(tmp_path / "policy")
+    assert sorted(before) == ["config.json", "model.safetensors", "tokenizer.json"]
+    full_disk_open(monkeypatch, checkpoint, ["model.safetensors"])
+    assert one_line_error(run.save_model_dir, new, tmp_path / "policy", tmp_path) == \
+        f"cannot write {tmp_path / 'policy'}: {NO_SPACE}no checkpoint was written yet"
+    monkeypatch.undo()
+    assert snapshot(tmp_path / "policy") == before and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    run.save_model_dir(new, tmp_path / "policy", tmp_path)  # a full save replaces the whole directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(GPT.from_pretrained(tmp_path / "policy").embed_out.weight, new.embed_out.weight)
+
+
 # ---- metrics -------------------------------------------------------------------------------------
 def test_nan_guard(tmp_path):
     with pytest.raises(RunError) as e:
@@ -474,6 +568,12 @@ def test_help_shows_every_default(script):
     ("train_mlirl", ["--num-minibatches", "1000", "--rollout-batch-size", "8"],
      "--num-minibatches 1000 must divide --rollout-batch-size 8"),
     ("train_sft", ["--dtype", "bfloat16"], "--dtype bfloat16 is for text models; --model toy-tabular is evaluated exactly"),
+    ("train_airl", ["--temperature", "1e-45"], "--temperature 1e-45 is below 0.01: fp32 logits / T overflow"),
+    ("train_mlirl", ["--temperature", "0.001"], "--temperature 0.001 is below 0.01: fp32 logits / T overflow"),
+    ("train_mlirl", ["--sample-temperature", "1e-45"], "--sample-temperature 1e-45 is below 0.01: fp32 logits / T "
+     "overflow, and every sample is already the most likely token; 0 samples greedily"),
+    ("train_sft", ["--device", "meta"], "--device meta: not supported; use cpu, cuda, cuda:N or auto"),
+    ("train_mlirl", ["--device", "mps"], "--device mps: not supported; use cpu, cuda, cuda:N or auto"),
 ])
 def test_checks_after_defaults_come_before_out(tmp_path, script, flags, error):
     """Checks that need the per-model defaults run before --out is made: a corrected rerun is
@@ -486,3 +586,64 @@ def test_checks_after_defaults_come_before_out(tmp_path, script, flags, error):
         module.main(args)
     assert str(e.value).startswith(error), str(e.value)
     assert not out.exists()
+
+
+def test_float32_on_the_toy(tmp_path):
+    """--dtype float32 on the toy trains in float32 and is still evaluated exactly, in float64:
+    the same numbers as a float64 run to float32's precision."""
+    import train_sft
+    runs = {}
+    for dtype in ("float32", "float64"):
+        args = train_sft.parser.parse_args(["--device", "cpu", "--dtype", dtype, "--steps", "3", "--eval-every", "3",
+                                            "--out", str(tmp_path / dtype)])
+        train_sft.main(args)
+        runs[dtype] = json.loads((tmp_path / dtype / "metrics.jsonl").read_text().splitlines()[-1])
+    assert runs["float32"]["fkl"] == pytest.approx(runs["float64"]["fkl"], rel=1e-4)
+    assert runs["float32"]["win_rate"] == pytest.approx(runs["float64"]["win_rate"], rel=1e-4)
+
+
+def test_bad_run_files_and_paths_are_one_line(tmp_path):
+    """An --out whose name is too long, metrics.jsonl that is a directory, ckpt.pt that is a FIFO
+    (torch.load would wait on it forever): one line, nothing written."""
+    for out, error in [(tmp_path / ("x" * 300), "File name too long"),
+                       (tmp_path / "/".join(["y" * 200] * 21), "File name too long")]:
+        assert one_line_error(run.prepare_out, parse("--out", out)) == f"--out {out}: {error}"
+    train(tmp_path / "a", "--steps", 4)
+    (tmp_path / "a" / "metrics.jsonl").unlink()
+    (tmp_path / "a" / "metrics.jsonl").mkdir()
+    (tmp_path / "b").mkdir()
+    os.mkfifo(tmp_path / "b" / "ckpt.pt")
+    for out, name, kind in [("a", "metrics.jsonl", "a directory"), ("b", "ckpt.pt", "a FIFO (named pipe)")]:
+        before = tree(tmp_path / out)
+        for flag in ("--resume", "--force"):
+            args = parse("--out", tmp_path / out, flag, "--ckpt-every", 4, "--seed", 0, "--device", "cpu",
+                         "--dtype", "float64", "--steps", 4)  # train's flags: the resume would go on
+            assert one_line_error(run.prepare_out, args) == \
+                f"{tmp_path / out / name} is {kind}, where the run keeps a file of its own; move it away"
+            assert tree(tmp_path / out) == before
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    """--resume after the --data file's contents changed (same name, same size) is refused like a
+    changed flag, in one line, nothing written; with the same contents it resumes."""
+    import train_sft
+    from test_scripts import tiny_text_run
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"a{i}", "response": " b"}) + "\n" for i in range(4)))
+    flags = [*map(str, tiny_text_run(tmp_path, demos)), "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run")]
+    train_sft.main(train_sft.parser.parse_args(flags))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    before = tree(tmp_path / "run")
+    demos.write_text(demos.read_text().replace('"a3"', '"a4"'))
+    with pytest.raises(RunError) as e:
+        train_sft.main(train_sft.parser.parse_args([*flags, "--resume"]))
+    from nanoirl.data import load_demonstrations
+    from nanoirl.task import fingerprint
+    new = fingerprint(load_demonstrations(str(demos)))
+    assert new != config["data_sha256"]
+    assert str(e.value) == (f"--resume: the contents of --data {demos} changed since the checkpoint (fingerprint "
+                            f"{config['data_sha256']} -> {new}); resume with the run's data, or start a new run "
+                            "with another --out or --force")
+    assert tree(tmp_path / "run") == before
+    demos.write_text(demos.read_text().replace('"a4"', '"a3"'))
+    train_sft.main(train_sft.parser.parse_args([*flags, "--resume"]))  # the same contents again: resumes

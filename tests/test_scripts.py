@@ -40,7 +40,7 @@ N_DEMOS = 60  # the toy's default --n-demos
 PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
 TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "gold_reward", "modes_covered", "outside_support",
             "fkl_demos", "win_rate"}
-TEXT_EVAL = {"length", "eos_rate"}
+TEXT_EVAL = {"length", "eos_rate", "eval_temperature"}
 MLIRL_ROUND = {"rm_loss", "rm_accuracy", "pairs", "reward_offset"}
 
 
@@ -83,6 +83,46 @@ class Run:
 def run_all(runs):
     """Wait for runs started side by side: {key: Run} -> {key: finished Run}."""
     return {k: r.wait() for k, r in runs.items()}
+
+
+class InProcess:
+    """One script run in this process, as Run runs it in a fresh one, for the behaviours that do
+    not need a process of their own (a process costs seconds of start-up; the bad-input and NaN
+    cases are dozens): argv parsed by the script's own parser, then its main(), with Run's
+    environment. A DataError or RunError ends it as the scripts' hook ends a process (run.py:
+    one_line_errors: 'error: <message>', status 1), argparse with its own status 2; stdout and
+    stderr are captured. That hook itself is tested on real processes (the Ctrl-C and the
+    out-in-use tests)."""
+
+    def __init__(self, tmp, name, script, *flags, out=None, env=None):
+        import contextlib
+        import importlib
+        import io
+        from unittest import mock
+
+        from nanoirl.data import DataError
+        from nanoirl.run import RunError
+        self.out = Path(out or tmp / name)
+        cache = tmp / "hf-cache"
+        cache.mkdir(exist_ok=True)
+        env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_DATASETS_CACHE": str(tmp / "datasets-cache"),
+               "NANOIRL_DATA": str(tmp / "no-data"), **(env or {})}
+        module = importlib.import_module(script[:-3])
+        stdout, stderr = io.StringIO(), io.StringIO()
+        self.returncode = 0
+        with mock.patch.dict(os.environ, env), mock.patch.object(module.parser, "prog", script), \
+                contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                module.main(module.parser.parse_args([*map(str, flags), "--out", str(self.out)]))
+            except (DataError, RunError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                self.returncode = 1
+            except SystemExit as e:
+                self.returncode = e.code
+        self.stdout, self.stderr = stdout.getvalue(), stderr.getvalue()
+
+    def wait(self):
+        return self
 
 
 def rows_of(out):
@@ -173,6 +213,7 @@ def toy_scalar(mdp, model, state):
     return scalar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,model", TOY)
 def test_toy_run_directory(toy_runs, script, model):
     """config.json = the flags, one metrics.jsonl line per step with the shared names, the plots,
@@ -212,6 +253,7 @@ def test_toy_run_directory(toy_runs, script, model):
     assert_summary(r.stdout, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,model", TOY)
 def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
     """The last logged exact evaluation, recomputed from ckpt.pt's weights in a fresh policy: the
@@ -261,7 +303,7 @@ def test_rlignment_pairs_come_from_the_policy_before_sft(tmp_path):
     that seed; a sample of the SFT policy would differ."""
     from toy.gpt import tiny_gpt
     from toy.mdp import ToyMDP
-    r = Run(tmp_path, "init-demo", "train_mlirl.py", "--pairs", "init-demo", "--rounds", 1, "--seed", SEED,
+    r = InProcess(tmp_path, "init-demo", "train_mlirl.py", "--pairs", "init-demo", "--rounds", 1, "--seed", SEED,
             "--sft-steps", 20, "--ppo-iterations", 1, "--rollout-batch-size", 16, "--rm-epochs", 1).wait()
     assert r.returncode == 0, r.stderr
     mdp = ToyMDP()
@@ -274,6 +316,7 @@ def test_rlignment_pairs_come_from_the_policy_before_sft(tmp_path):
     assert torch.equal(pairs["rejected"], init)
 
 
+@pytest.mark.slow
 def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_path):
     """Round 1 of `python train_mlirl.py` (toy GPT, every default but --rounds): the PPO step must
     land on the target it approximates, pi* ∝ pi_ref exp(r / beta) (MLIRL Eq. 12), with pi_ref the
@@ -288,7 +331,7 @@ def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_pa
     from toy import metrics
     from toy.irl import all_rewards
     from toy.mdp import ToyMDP
-    r = Run(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
+    r = InProcess(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
     assert r.returncode == 0, r.stderr
     mdp, state = ToyMDP(), torch.load(r.out / "ckpt.pt", weights_only=True)["state"]
     policy, ref = (toy_policy(mdp, "toy-gpt", state[k]) for k in ("policy", "ref"))
@@ -341,8 +384,8 @@ def resume_runs(tmp_path_factory):
         time.sleep(0.01)
     # first a --resume with another --seed: not this run, so refused, and nothing may change
     before = {c: snapshot(cut[c].out) for c in RESUME}
-    refused = run_all({c: Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
-                              out=cut[c].out) for c in RESUME})
+    refused = {c: InProcess(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                            out=cut[c].out) for c in RESUME}
     for c in RESUME:
         refused[c].untouched = snapshot(cut[c].out) == before[c]
     resumed = run_all({c: Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
@@ -350,6 +393,7 @@ def resume_runs(tmp_path_factory):
     return {c: (whole[c].wait(), cut[c], resumed[c], done[c], refused[c]) for c in RESUME}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", RESUME)
 def test_killed_run_resumes_exactly(resume_runs, case):
     """A run killed with SIGKILL mid-run (the lines it logged past its last checkpoint are dropped
@@ -381,6 +425,7 @@ def test_killed_run_resumes_exactly(resume_runs, case):
     assert_same(same(a), same(b))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
     on; that checkpoint and metrics.jsonl pass --resume's checks."""
@@ -398,6 +443,7 @@ def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     assert ckpt["step"] > 0
 
 
+@pytest.mark.slow
 def test_a_second_run_on_an_out_in_use_is_refused(tmp_path):
     """A run holds --out for its whole life: a second one there, even with --force, is refused in
     one line and touches nothing (unlocked, its --force would delete the first run's files under it)."""
@@ -432,7 +478,7 @@ BAD = ["malformed-json", "missing-field", "empty-prompt", "empty-response", "pro
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory, toy_runs):
+def bad_runs(tmp_path_factory):
     """Every case of BAD, started side by side: {case: (Run, expected start of stderr's last line,
     snapshot of --out before)}."""
     tmp = tmp_path_factory.mktemp("bad")
@@ -442,9 +488,13 @@ def bad_runs(tmp_path_factory, toy_runs):
         path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
         return path
 
+    finished = InProcess(tmp, "finished", "train_sft.py", "--model", "toy-tabular", "--device", "cpu", "--seed", SEED,
+                         *TOY_FLAGS["train_sft.py"])
+    assert finished.returncode == 0, finished.stderr
+
     def finished_run(name):  # a copy of a finished run, plus a file of the user's
         out = tmp / name
-        shutil.copytree(toy_runs["train_sft.py", "toy-tabular"].out, out)
+        shutil.copytree(finished.out, out)
         (out / "notes.txt").write_text("mine")
         return out
 
@@ -540,7 +590,7 @@ def bad_runs(tmp_path_factory, toy_runs):
     })
     assert list(cases) == BAD
     before = {case: snapshot(out or tmp / case) for case, (_, _, out, _) in cases.items()}
-    runs = run_all({case: Run(tmp, case, script, *flags, out=out) for case, (script, flags, out, _) in cases.items()})
+    runs = {case: InProcess(tmp, case, script, *flags, out=out) for case, (script, flags, out, _) in cases.items()}
     return {case: (runs[case], cases[case][3], before[case]) for case in cases}
 
 
@@ -577,8 +627,8 @@ NAN = {  # script, flags, the error; then the checkpoint step left on disk (None
 @pytest.fixture(scope="module")
 def nan_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nan")
-    return run_all({case: Run(tmp, case, script, "--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *flags)
-                    for case, (script, flags, *_) in NAN.items()})
+    return {case: InProcess(tmp, case, script, "--model", "toy-tabular", "--device", "cpu", "--seed", SEED, *flags)
+            for case, (script, flags, *_) in NAN.items()}
 
 
 @pytest.mark.parametrize("case", NAN)
@@ -629,35 +679,29 @@ def short_tldr(tmp_path_factory):
 
 @pytest.mark.parametrize("script", ["train_airl.py"])  # SFT and ML-IRL: the README's dry run, tests/test_commands.py
 def test_text_dry_run(tmp_path, short_tldr, script):
-    """Smoke test: the text path of each script end to end on random:pythia-70m with byte tokens:
-    metrics.jsonl with the shared names, ckpt.pt at the last step, policy/ loadable and equal to
-    the checkpoint's policy, nothing downloaded. In fp32: --dtype bfloat16 (CPU autocast) is
-    tested on a tiny GPT-NeoX (tests/test_text_path.py::test_bf16_text_run_resumes_exactly), since
-    a CPU without bf16 instructions runs bf16 matmuls hundreds of times slower than fp32.
-    One at a time: each holds gigabytes (side by side they take longer)."""
+    """Smoke test: the text path of each script end to end on a GPT-NeoX from the Hugging Face
+    cache (a tiny one, cached as EleutherAI/pythia-70m) with byte tokens: metrics.jsonl with the
+    shared names, ckpt.pt at the last step, policy/ loadable and equal to the checkpoint's policy.
+    The README's random:pythia-70m dry runs of SFT and ML-IRL run as written in
+    tests/test_commands.py; --dtype bfloat16 (CPU autocast) in
+    tests/test_text_path.py::test_bf16_text_run_resumes_exactly."""
     from nanoirl.model import GPT
-    r = Run(tmp_path, "run", script, "--model", "random:pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
-            "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED,
-            "--truncate-long-responses",
-            *TEXT_FLAGS[script])
-    try:
-        assert r.wait().returncode == 0, r.stderr
-        assert ("the random-init dry run uses UTF-8 bytes as tokens (for Pythia's: huggingface-cli download "
-                "EleutherAI/pythia-70m tokenizer.json)") in r.stdout
-        assert not any((tmp_path / "hf-cache").iterdir())  # nothing was downloaded
-        rows = rows_of(r.out)
-        n = len(rows)
-        assert n == {"train_sft.py": 2, "train_airl.py": 1, "train_mlirl.py": 2}[script]
-        for row in rows:
-            assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
-        ckpt = torch.load(r.out / "ckpt.pt", weights_only=True, mmap=True)  # 1-2 GB: mapped, not read
-        assert ckpt["step"] == n
-        policy = GPT.from_pretrained(r.out / "policy")
-        assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
-        assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
-        assert_summary(r.stdout, r.out)
-    finally:
-        shutil.rmtree(r.out, ignore_errors=True)  # the checkpoints take gigabytes
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m")
+    r = InProcess(tmp_path, "run", script, "--model", "pythia-70m", "--data", short_tldr, "--max-prompt-len", 64,
+                  "--max-response-len", 8, "--eval-size", 2, "--device", "cpu", "--seed", SEED,
+                  "--truncate-long-responses", *TEXT_FLAGS[script])
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.out)
+    n = len(rows)
+    assert n == {"train_sft.py": 2, "train_airl.py": 1, "train_mlirl.py": 2}[script]
+    for row in rows:
+        assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
+    ckpt = torch.load(r.out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == n
+    policy = GPT.from_pretrained(r.out / "policy")
+    assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (1, 16, 256)
+    assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
+    assert_summary(r.stdout, r.out)
 
 
 # ---- a local checkpoint, and policy/ as the next script's --model ---------------------------------
@@ -681,22 +725,18 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     cache as EleutherAI/pythia-70m (as a user's cached pythia-1b); train_sft.py --model pythia-70m
     saves policy/, which is then --model of train_airl.py and of train_mlirl.py --sft-steps 0,
     whose reference policy pi_ref (round 1's anchor) is exactly the saved SFT policy."""
-    from nanoirl.model import GPT, GPTConfig
-    snapshot = tmp_path / "hf-cache" / "models--EleutherAI--pythia-70m" / "snapshots" / "abc123"
-    GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
-    byte_level_tokenizer_json(snapshot / "tokenizer.json")
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    from nanoirl.model import GPT
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m")
     records = [{"prompt": f"question {i}:", "response": f" answer {i}"} for i in range(6)]
     data.write_jsonl(tmp_path / "demos.jsonl", records)
     text = ["--data", tmp_path / "demos.jsonl", "--max-prompt-len", 16, "--max-response-len", 12,
             "--eval-size", 2, "--device", "cpu", "--dtype", "float64"]
-    sft = Run(tmp_path, "sft", "train_sft.py", "--model", "pythia-70m", *text, "--steps", 3, "--batch-size", 4)
+    sft = InProcess(tmp_path, "sft", "train_sft.py", "--model", "pythia-70m", *text, "--steps", 3, "--batch-size", 4)
     assert sft.wait().returncode == 0, sft.stderr
     policy = sft.out / "policy"
-    nexts = run_all({s: Run(tmp_path, s[:-3], s, "--model", policy, *text, *flags) for s, flags in [
+    nexts = {s: InProcess(tmp_path, s[:-3], s, "--model", policy, *text, *flags) for s, flags in [
         ("train_airl.py", ["--steps", 1, "--rollout-batch-size", 4, "--disc-steps", 1]),
-        ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]})
+        ("train_mlirl.py", ["--sft-steps", 0, "--rounds", 1, "--ppo-iterations", 1, "--rollout-batch-size", 4])]}
     for r in nexts.values():
         assert r.returncode == 0, r.stderr
     ref = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["ref"]
@@ -754,8 +794,8 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     (fp64, text path) logs the same metrics.jsonl bytes and ends with the same weights with and
     without it. On the toy table it is an error, not a flag silently ignored."""
     text = tiny_text_run(tmp_path, short_tldr) + ["--dtype", "float64"]
-    runs = run_all({(s, c): Run(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
-                    for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))})
+    runs = {(s, c): InProcess(tmp_path, f"{s[:-3]}-{c}", s, *text, *TEXT_FLAGS[s], *flags)
+                    for s in SCRIPTS for c, flags in (("plain", []), ("ckpt", ["--grad-checkpoint"]))}
     for s in SCRIPTS:
         plain, ckpt = runs[s, "plain"], runs[s, "ckpt"]
         assert plain.returncode == ckpt.returncode == 0, plain.stderr + ckpt.stderr
@@ -767,7 +807,7 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
     task = load_task(train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
                      torch.float64)  # the flag reaches the policy and the scalar models made from it
     assert task.policy.gradient_checkpointing and task.new_scalar().gradient_checkpointing
-    r = Run(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
+    r = InProcess(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
     assert r.returncode == 1 and not r.out.exists()
     assert r.stderr.strip() == "error: --grad-checkpoint is for GPT models, not --model toy-tabular"
 
@@ -789,10 +829,10 @@ def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tl
                **{"scalar_head." + k: v for k, v in head.state_dict().items()}}, gold / "model.safetensors")
     (gold / "config.json").write_text(json.dumps({"base_config": cfg.to_dict(), "hidden_size": 16, "bias": 2.5}))
     text = tiny_text_run(tmp_path, short_tldr)
-    runs = run_all({"sft": Run(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
+    runs = {"sft": InProcess(tmp_path, "sft", "train_sft.py", *text, "--gold-model", gold, "--steps", 2,
                                "--batch-size", 2, "--eval-every", 1),
-                    "mlirl": Run(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
-                                 *TEXT_FLAGS["train_mlirl.py"])})
+                    "mlirl": InProcess(tmp_path, "mlirl", "train_mlirl.py", *text, "--reward-init", gold,
+                                 *TEXT_FLAGS["train_mlirl.py"])}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
     rows = rows_of(runs["sft"].out)
@@ -805,17 +845,32 @@ def test_reference_reward_model_as_gold_model_and_reward_init(tmp_path, short_tl
     assert all(torch.equal(init[k], theirs[k]) for k in init)
 
 
+def cached_tiny_pythia(cache, name, block_size=96):
+    """A tiny GPT-NeoX (1 layer, d 16) and a byte-level tokenizer.json in the Hugging Face cache
+    `cache` as EleutherAI/<name>, where --model <name> finds it offline, as it finds a user's
+    downloaded Pythia."""
+    from nanoirl.model import GPT, GPTConfig
+    snapshot = cache / f"models--EleutherAI--{name}" / "snapshots" / "abc123"
+    GPT(GPTConfig(vocab_size=256, block_size=block_size, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+    byte_level_tokenizer_json(snapshot / "tokenizer.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+
+
 def test_mlirl_on_tldr_by_default(tmp_path):
-    """`python train_mlirl.py --model random:pythia-70m` and no other flag, offline: one line on
-    the TL;DR data it needs and how to get it. With TL;DR-layout data sets that this test writes
-    with `datasets` under $NANOIRL_DATA (posts far longer than 512 tokens), the same command plus
-    step counts truncates the posts, runs round 0 and one ML-IRL round, and logs
-    rm_accuracy_heldout on the preference set."""
+    """`python train_mlirl.py --model pythia-70m` and no other flag, offline: one line on the
+    TL;DR data it needs and how to get it. With TL;DR-layout data sets that this test writes with
+    `datasets` under $NANOIRL_DATA (posts far longer than 512 tokens), the same command plus step
+    counts truncates the posts to the default --max-prompt-len 512, runs round 0 and one ML-IRL
+    round, and logs rm_accuracy_heldout on the preference set. The model is a tiny GPT-NeoX cached
+    as EleutherAI/pythia-70m (the data path is the point, not the model's size)."""
     datasets = pytest.importorskip("datasets", reason="datasets writes the local data sets")
-    bare = Run(tmp_path, "bare", "train_mlirl.py", "--model", "random:pythia-70m").wait()
+    cached_tiny_pythia(tmp_path / "hf-cache", "pythia-70m", block_size=600)
+    bare = InProcess(tmp_path, "bare", "train_mlirl.py", "--model", "pythia-70m")
     assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
     assert bare.stderr.startswith(f"error: {data.TLDR_SFT}:train: not in {tmp_path / 'no-data' / data.TLDR_SFT} "
                                   "and not loadable") and f"python -m nanoirl.data --download {data.TLDR_SFT}" in bare.stderr
+    assert not bare.out.exists()
     records = list(data.fake_tldr(6, seed=0))
     for r in records:  # paragraphs of well over 512 bytes in all, the summaries of a few words
         r.update(post="\n".join([r["post"]] * 24), summary=" ".join(r["summary"].split()[:3]))
@@ -825,17 +880,14 @@ def test_mlirl_on_tldr_by_default(tmp_path):
     pairs = [{"query": p["prompt"][-300:], "chosen": " ".join(p["chosen"].split()[:3]) + "<|endoftext|>",
               "rejected": " ".join(p["rejected"].split()[:3]) + "<|endoftext|>"} for p in data.fake_tldr(4, preferences=True)]
     datasets.DatasetDict({"validation": datasets.Dataset.from_list(pairs)}).save_to_disk(str(root / data.TLDR_PREFERENCES))
-    r = Run(tmp_path, "tldr", "train_mlirl.py", "--model", "random:pythia-70m", "--rounds", 1, "--sft-steps", 1,
-            "--batch-size", 2, "--ppo-iterations", 1, "--rollout-batch-size", 2, "--rm-batch-size", 4,
-            env={"NANOIRL_DATA": str(root)})
-    try:
-        assert r.wait().returncode == 0, r.stderr
-        assert f"data: {data.TLDR_SFT}:train: 4 of 4 TL;DR posts truncated to fit --max-prompt-len 512 (" \
-            in r.stdout, r.stdout
-        rows = rows_of(r.out)
-        assert [row["step"] for row in rows] == [0, 1] and 0 <= rows[1]["rm_accuracy_heldout"] <= 1
-        config = json.loads((r.out / "config.json").read_text())
-        assert config["data"] == data.TLDR_SFT + ":train"
-        assert config["eval_pairs"] == data.TLDR_PREFERENCES + ":validation[:2048]"
-    finally:
-        shutil.rmtree(r.out, ignore_errors=True)
+    r = InProcess(tmp_path, "tldr", "train_mlirl.py", "--model", "pythia-70m", "--rounds", 1, "--sft-steps", 1,
+                  "--batch-size", 2, "--ppo-iterations", 1, "--rollout-batch-size", 2, "--rm-batch-size", 4,
+                  env={"NANOIRL_DATA": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert f"data: {data.TLDR_SFT}:train: 4 of 4 TL;DR posts truncated to fit --max-prompt-len 512 (" \
+        in r.stdout, r.stdout
+    rows = rows_of(r.out)
+    assert [row["step"] for row in rows] == [0, 1] and 0 <= rows[1]["rm_accuracy_heldout"] <= 1
+    config = json.loads((r.out / "config.json").read_text())
+    assert config["data"] == data.TLDR_SFT + ":train" and config["max_prompt_len"] == 512
+    assert config["eval_pairs"] == data.TLDR_PREFERENCES + ":validation[:2048]"

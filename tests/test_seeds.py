@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from toy import irl, metrics, plots
@@ -28,6 +29,7 @@ def test_mean_std_is_numpys():
     assert metrics.mean_std([4.0]) == (4.0, 0.0)
 
 
+@pytest.mark.slow
 def test_irl_seeds_print_mean_and_std_of_the_single_seed_tables(monkeypatch, capsys):
     """python -m toy.irl --table bon --classes position --seeds 2: each row is the mean ± std of
     best_of_n_table with seeds 0 and 1, the numbers a single-seed run of each gives."""
@@ -54,6 +56,7 @@ def test_low_demo_seed_means_are_numpys():
         assert abs(r["fkl"] - np.mean(per_seed)) < 1e-12 and abs(r["fkl_std"] - np.std(per_seed, ddof=1)) < 1e-12
 
 
+@pytest.mark.slow
 def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
     """python -m toy.plots --figures mlirl_fig2 --seeds 2 (train_mlirl.py with tiny settings): the
     figure is drawn, the printed table is numpy's mean ± std over the two runs' metrics.jsonl, and
@@ -125,6 +128,7 @@ def test_a_shared_reward_reaches_held_out_prompts_only_from_a_blind_start():
     assert pooled["gold_heldout"] > sft["gold_heldout"] + 5
 
 
+@pytest.mark.slow
 def test_heldout_ppo_rows_are_seeded_and_are_not_the_exact_rows():
     """heldout_lines(ppo_iterations=2): the PPO-step rows (the same shared reward fits, PPO in
     place of the exact step, rollouts on all six prompts) give the same numbers when run again

@@ -3,6 +3,8 @@ The text path's numerics and randomness, checked on the CPU where a GPU run woul
 draws on the generator's own device, the fp32 output heads under bf16 autocast, the learned
 reward's fixed offset (demonstrations score 0) and the PPO learning-rate decay.
 """
+import math
+
 import pytest
 import torch
 
@@ -175,6 +177,83 @@ def test_mlirl_negatives_are_drawn_at_the_policy_steps_temperature(tmp_path, sho
     assert temps.count(1.0) == 1 and set(temps) == {0.7, 1.0}  # one round's negatives
 
 
+def test_spin_reads_its_log_ratios_at_the_negatives_temperature(tmp_path, short_tldr, monkeypatch):
+    """SPIN on text draws its negatives at T = 0.7: its DPO log-ratios must be those of the same
+    tempered policy (logits / 0.7), or its exact round is pi_k p / pi_k^(0.7) instead of p. Every
+    log-prob inside dpo.spin_policy_step, the policy's and the reference's, is at the temperature
+    of every sample of the run (0.7; with --sample-temperature 1, 1), the evaluation's included,
+    which samples at the policy's --temperature and logs it as eval_temperature."""
+    import json
+
+    import train_mlirl
+    from nanoirl import dpo
+    from nanoirl.model import GPT
+    seen, in_spin = {"sample": [], "logprobs": []}, []
+    sample, logprobs, spin_step = GPT.sample, GPT.logprobs, dpo.spin_policy_step
+
+    def recorded_sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, **kw):
+        seen["sample"].append(temperature)
+        return sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, **kw)
+
+    def recorded_logprobs(self, prompts, prompt_mask, responses, temperature=1.0):
+        if in_spin:  # not SFT's (round 0 fits the untempered logits)
+            seen["logprobs"].append(temperature)
+        return logprobs(self, prompts, prompt_mask, responses, temperature)
+
+    def spin(*args, **kw):
+        in_spin.append(True)
+        try:
+            return spin_step(*args, **kw)
+        finally:
+            in_spin.clear()
+    monkeypatch.setattr(GPT, "sample", recorded_sample)
+    monkeypatch.setattr(GPT, "logprobs", recorded_logprobs)
+    monkeypatch.setattr(dpo, "spin_policy_step", spin)
+    text = [*tiny_text_run(tmp_path, short_tldr), *TEXT_FLAGS["train_mlirl.py"], "--policy-step", "spin",
+            "--dpo-epochs", 1]
+    for t, extra in ((0.7, []), (1.0, ["--sample-temperature", 1.0, "--temperature", 1.0])):
+        seen["sample"].clear(), seen["logprobs"].clear()
+        run_in_process(train_mlirl, [*text, *extra, "--out", tmp_path / f"spin-{t}"])
+        assert len(seen["logprobs"]) >= 4 and set(seen["logprobs"]) == set(seen["sample"]) == {t}, seen
+        rows = [json.loads(line) for line in (tmp_path / f"spin-{t}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["eval_temperature"] for r in rows] == [t, t]  # round 0 (SFT) and round 1
+
+
+def test_no_grad_passes_are_chunked_by_forward_batch_size(tmp_path, monkeypatch):
+    """--forward-batch-size bounds the rows of every no-grad forward pass of the text path:
+    rollouts, pairs, the reward offset, the held-out pair accuracy (2,048 pairs in one pass would
+    take ~60 GB of activations at pythia-1b), the evaluation and its gold model, Best-of-N (batch x
+    n samples), SPIN's reference and RLignment's samples; --micro-batch-size bounds the passes with
+    gradients. Here both are 2, with 8 held-out pairs, 6 held-out demonstrations, 4 rollouts and
+    Best-of-4 on 2 prompts: a pass over all of any of them would be seen."""
+    import train_airl
+    import train_mlirl
+    from nanoirl import data
+    from nanoirl.model import GPTConfig, GPTNeoX, ScalarGPT
+    sizes = {False: [], True: []}  # no grad, grad: the batch of every transformer pass
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: sizes[torch.is_grad_enabled()].append(len(args[0])) if isinstance(mod, GPTNeoX) else None)
+    records = [{"prompt": f"q{i}:", "response": f" a{i % 3}"} for i in range(12)]
+    pairs = [{"prompt": f"q{i}:", "chosen": f" a{i % 3}", "rejected": f" b{i}"} for i in range(8)]
+    data.write_jsonl(tmp_path / "demos.jsonl", records)
+    data.write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    ScalarGPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "gold")
+    text = [*tiny_text_run(tmp_path, tmp_path / "demos.jsonl"), "--eval-size", 6, "--gold-model", tmp_path / "gold",
+            "--forward-batch-size", 2, "--micro-batch-size", 2]
+    mlirl = [*TEXT_FLAGS["train_mlirl.py"], "--eval-pairs", tmp_path / "pairs.jsonl", "--rollout-batch-size", 4]
+    try:
+        for i, flags in enumerate([mlirl, [*mlirl, "--policy-step", "bon", "--bon-n", 4, "--bon-steps", 1],
+                                   [*mlirl, "--policy-step", "spin", "--dpo-epochs", 1],
+                                   [*mlirl, "--pairs", "init-sft"]]):
+            run_in_process(train_mlirl, [*text, *flags, "--out", tmp_path / f"mlirl-{i}"])
+        run_in_process(train_airl, [*text, *TEXT_FLAGS["train_airl.py"], "--rollout-batch-size", 4,
+                                    "--out", tmp_path / "airl"])
+    finally:
+        hook.remove()
+    assert len(sizes[False]) > 50 and max(sizes[False]) == 2 and max(sizes[True]) == 2, sizes
+
+
+@pytest.mark.slow
 def test_gail_token_reward_keeps_the_experts_length(tmp_path):
     """The default GAIL reward, -log(1 - D) - log 2, is 0 at D = 1/2: at the token level its
     gradient is the JS divergence's, and the policy's expected length lands next to the expert's
@@ -208,38 +287,72 @@ def test_exponential_rewards_are_clipped_not_overflowing(tmp_path):
     assert all(abs(r["score"]) <= 2 * (2.718281828 ** 20) for r in rows)  # |e^h - 1| <= e^20 per response
 
 
-BF16_RESUME = {  # script: (flags, kill once ckpt.pt exists and this many lines are logged)
-    "train_sft.py": (["--steps", 400, "--batch-size", 2, "--ckpt-every", 50, "--eval-every", 100], 120),
-    "train_airl.py": (["--steps", 60, "--rollout-batch-size", 2, "--disc-steps", 1, "--ckpt-every", 10,
-                       "--eval-every", 20], 15),
-    "train_mlirl.py": (["--rounds", 8, "--sft-steps", 4, "--batch-size", 2, "--ppo-iterations", 3,
-                        "--rollout-batch-size", 2, "--rm-batch-size", 6], 3),
+def test_alpha_rewards_are_bounded_in_fp32(tmp_path):
+    """alpha-IRL's reward (e^((1-a) h) - 1) / (1 - a) at a = -10: with h clipped to +-20 alone the
+    exponent reaches 220, inf in fp32 (and 6e94 per response in the toy's fp64). --logit-clip bounds
+    the exponent: h is clipped to +-20/11, the reward to [-(1 - e^-20), e^20 - 1] / 11."""
+    import argparse
+    import json
+
+    import train_airl
+    args = argparse.Namespace(divergence="alpha", alpha=-10.0, logit_clip=20.0, gail_reward=None, fairl_reward=None)
+    h = torch.tensor([-1e4, -20.0, 0.0, 20.0, 1e4], dtype=torch.float32)
+    r = train_airl.reward_map(args)(h.clamp(-train_airl.logit_bound(args), train_airl.logit_bound(args)))
+    assert train_airl.logit_bound(args) == pytest.approx(20 / 11)
+    assert torch.isfinite(r).all() and r[-1].item() == pytest.approx(math.expm1(20) / 11, rel=1e-6)
+    assert r[0].item() == pytest.approx(math.expm1(-20) / 11, rel=1e-6) and r[2] == 0
+    run_in_process(train_airl, ["--divergence", "alpha", "--alpha", -10, "--disc-lr", 1000, "--steps", 3,
+                                "--eval-every", 3, "--out", tmp_path / "alpha"])
+    rows = [json.loads(line) for line in (tmp_path / "alpha" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and max(r["reward_clipfrac"] for r in rows) > 0.1
+    assert all(abs(r["score"]) <= 2 * math.expm1(20) / 11 for r in rows)  # minus the offset: at most twice
+
+
+BF16_RESUME = {  # script: flags; the run is stopped right after its second checkpoint
+    "train_sft.py": ["--steps", 6, "--batch-size", 2, "--ckpt-every", 2, "--eval-every", 3],
+    "train_airl.py": ["--steps", 4, "--rollout-batch-size", 2, "--disc-steps", 1, "--ckpt-every", 1, "--eval-every", 2],
+    "train_mlirl.py": ["--rounds", 3, "--sft-steps", 2, "--batch-size", 2, "--ppo-iterations", 2,
+                       "--rollout-batch-size", 2, "--rm-batch-size", 6],
 }
 
 
-@pytest.mark.parametrize("script", BF16_RESUME)
-def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script):
-    """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
-    GPT-NeoX with a byte-level tokenizer: a run killed with SIGKILL after a checkpoint and resumed
-    with --resume ends with the metrics.jsonl bytes and the checkpoint of an uninterrupted run."""
-    import os
-    import signal
-    import time
+class Stop(BaseException):
+    """Ends a run in this process the moment a checkpoint is written, as a kill would."""
 
-    from test_scripts import Run, assert_same
-    flags, kill_after = BF16_RESUME[script]
-    flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *flags]
-    whole, cut = Run(tmp_path, "whole", script, *flags), Run(tmp_path, "cut", script, *flags)
-    metrics, ckpt = cut.out / "metrics.jsonl", cut.out / "ckpt.pt"
-    while cut.proc.poll() is None and not (ckpt.exists() and metrics.exists()
-                                           and metrics.read_text().count("\n") >= kill_after):
-        time.sleep(0.01)
-    assert cut.proc.poll() is None, "the run ended before the kill: make it longer"
-    os.kill(cut.proc.pid, signal.SIGKILL)
-    cut.wait()
-    resumed = Run(tmp_path, "resumed", script, *flags, "--resume", out=cut.out).wait()
-    assert whole.wait().returncode == 0 and resumed.returncode == 0, whole.stderr + resumed.stderr
-    assert metrics.read_bytes() == (whole.out / "metrics.jsonl").read_bytes()
-    a, b = (torch.load(r.out / "ckpt.pt", weights_only=True) for r in (whole, cut))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", BF16_RESUME)
+def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script, monkeypatch):
+    """The text path under --dtype bfloat16 (CPU autocast, fp32 master weights), on a tiny local
+    GPT-NeoX with a byte-level tokenizer: a run stopped right after its second checkpoint and
+    resumed with --resume ends with the metrics.jsonl bytes and the checkpoint of an uninterrupted
+    run. In this process: a SIGKILL mid-run, with lines logged past the checkpoint, is
+    tests/test_scripts.py::test_killed_run_resumes_exactly's (the toy) and tests/test_dist.py's."""
+    import importlib
+
+    from test_scripts import assert_same
+
+    from nanoirl import run
+    module = importlib.import_module(script[:-3])
+    flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *BF16_RESUME[script]]
+    save, saved = run.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
+
+    def counted_save(*args, **kwargs):
+        saved[phase].append(save(*args, **kwargs))
+        if phase == "cut" and len(saved["cut"]) == 2:
+            raise Stop
+        return saved[phase][-1]
+    monkeypatch.setattr(run, "save_checkpoint", counted_save)
+    phase = "whole"
+    run_in_process(module, [*flags, "--out", tmp_path / "whole"])
+    phase = "cut"
+    with pytest.raises(Stop):
+        run_in_process(module, [*flags, "--out", tmp_path / "cut"])
+    phase = "resumed"
+    run_in_process(module, [*flags, "--resume", "--out", tmp_path / "cut"])
+    assert len(saved["resumed"]) == len(saved["whole"]) - 2 > 0  # it went on from the checkpoint, not from 0
+    metrics = lambda name: (tmp_path / name / "metrics.jsonl").read_bytes()
+    assert metrics("cut") == metrics("whole")
+    a, b = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True) for name in ("whole", "cut"))
     same = lambda c: {k: v for k, v in c.items() if k not in ("config", "sha256")}  # config: --resume differs
     assert_same(same(a), same(b))

@@ -254,14 +254,16 @@ def test_divergences_with_zeros():
     (["toy.plots", "--figures", "mlirl"], "argument --figures: 'mlirl': use a comma-separated list of "
                                           "modes, training, low_demo, mlirl_fig2, mlirl_schemes"),
 ])
-def test_toy_commands_check_their_flags(argv, error, tmp_path):
+def test_toy_commands_check_their_flags(argv, error, tmp_path, monkeypatch, capsys):
     """python -m toy.plots / toy.irl: a bad count is argparse's one-line error (status 2) before
     any work or file (toy.plots --demos takes one demonstration set per prompt, so multiples of 3;
-    toy.irl --demos 0 used to print rows of NaN and exit 0)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    r = subprocess.run([sys.executable, "-m", *argv, *(["--out", str(tmp_path)] if argv[0] == "toy.plots" else [])],
-                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("error: " + error), r.stderr
+    toy.irl --demos 0 used to print rows of NaN and exit 0). Each main() runs in this process on
+    its sys.argv."""
+    import importlib
+    module = importlib.import_module(argv[0])
+    monkeypatch.setattr("sys.argv", [argv[0], *argv[1:], *(["--out", str(tmp_path)] if argv[0] == "toy.plots" else [])])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and stderr.strip().splitlines()[-1].endswith("error: " + error), stderr
     assert not any(tmp_path.iterdir())

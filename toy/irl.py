@@ -27,7 +27,7 @@ GPT initialisations) and prints mean ± std (print_over_seeds); a part:
     python -m toy.irl --table bon --style 1                              # + the "a"s in each pick
     python -m toy.irl --table heldout --rounds 4 --seeds 5               # when ML-IRL beats SFT, ~40 s
 `--ppo` adds to the heldout and horizon tables ML-IRL rows whose policy step is PPO (ppo_step):
-~18 and ~44 min over 5 seeds on 2 busy cores (README).
+~18 and ~44 min over 5 seeds on 2 busy cores (docs/results.md).
 """
 import argparse
 import copy
@@ -147,7 +147,7 @@ def ppo_step(mdp, demos, seed, prompts=None, iterations=40, batch_size=256, lr=0
     (mlirl.ppo_policy_step) with train_mlirl.py's toy-table defaults, rollouts on prompts drawn
     from `prompts` = (prompts, prompt_mask) (default: the demonstrations'), the reward read minus
     the demonstrations' mean (demos). Each call starts a value model as a copy of the reward
-    model and a fresh AdamW, as train_mlirl.py does every round; one generator, seeded by `seed`,
+    model (shifted by that mean: mlirl.ppo_policy_step) and a fresh AdamW, as train_mlirl.py does every round; one generator, seeded by `seed`,
     draws every prompt, response and minibatch of every call."""
     ppo_cfg = ppo.PPOConfig(lr=lr, num_minibatches=num_minibatches, temperature=temperature,
                             response_length=mdp.T, eos_id=EOS, pad_id=PAD, missing_eos_penalty=None)

@@ -1,7 +1,7 @@
 """
 The toy figures, from exact enumeration:
 
-    python -m toy.plots                  # -> figures/*.png and figures/results.jsonl, < 1 min on 2 CPUs
+    python -m toy.plots                  # -> out/figures/*.png and out/figures/results.jsonl, < 1 min on 2 CPUs
     python -m toy.plots --figures modes,training   # (a) and (b) only, ~10 s: no (c), no results.jsonl
     python -m toy.plots --figures low_demo --seeds 5    # (c) over 5 demonstration sets, mean ± std, ~2 min
     python -m toy.plots --figures mlirl_fig2 --seeds 5  # MLIRL Fig. 2: train_mlirl.py, seeds 1-5, ~6 min
@@ -67,7 +67,7 @@ SEED_FIGURES = ("mlirl_fig2", "mlirl_schemes")  # drawn only when named in --fig
 FIG2 = [("rm_accuracy_heldout", "held-out reward accuracy"), ("gold_reward", "gold reward (exact)"),
         ("win_rate", "win rate vs demonstrations (exact)")]   # MLIRL Fig. 2 (a), (b), (c)
 FIG2_KEYS = ["rm_accuracy_heldout", "gold_reward", "win_rate", "fkl", "fkl_demos", "outside_support"]
-# the ML-IRL schemes with the PPO step on the toy table (README, "Which ML-IRL scheme converges"):
+# the ML-IRL schemes with the PPO step on the toy table (docs/results.md, "Which ML-IRL scheme converges"):
 # train_mlirl.py --model toy-tabular --rounds 8 plus each row's flags
 SCHEME_BASE = ["--model", "toy-tabular", "--rounds", "8"]
 SCHEMES = ["", "--accumulate-pairs", "--fixed-reference", "--beta 0.2", "--beta 0.2 --accumulate-pairs",
@@ -322,7 +322,8 @@ def table(rows, first, keys=KEYS):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="figures", help="folder for the PNGs and results.jsonl")
+    parser.add_argument("--out", default="out/figures",
+                        help="folder for the PNGs and results.jsonl (the committed ones: --out figures, README)")
     parser.add_argument("--steps", type=positive_int, default=300, help="policy steps per run")
     parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate of the policy")
     parser.add_argument("--demos", type=int_list(positive_int, 3), default="3,12,48,192,768",
