@@ -384,8 +384,8 @@ def resume_runs(tmp_path_factory):
         time.sleep(0.01)
     # first a --resume with another --seed: not this run, so refused, and nothing may change
     before = {c: snapshot(cut[c].out) for c in RESUME}
-    refused = {c: InProcess(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
-                            out=cut[c].out) for c in RESUME}
+    refused = run_all({c: Run(tmp, f"{name(c)}-refused", RESUME[c][0], *flags[c], "--seed", SEED + 1, "--resume",
+                              out=cut[c].out) for c in RESUME})  # processes: a refused run holds --out's lock until it ends
     for c in RESUME:
         refused[c].untouched = snapshot(cut[c].out) == before[c]
     resumed = run_all({c: Run(tmp, f"{name(c)}-resumed", RESUME[c][0], *flags[c], "--resume", out=cut[c].out)
