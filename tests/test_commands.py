@@ -129,8 +129,9 @@ def workspace(tmp_path_factory):
 
 def test_documented_commands_run(workspace):
     """Each documented command: the text ones in order (the dry runs as written; each one's time is
-    printed, not asserted: the suite may share the machine), then the toy's, which depend on
-    nothing, side by side."""
+    printed, not asserted: the suite may share the machine), while the toy's, which depend on
+    nothing, run side by side with them (their output goes to files: a pipe nobody reads yet
+    could fill and stall them)."""
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(workspace / "hf-cache"), "PYTHONPATH": str(ROOT),
            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}  # one thread: fastest on a busy CPU
     commands = documented()
@@ -142,6 +143,15 @@ def test_documented_commands_run(workspace):
     before = work_tree()
     start = lambda argv: subprocess.Popen([sys.executable, *argv], cwd=workspace, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs = workspace / "toy-logs"
+    logs.mkdir()
+    toy = {}
+    for n, (command, (_, argv, how)) in enumerate(planned.items()):
+        if how == "fast":
+            out, err = open(logs / f"{n}.stdout", "w"), open(logs / f"{n}.stderr", "w")
+            toy[command] = subprocess.Popen([sys.executable, *argv], cwd=workspace, env=env, stdout=out, stderr=err), \
+                logs / f"{n}.stdout", logs / f"{n}.stderr"
+            out.close(), err.close()
     ran = []
     for command, (source, argv, how) in planned.items():
         if how == "fast":
@@ -152,9 +162,9 @@ def test_documented_commands_run(workspace):
         print(f"{seconds:5.1f} s  {how}: {command}")
         assert proc.returncode == 0 and "Traceback" not in stderr, f"{source}: {command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
         ran.append(command)
-    toy = {command: start(argv) for command, (_, argv, how) in planned.items() if how == "fast"}
-    for command, proc in toy.items():
-        stdout, stderr = proc.communicate(timeout=600)
+    for command, (proc, stdout, stderr) in toy.items():
+        proc.wait(timeout=600)
+        stdout, stderr = stdout.read_text(), stderr.read_text()
         print(f"fast: {command}")
         assert proc.returncode == 0 and "Traceback" not in stderr, f"{command}\n{stdout[-2000:]}\n{stderr[-2000:]}"
     assert len(toy) >= 10
