@@ -217,7 +217,9 @@ def test_ctrl_c_while_importing_is_one_line(module):
     """SIGINT while torch is still being imported: one line, no traceback (SIGINT's exit status)."""
     proc = subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # the interpreter is up; `import torch` takes seconds
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while "libtorch" not in maps.read_text() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)  # until torch's library is mapped: `import torch` is under way, the hook set before it
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT and err == "error: interrupted while starting; nothing was written\n"
