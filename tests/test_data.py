@@ -391,21 +391,20 @@ def test_hub_dataset_offline_is_one_fast_line(offline, tmp_path, capsys):
         f"(Connection refused); with the network, {get} ($NANOIRL_DATA moves that folder); or pass a JSONL file")
     assert cli(capsys, "--download", "owner/name") == (
         2, "python -m nanoirl.data: error: cannot download owner/name: 127.0.0.1 is not reachable (Connection refused)")
-    assert time.time() - t < 3 and not (tmp_path / "data").exists()
+    assert time.time() - t < 10 and not (tmp_path / "data").exists()  # not 27 s of retries (a margin for a busy CI)
 
 
 def test_names_meant_as_files_are_said_to_be_missing(offline, tmp_path, monkeypatch):
     """A typo of a local file, a file extension, a local directory before the '/': 'no such file',
     at once, never the Hub (they used to wait for it and then advise --download of a path)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "reachable", lambda *a, **k: pytest.fail("a name meant as a file went to the Hub"))
     (tmp_path / "d").mkdir()
     write(tmp_path / "d", GOOD, name="fake.jsonl")
-    t = time.time()
     assert error_of(load_demonstrations, "d/fake.json") == "d/fake.json: no such file; did you mean d/fake.jsonl?"
     assert error_of(load_demonstrations, "d/fake.json:train") == "d/fake.json: no such file; did you mean d/fake.jsonl?"
     assert error_of(load_demonstrations, "d/other") == "d/other: no such file in the directory d"
     assert error_of(load_demonstrations, "x/notes.csv") == "x/notes.csv: no such file"
-    assert time.time() - t < 1
 
 
 def test_local_files_get_messages_about_themselves(tmp_path):
