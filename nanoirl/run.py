@@ -18,7 +18,6 @@ and a checkpoint written after it stores step + 1, the number of steps done = wh
 """
 import argparse
 import contextlib
-import errno
 import hashlib
 import json
 import math
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from nanoirl import dist
-from nanoirl.data import DataError
+from nanoirl.data import DataError, why_not_written
 
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
 # what a run writes in --out, and all that --force removes: the files, and the saved models of
@@ -393,8 +392,7 @@ def _prepare_out(args):
 def write_error(path, error, out):
     """The one line of a failed write (an OSError: a full disk, a quota, an I/O error), worded as
     the checkpoint's: 'cannot write <path>: no space left on the device; the last good checkpoint is ...'."""
-    why = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
-    return RunError(f"cannot write {path}: {why}; {last_good(out)}")
+    return RunError(f"cannot write {path}: {why_not_written(error)}; {last_good(out)}")
 
 
 def write_file(path, data, out):
@@ -549,7 +547,7 @@ def _write_checkpoint(out, step, states, args, extra):
     except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error (torch may wrap them)
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+            why = why_not_written(e)
         else:  # torch reports some failed writes itself: "[enforce fail ...] unexpected pos ..."
             why = f"torch.save failed ({(str(e).splitlines() or [type(e).__name__])[0]})"
         raise RunError(f"cannot write the checkpoint of step {step - 1} to {tmp}: {why}; {last_good(out)}") from None
