@@ -96,7 +96,7 @@ def main(args):
     args.temperature = pick(args.temperature, 1.0, 1.0, 0.7)  # PPO's, and the text evaluation's (task.py)
     cfg = ppo.PPOConfig(
         beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
-        micro_batch_size=args.micro_batch_size, temperature=args.temperature,
+        micro_batch_size=dist.per_rank(args.micro_batch_size), temperature=args.temperature,
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
@@ -104,7 +104,7 @@ def main(args):
     run.check_minibatches(cfg.num_minibatches, batch_size)
     out = run.prepare_out(args)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
-    # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py); the frozen reference is sharded by --fsdp
+    # itself; under torchrun Parallel: DDP or FSDP2 (nanoirl/dist.py); the frozen reference is sharded by --fsdp
     policy, disc, value = (dist.wrap(m, args.fsdp) for m in (policy, disc, value))
     ref = dist.wrap(ref, args.fsdp, trained=False)
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)
@@ -134,12 +134,12 @@ def main(args):
                                              autocast=task.autocast)  # reward.py: the scale
         clipped.clear()
         ro = ppo.rollout(policy, ref, value, b["prompts"], b["prompt_mask"], reward_fn, cfg, gen)
-        n_clipped, n_read = dist.total(sum(c for c, _ in clipped), sum(n for _, n in clipped))  # all ranks
+        n_clipped, n_read = sum(c for c, _ in clipped), sum(n for _, n in clipped)
         ro["stats"].update(reward_offset=offset, reward_clipfrac=n_clipped / n_read)
         for _ in range(args.disc_steps):  # Sun24 Eq. (18) / (20): expert label 1, policy label 0
             d_loss, d_acc = reward.discriminator_step(disc, disc_opt, b["prompts"], b["prompt_mask"], b["responses"],
                                                       ro["responses"], task.eos_id, args.level,
-                                                      args.micro_batch_size, task.autocast)
+                                                      dist.per_rank(args.micro_batch_size), task.autocast)
             run.check_finite({"disc_loss": d_loss}, step, out)  # a NaN stops the run before any step
         ppo.anneal_lr(opt, cfg, step, args.steps)  # linear decay to 0 over the run's updates
         metrics = {"disc_loss": d_loss, "disc_accuracy": d_acc, **ppo.update(policy, value, opt, ro, cfg, gen)}

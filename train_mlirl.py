@@ -122,10 +122,10 @@ def main(args):
         sample_temperature=args.sample_temperature, response_length=task.response_len,
         rm_loss=args.rm_loss or ("bt" if args.pairs == "mlirl" else "bce"),
         rm_epochs=args.rm_epochs, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr,
-        micro_batch_size=args.micro_batch_size, eos_id=task.eos_id, pad_id=task.pad_id,
+        micro_batch_size=dist.per_rank(args.micro_batch_size), eos_id=task.eos_id, pad_id=task.pad_id,
         sample_batch_size=args.forward_batch_size, autocast_dtype=task.autocast_dtype)
     ppo_cfg = ppo.PPOConfig(
-        lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=args.micro_batch_size,
+        lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=dist.per_rank(args.micro_batch_size),
         temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
         pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
@@ -154,7 +154,7 @@ def main(args):
         for step in range(sft_start, args.sft_steps):
             b = next(batches)
             loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
-                                micro_batch_size=args.micro_batch_size, autocast=task.autocast)
+                                micro_batch_size=dist.per_rank(args.micro_batch_size), autocast=task.autocast)
             run.check_finite({"sft_loss": loss}, step, out)
             if step % 50 == 0 or step == sft_start or step + 1 == args.sft_steps:
                 print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
@@ -162,10 +162,10 @@ def main(args):
                 run.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
                                     sft_step=step + 1, init_samples=init_samples)
         del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
-        dist.load_state_dict(ref, dist.state_dict(policy))  # the KL anchor pi_ref, from the SFT policy
+        ref.load_state_dict(policy.state_dict())  # the KL anchor pi_ref, from the SFT policy
         reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))  # from the SFT policy on a GPT
         # the reward model's initial weights, kept on the CPU: read once a round, when it is re-initialised
-        reward_init = {k: v.to("cpu", copy=True) for k, v in dist.state_dict(reward_model).items()}
+        reward_init = {k: v.to("cpu", copy=True) for k, v in reward_model.state_dict().items()}
         pairs, start = None, 0
         if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
             pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
@@ -191,7 +191,7 @@ def main(args):
             return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=prompts,
                                          prompt_mask=prompt_mask, n=args.bon_n, steps=args.bon_steps,
                                          batch_size=args.batch_size, temperature=args.temperature, generator=gen)
-        dist.load_state_dict(value, dist.state_dict(reward_model))  # the value model starts as the reward model
+        value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
         opt = ppo.make_optimizer(policy, value, ppo_cfg)
         def show(i, s):  # after each PPO update: progress, and stop on a NaN before the next rollout
             if i % 10 == 0 or i + 1 == args.ppo_iterations:

@@ -55,7 +55,7 @@ def main(args):
     for step in range(start, args.steps):
         b = next(batches)
         loss = sft.sft_step(policy, opt, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
-                            loss_fn, args.micro_batch_size, task.autocast)
+                            loss_fn, dist.per_rank(args.micro_batch_size), task.autocast)
         metrics = {"loss": loss}
         run.check_finite(metrics, step, out)  # sft_step took no optimiser step on a bad loss
         sched.step()

@@ -4,24 +4,30 @@ Data parallelism with torchrun, in PyTorch's own engine: torch.distributed, DDP 
     torchrun --nproc_per_node 8 train_mlirl.py --model pythia-1b ...          # DDP: replicated models
     torchrun --nproc_per_node 8 train_mlirl.py --model pythia-6.9b --fsdp ... # FSDP2: sharded per layer
 
-`python script.py` alone is one rank, and every function here is then the identity (or a no-op).
-The rule that makes N ranks compute what one process computes, to rounding:
+`python script.py` alone is one rank, every function here is then the identity (or a no-op), and
+`wrap` returns the model itself: the algorithm files never hear of ranks. The rule that makes N
+ranks compute what one process computes, to rounding:
 
   * Every rank holds the whole data set, the same flags and the same generators (seeded from
     --seed), so every random index (batches, PPO's permutations, the pairs' shuffles) is drawn
     identically everywhere: the global batch is the same on every rank.
-  * A rank computes on its share of each global batch (`shard`: rows r B/N .. (r+1) B/N) and
-    gathers what the rest of the step needs (`gather`: a rollout's (B, R) tensors, samples).
+  * A wrapped model (`wrap` -> `Parallel`) takes the global batch in each call of logprobs,
+    state_scores and sample, computes this rank's rows (`bounds`: rows r B/N .. (r+1) B/N), and
+    returns every rank's rows to every rank (`gather`), differentiably when gradients are on: its
+    backward sums the gradients of the gathered rows over ranks and keeps this rank's. Every
+    rank then computes the same loss on the whole batch, and DDP's (or FSDP2's) average of the
+    weights' gradients over ranks is the gradient of that loss. A non-finite loss is non-finite on
+    every rank, so every rank skips the step alike; every rank runs the same micro-batches, so
+    each forward and backward (a collective) is joined by all.
   * Sampling is rank-independent: a token is argmax(p / q), q ~ Exp(1), which is exactly how
     torch.multinomial draws one sample; every rank draws the noise of the *global* batch from the
-    shared generator and keeps its own rows (`sample_tokens`). The samples are those of one
-    process on the whole batch, bit for bit, and each rank's stream is its rows of that draw.
-    Generation stops when every row of every rank has ended (`all_done`), so ranks never wait on
-    a collective another rank skipped, and the generator advances the same on every rank.
-  * A loss is a sum over rows (or tokens) divided by the global count; DDP and FSDP2 average
-    gradients over ranks, so each rank's loss is multiplied by N (`grad_scale`).
-Forward passes that need gradients go through the DDP module (`wrap`: its forward dispatches to
-logprobs and state_scores; calling the inner module would silently skip the gradient all-reduce);
+    shared generator and keeps its own rows (policy.sample_tokens). The samples are those of one
+    process on the whole batch, bit for bit. Generation stops when every row of every rank has
+    ended (`all_done`), so ranks never wait on a collective another rank skipped, and the
+    generator advances the same on every rank.
+  * --micro-batch-size counts a rank's rows: the global micro-batch is N times it (`per_rank`).
+DDP averages gradients only for calls through `forward`: Parallel dispatches logprobs and
+state_scores through it (calling the inner module would silently skip the gradient all-reduce);
 FSDP2 registers those methods and `sample` as forward methods. Checkpoints are gathered to full
 weights, one tensor at a time, on rank 0's CPU, and written by rank 0 (run.save_checkpoint): one
 file, the same for every rank count. Every script ends its process group on its way out (close,
@@ -91,9 +97,9 @@ def is_main():
     return rank() == 0
 
 
-def grad_scale():
-    """The factor on a rank's loss that undoes DDP's and FSDP2's average of gradients over ranks."""
-    return world()
+def per_rank(micro_batch_size):
+    """The global micro-batch whose shares are --micro-batch-size rows on each rank (None: one)."""
+    return micro_batch_size and micro_batch_size * world()
 
 
 def bounds(n, r=None):
@@ -102,18 +108,8 @@ def bounds(n, r=None):
     return r * n // w, (r + 1) * n // w
 
 
-def shard(x):
-    """This rank's rows of a global batch: a tensor, or a tuple / dict of tensors of equal length."""
-    if isinstance(x, (tuple, list)):
-        return type(x)(shard(v) for v in x)
-    if isinstance(x, dict):
-        return {k: shard(v) for k, v in x.items()}
-    lo, hi = bounds(len(x))
-    return x[lo:hi]
-
-
 def gather(x):
-    """The inverse of shard: every rank's rows, in rank order, on every rank (tuples and dicts too)."""
+    """Every rank's rows of a batch, in rank order, on every rank (tuples and dicts too)."""
     if isinstance(x, (tuple, list)):
         return type(x)(gather(v) for v in x)
     if isinstance(x, dict):
@@ -129,27 +125,6 @@ def gather(x):
     parts = [torch.empty_like(padded) for _ in sizes]
     td.all_gather(parts, padded.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-
-def global_rows(n_local, device):
-    """(offset of this rank's rows, global batch size) of a batch of which this rank holds n_local."""
-    if world() == 1:
-        return 0, n_local
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world())]
-    td.all_gather(sizes, torch.tensor([n_local], device=device))
-    sizes = [int(s) for s in sizes]
-    return sum(sizes[:rank()]), sum(sizes)
-
-
-def sample_tokens(probs, generator=None, rows=None):
-    """(B,) one token per row of probs (B, V), exactly torch.multinomial(probs, 1, generator) on one
-    rank: argmax(p / q) with q ~ Exp(1). With N ranks, rows of a global batch: the noise of every
-    rank's rows is drawn and this rank keeps its own, so the result does not depend on N. rows:
-    global_rows of the batch, found once per sampling call (else here, a collective per token)."""
-    lo, n = rows or global_rows(len(probs), probs.device)
-    device = probs.device if generator is None else generator.device
-    q = torch.empty((n, probs.shape[1]), dtype=probs.dtype, device=device).exponential_(1, generator=generator)
-    return (probs / q[lo:lo + len(probs)].to(probs.device)).argmax(-1)
 
 
 def all_done(done):
@@ -219,31 +194,80 @@ class Dispatch(nn.Module):
         return getattr(self.model, method)(*args, **kwargs)
 
 
-class DDPModel:
-    """The model's interface with every method of METHODS run through DDP; everything else
-    (parameters, state_dict, config, ...) is the model's own."""
-    def __init__(self, model):
-        ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-        # the buffers (allowed-token masks) are equal on every rank: no broadcast before each forward;
-        # torch 2.13 renamed broadcast_buffers (which then warns) to forward_sync_buffers
-        DDP = nn.parallel.DistributedDataParallel
-        new = "forward_sync_buffers" in inspect.signature(DDP).parameters
-        self.ddp = DDP(Dispatch(model), device_ids=ids, **{"forward_sync_buffers" if new else "broadcast_buffers": False})
-        self.module = model
+class _Gathered(torch.autograd.Function):
+    """Every rank's rows of a global batch of n rows, from this rank's own (forward: gather).
+    Backward: every rank computes the same loss on the gathered rows, so each rank's gradient
+    with respect to them is the loss's; summed over ranks (all-reduce) it is N times that, and this
+    rank keeps its rows. DDP and FSDP2 then average the weights' gradients over the N ranks: the
+    gradient of the loss, as one process computes it on the whole batch."""
+    @staticmethod
+    def forward(ctx, x, n):
+        ctx.rows = bounds(n)
+        return gather(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        td.all_reduce(grad)
+        return grad[ctx.rows[0]:ctx.rows[1]], None
+
+
+class Parallel:
+    """A model under torchrun with the policy and scalar-model interface (policy.py) on the global
+    batch: each call takes the whole batch on every rank, computes this rank's rows (`bounds`) and
+    returns every rank's rows to every rank, differentiably when gradients are on (`_Gathered`).
+    So the losses of the algorithm files, written for one process, see the whole batch on every
+    rank, and every rank decides alike (a NaN on one rank's rows is a NaN on all). Sampling
+    draws the noise of the whole batch and keeps this rank's rows (policy.sample_tokens), and
+    stops when every row of every rank has ended (all_done). Everything else (parameters,
+    config, ...) is the model's own; state_dict and load_state_dict take whole tensors."""
+    def __init__(self, model, ddp=False):
+        self.module = model  # FSDP2: sharded in place; its methods are registered forward methods
+        self.ddp = None
+        if ddp:
+            ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+            # the buffers (allowed-token masks) are equal on every rank: no broadcast before each forward;
+            # torch 2.13 renamed broadcast_buffers (which then warns) to forward_sync_buffers
+            DDP = nn.parallel.DistributedDataParallel
+            new = "forward_sync_buffers" in inspect.signature(DDP).parameters
+            self.ddp = DDP(Dispatch(model), device_ids=ids, **{"forward_sync_buffers" if new else "broadcast_buffers": False})
+
+    def _call(self, method, *args, **kwargs):
+        return self.ddp(method, *args, **kwargs) if self.ddp else getattr(self.module, method)(*args, **kwargs)
+
+    def _on_rows(self, method, prompts, prompt_mask, responses, *args, **kwargs):
+        lo, hi = bounds(len(prompts))
+        out = self._call(method, prompts[lo:hi], prompt_mask[lo:hi], responses[lo:hi], *args, **kwargs)
+        return _Gathered.apply(out, len(prompts)) if torch.is_grad_enabled() else gather(out)
+
+    def logprobs(self, prompts, prompt_mask, responses, *args, **kwargs):
+        return self._on_rows("logprobs", prompts, prompt_mask, responses, *args, **kwargs)
+
+    def state_scores(self, prompts, prompt_mask, responses):
+        return self._on_rows("state_scores", prompts, prompt_mask, responses)
+
+    def sample(self, prompts, prompt_mask, *args, **kwargs):
+        lo, hi = bounds(len(prompts))
+        return gather(self._call("sample", prompts[lo:hi], prompt_mask[lo:hi], *args, rows=(lo, len(prompts)),
+                                 all_done=all_done, **kwargs))
+
+    def state_dict(self):
+        return state_dict(self.module)
+
+    def load_state_dict(self, sd):
+        load_state_dict(self.module, sd)
 
     def __getattr__(self, name):
-        if name in METHODS:
-            return lambda *args, **kwargs: self.ddp(name, *args, **kwargs)
         return getattr(self.module, name)
 
 
 def wrap(model, fsdp=False, trained=True):
-    """A model for this process: itself on one rank, DDP (replicated, gradients all-reduced) or
-    FSDP2 (each transformer layer and the rest sharded over the ranks, gathered one layer at a
-    time for every forward) on several. A GPT's interface stays the same; the toy's tables are
-    always replicated (a few kB), and so is a frozen model (trained=False) without fsdp."""
+    """A model for this process: itself on one rank; on several, a Parallel model, whose weights
+    are replicated (DDP: gradients all-reduced; a frozen model: nothing to reduce) or, with fsdp, a
+    GPT's sharded over the ranks (FSDP2: each transformer layer and the rest, gathered one layer at
+    a time for every forward). The toy's tables are always replicated (a few kB)."""
     global _sharding
-    if world() == 1 or not (trained or fsdp):
+    if world() == 1:
         return model
     if fsdp and hasattr(model, "gpt_neox"):
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -256,8 +280,8 @@ def wrap(model, fsdp=False, trained=True):
                 register_fsdp_forward_method(model, name)
         if hasattr(model, "sample"):
             model.sample = _whole_while_sampling(model, model.sample)
-        return model
-    return DDPModel(model)
+        return Parallel(model)
+    return Parallel(model, ddp=trained)
 
 
 # FSDP2's modules are imported only once a model is sharded (wrap with fsdp): DDP and one process
@@ -298,8 +322,8 @@ def _whole_while_sampling(model, sample):
 
 
 def unwrap(model):
-    """The model behind a DDP wrapper (an FSDP2 model is its own module)."""
-    return model.module if isinstance(model, DDPModel) else model
+    """The model behind a Parallel wrapper (an FSDP2 model sharded in place)."""
+    return model.module if isinstance(model, Parallel) else model
 
 
 def is_sharded(model):
@@ -359,15 +383,3 @@ def load_state_dict(obj, sd):
                 for k, v in st.items():
                     if torch.is_tensor(v) and not _is_dtensor(v) and v.shape == p.shape:
                         st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
-
-
-def micro_batches(n, micro_batch_size, device=None):
-    """This rank's rows of a global batch of n rows, cut into micro-batches of at most
-    micro_batch_size (None: one): index tensors, as many on every rank (each forward and backward
-    is a collective under DDP and FSDP2), an empty one where a rank has run out of rows."""
-    lo, hi = bounds(n)
-    most = -(-n // world())                              # the largest share
-    micro = micro_batch_size or most or 1
-    rows = torch.arange(lo, hi, device=device)
-    chunks = list(rows.split(micro)) if hi > lo else []
-    return chunks + [rows[:0]] * (max(1, -(-most // micro)) - len(chunks))

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanoirl import dist, ppo
+from nanoirl import ppo
 from nanoirl.model import upcast
+from nanoirl.policy import micro_batches
 from nanoirl.reward import (accuracy, bradley_terry_loss, demonstration_offset, discriminator_loss, scores,
                             shift_scores)
 from nanoirl.sft import sft_step
@@ -81,10 +82,9 @@ def cat_pairs(a, b):
 def sample_pairs(policy, demos, cfg, generator=None):
     """Eq. 11's synthetic pairs: each demonstration (x, y) ≻ a sample y' ~ pi(.|x)."""
     (p, m, y), bs = demos, cfg.sample_batch_size
-    with ppo.autocast(p.device, cfg):  # under torchrun each rank samples its share of each chunk
-        ys = [dist.gather(policy.sample(*dist.shard((p[i:i + bs], m[i:i + bs])), cfg.response_length, cfg.eos_id,
-                                        cfg.pad_id, cfg.sample_temperature, generator=generator)[0])
-              for i in range(0, len(p), bs)]
+    with ppo.autocast(p.device, cfg):
+        ys = [policy.sample(p[i:i + bs], m[i:i + bs], cfg.response_length, cfg.eos_id, cfg.pad_id,
+                            cfg.sample_temperature, generator=generator)[0] for i in range(0, len(p), bs)]
     return make_pairs(p, m, y, torch.cat(ys))
 
 
@@ -127,19 +127,17 @@ def reward_step(reward_model, pairs, cfg, generator=None):
             i = perm[start:start + bs]
             opt.zero_grad(set_to_none=True)
             r_c, r_r = [], []
-            # a mean over pairs: its gradient accumulates exactly, over micro-batches and ranks
-            for j in dist.micro_batches(len(i), cfg.micro_batch_size, i.device):
-                j = i[j]
+            for j in micro_batches(len(i), cfg.micro_batch_size, i.device):  # Eq. 11 is a mean over pairs:
+                j = i[j]                                                      # its gradient accumulates exactly
                 p, m = pairs["prompts"][j], pairs["prompt_mask"][j]
                 with ppo.autocast(p.device, cfg):  # forward passes only: the step comes after the block
                     r_c.append(sequence_rewards(reward_model, p, m, pairs["chosen"][j], cfg))
                     r_r.append(sequence_rewards(reward_model, p, m, pairs["rejected"][j], cfg))
-                loss = pair_loss(r_c[-1], r_r[-1], kind=cfg.rm_loss) * len(j) / len(i) if len(j) else \
-                    (r_c[-1].sum() + r_r[-1].sum()) * 0  # a rank out of rows still takes part
-                (loss * dist.grad_scale()).backward()
+                loss = pair_loss(r_c[-1], r_r[-1], kind=cfg.rm_loss) * len(j) / len(i)  # Eq. 11, this share
+                loss.backward()
             opt.step()
             sched.step()
-            r_c, r_r = dist.gather(torch.cat(r_c).detach()), dist.gather(torch.cat(r_r).detach())
+            r_c, r_r = torch.cat(r_c).detach(), torch.cat(r_r).detach()
             stats.append((pair_loss(r_c, r_r, kind=cfg.rm_loss).item(), accuracy(r_c, r_r)))
     return {"rm_loss": sum(s[0] for s in stats) / len(stats), "rm_accuracy": sum(s[1] for s in stats) / len(stats)}
 
@@ -199,10 +197,10 @@ def mlirl_round(policy, ref, reward_model, demos, pairs, cfg, policy_step, rewar
     new = sample_pairs(policy, demos, cfg, generator) if new_pairs is None else new_pairs
     pairs = cat_pairs(pairs, new) if cfg.accumulate_pairs and pairs is not None else new
     if cfg.reinit_reward:  # reward_init: the reward model's initial state_dict (whole tensors)
-        dist.load_state_dict(reward_model, reward_init)
+        reward_model.load_state_dict(reward_init)
     stats = reward_step(reward_model, pairs, cfg, generator)
     if cfg.moving_reference:                   # pi_{k+1} ∝ pi_k exp(r / beta)
-        dist.load_state_dict(ref, dist.state_dict(policy))
+        ref.load_state_dict(policy.state_dict())
     return pairs, {**stats, **policy_step(policy, ref, reward_model, cfg), "pairs": len(pairs["chosen"])}
 
 

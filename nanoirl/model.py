@@ -15,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nanoirl import dist
-from nanoirl.policy import NEG_INF
+from nanoirl.policy import NEG_INF, every_row_done, sample_tokens
 
 
 @dataclass
@@ -245,7 +244,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0,
-               top_k=None, top_p=None, min_new_tokens=0, generator=None):
+               top_k=None, top_p=None, min_new_tokens=0, generator=None, rows=None, all_done=every_row_done):
         """(responses, logprobs), both (B, max_new_tokens), as policy.py defines them. The prompt
         is run once (prefill) into a static KV cache of P + max_new_tokens positions, then one
         token per step. temperature 0 = greedy (its log-probs are reported at temperature 1).
@@ -262,7 +261,6 @@ class GPT(nn.Module):
         responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=w.device)
         logprobs = torch.zeros(B, max_new_tokens, dtype=upcast(w[:0]).dtype, device=w.device)
         done = torch.zeros(B, dtype=torch.bool, device=w.device)
-        rows = dist.global_rows(B, w.device)  # where this rank's rows sit in the global batch
         h = self.gpt_neox(prompts, key_mask[:, :P], cache, 0)[:, -1]  # (B, C) prefill
         for t in range(max_new_tokens):
             logits = self.head(h) / (temperature or 1.0)  # (B, vocab)
@@ -275,11 +273,11 @@ class GPT(nn.Module):
                 token = logits.argmax(dim=-1)
             else:
                 probs = F.softmax(filter_top_k_top_p(logits, top_k, top_p), dim=-1)
-                token = dist.sample_tokens(probs, generator, rows)  # = torch.multinomial(probs, 1)
+                token = sample_tokens(probs, generator, rows)  # = torch.multinomial(probs, 1)
             token = token.masked_fill(done, pad_id)  # everything after the first EOS is pad
             responses[:, t], logprobs[:, t] = token, logp.gather(-1, token[:, None]).squeeze(-1)
             done |= token == eos_id
-            if t == max_new_tokens - 1 or dist.all_done(done):  # every row (of every rank) has finished
+            if t == max_new_tokens - 1 or all_done(done):  # every row has finished
                 break
             h = self.gpt_neox(token[:, None], key_mask[:, :P + t + 1], cache, P + t)[:, -1]
         return responses, logprobs

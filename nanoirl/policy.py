@@ -16,10 +16,14 @@ A policy (toy.tabular.TabularPolicy, nanoirl.model.GPT) answers:
       log pi(y_t | x, y_<t) of the given tokens, from logits / temperature, at every response
       position. Values after the first EOS are finite but meaningless: mask them.
   policy.sample(prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0,
-                top_k=None, top_p=None, min_new_tokens=0, generator=None) -> (responses, logprobs)
+                top_k=None, top_p=None, min_new_tokens=0, generator=None,
+                rows=None, all_done=every_row_done) -> (responses, logprobs)
       responses (B, max_new_tokens) in the layout above; logprobs (B, max_new_tokens) of the
       sampled tokens under the temperature-scaled distribution before top-k/top-p filtering
-      (the quantity PPO's ratio and KL penalty use, as in the TL;DR PPO code).
+      (the quantity PPO's ratio and KL penalty use, as in the TL;DR PPO code). Tokens are drawn
+      by sample_tokens(probs, generator, rows); sampling stops once all_done(done) holds. The
+      data-parallel wrapper of nanoirl/dist.py passes both, so that each rank samples its slice
+      of a batch exactly as one process samples the whole batch.
 
 A scalar model (reward, value or discriminator: toy.tabular.TabularScalar, nanoirl.model.ScalarGPT):
   model.state_scores(prompts, prompt_mask, responses) -> (B, R + 1)
@@ -91,3 +95,26 @@ def right_pad(seqs, pad_id, length=None):
         if s:
             tokens[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
     return tokens
+
+
+def sample_tokens(probs, generator=None, rows=None):
+    """(B,) one token per row of probs (B, V): argmax(p / q) with q ~ Exp(1), which is exactly how
+    torch.multinomial(probs, 1, generator=generator) draws one sample. rows = (lo, n): these B
+    rows are rows lo .. lo + B of a batch of n, whose noise is drawn whole and sliced, so that a
+    batch sampled in slices (one per rank: nanoirl/dist.py) draws what the whole batch draws."""
+    lo, n = rows or (0, len(probs))
+    device = probs.device if generator is None else generator.device  # a generator's draws run on its device
+    q = torch.empty((n, probs.shape[1]), dtype=probs.dtype, device=device).exponential_(1, generator=generator)
+    return (probs / q[lo:lo + len(probs)].to(probs.device)).argmax(-1)
+
+
+def every_row_done(done):
+    """The default stopping rule of sampling: every row of the batch has ended."""
+    return bool(done.all())
+
+
+def micro_batches(n, micro_batch_size=None, device=None):
+    """The row indices 0 .. n-1 of a batch in consecutive micro-batches of at most micro_batch_size
+    rows (None: one): gradient accumulation. Each micro-batch's loss is its share of the batch's
+    loss, so that the accumulated gradient is the whole batch's."""
+    return list(torch.arange(n, device=device).split(micro_batch_size or max(n, 1)))

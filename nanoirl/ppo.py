@@ -33,7 +33,7 @@ Implementation details (each names where it lives; 13 is ours, for memory):
  9. Clipped value loss 0.5 max((v - R)^2, (v_old + clip(v - v_old, +-eps_v) - R)^2), weight 0.1 (`update`).
 10. Token losses are means over the valid tokens of a minibatch: each micro-batch adds its token
     sum divided by the minibatch's count (`token_sum`), so the gradient does not depend on the
-    micro-batch size or the number of ranks (the TL;DR code averages per micro-batch and GPU).
+    micro-batch size (the TL;DR code averages per micro-batch and GPU).
 11. Several epochs of shuffled minibatches per rollout; micro-batches accumulate gradients, so
     a 512-sequence minibatch fits on one GPU (`update`).
 12. Only forward passes run under (optional) bf16 autocast; losses are computed in fp32 or
@@ -59,8 +59,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoirl import dist
-from nanoirl.policy import response_mask
+from nanoirl.policy import micro_batches, response_mask
 from nanoirl.reward import scores, token_rewards
 
 
@@ -173,9 +172,7 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
     responses) -> (B, R) task reward per token (see reward_from_scorer); R = cfg.response_length."""
     cols = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "task")}
     for i in range(0, len(prompts), cfg.forward_batch_size):  # one chunk of logits at a time
-        # under torchrun each rank takes its share of the chunk, and every rank gets the whole
-        # chunk back: the rest of the rollout and the update see the global batch (nanoirl/dist.py)
-        p, pm = dist.shard((prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]))
+        p, pm = prompts[i:i + cfg.forward_batch_size], prompt_mask[i:i + cfg.forward_batch_size]
         with autocast(p.device, cfg):
             y, _ = policy.sample(p, pm, cfg.response_length, cfg.eos_id, cfg.pad_id,
                                  cfg.temperature, generator=generator)
@@ -184,7 +181,7 @@ def rollout(policy, ref, value_model, prompts, prompt_mask, reward_fn, cfg, gene
                      "ref_logprobs": _up(ref.logprobs(p, pm, y, cfg.temperature)),
                      "values": _up(value_model.state_scores(p, pm, y)[:, :-1]),  # V(s_t), detail 5
                      "task": _up(reward_fn(p, pm, y))}
-        for k, v in dist.gather(chunk).items():
+        for k, v in chunk.items():
             cols[k].append(v)
     ro = {k: torch.cat(v) for k, v in cols.items()}
     y, mask = ro["responses"], response_mask(ro["responses"], cfg.eos_id)
@@ -223,12 +220,12 @@ def update(policy, value_model, optimizer, ro, cfg, generator=None):
             for model, loss_fn in ((policy, policy_loss), (value_model, value_loss)):  # detail 13
                 optimizer.zero_grad(set_to_none=True)
                 sums = {}
-                for j in dist.micro_batches(mb_size, cfg.micro_batch_size, y.device):  # detail 11
+                for j in micro_batches(mb_size, cfg.micro_batch_size, y.device):  # detail 11
                     loss, stats = loss_fn(model, ro, mb_inds[j], n_valid, cfg)
-                    (loss * dist.grad_scale()).backward()
+                    loss.backward()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
-                for k, v in dist.total(sums).items():  # the minibatch's token means, over all ranks
+                for k, v in sums.items():  # the minibatch's token means
                     metrics[k].append(v)
                 optimizer.step()
     return {**ro["stats"], **{k: sum(v) / len(v) for k, v in metrics.items()}}
@@ -236,8 +233,8 @@ def update(policy, value_model, optimizer, ro, cfg, generator=None):
 
 def token_sum(x, mask, n_valid):
     """Detail 10: the sum of x over the valid tokens of some rows of a minibatch, divided by the
-    minibatch's number of valid tokens: summed over its micro-batches (and ranks), the minibatch's
-    token mean, whatever the micro-batch size and the number of ranks."""
+    minibatch's number of valid tokens: summed over its micro-batches, the minibatch's token mean,
+    whatever the micro-batch size."""
     return torch.where(mask, x, 0.0).sum() / n_valid
 
 

@@ -31,9 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nanoirl import dist
 from nanoirl.model import upcast
-from nanoirl.policy import response_mask, sequence_lengths
+from nanoirl.policy import micro_batches, response_mask, sequence_lengths
 
 
 def scores(scorer, prompts, prompt_mask, responses, eos_id, level):
@@ -72,29 +71,20 @@ def discriminator_step(disc, optimizer, prompts, prompt_mask, expert, samples, e
     (label 0) for the same prompts, in micro-batches of rows whose gradients accumulate, each
     weighted by its share of the rows: the whole batch's gradient exactly at the sequence level
     (at the token level each micro-batch averages over its own tokens). Returns (loss, accuracy)
-    as floats; a non-finite loss takes no step (on any rank: the loss is summed over ranks first, so
-    that every rank decides alike and none waits alone in DDP's all-reduce). Under torchrun the
-    batch is the global one and each rank computes on its share (nanoirl/dist.py): at the sequence level the
-    numbers of one process; at the token level those of one process whose --micro-batch-size cuts
-    the same micro-batches."""
+    as floats; a non-finite loss takes no step."""
     B = len(expert)
     optimizer.zero_grad(set_to_none=True)
     loss_sum, acc_sum = 0.0, 0.0
-    for i in dist.micro_batches(B, micro_batch_size, expert.device):  # under torchrun: this rank's rows
+    for i in micro_batches(B, micro_batch_size, expert.device):
         p, m = prompts[i], prompt_mask[i]
         with autocast():
             h_e, m_e = scores(disc, p, m, expert[i], eos_id, level)
             h_p, m_p = scores(disc, p, m, samples[i], eos_id, level)
         h_e, h_p = upcast(h_e), upcast(h_p)
-        if len(p) == 0:  # a rank out of rows still runs its forward and backward (a collective)
-            loss, acc = (h_e.sum() + h_p.sum()) * 0, 0.0
-        else:
-            loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B
-            acc = ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
-        (loss * dist.grad_scale()).backward()  # even when not finite: a backward is a collective under torchrun
+        loss = discriminator_loss(h_e, m_e, h_p, m_p) * len(p) / B  # this micro-batch's share
+        loss.backward()
         loss_sum += loss.item()
-        acc_sum += acc
-    loss_sum, acc_sum = dist.total(loss_sum, acc_sum)  # a NaN on one rank is a NaN on all: all skip the step
+        acc_sum += ((h_e > 0)[m_e].double().mean() + (h_p < 0)[m_p].double().mean()).item() / 2 * len(p) / B
     if not math.isfinite(loss_sum):
         return loss_sum, float("nan")
     optimizer.step()
@@ -121,8 +111,7 @@ def demonstration_offset(scorer, prompts, prompt_mask, demos, eos_id, level, rew
 def shift_scores(scalar, c):
     """Subtract c from every score of a scalar model, through its head's bias (ScalarGPT) or its
     table (toy.tabular.TabularScalar): state_scores then reads h - c."""
-    model = dist.unwrap(scalar)
-    (model.score.bias if hasattr(model, "score") else model.table).sub_(c)
+    (scalar.score.bias if hasattr(scalar, "score") else scalar.table).sub_(c)
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -286,7 +286,7 @@ def add_common_args(parser, **defaults):
                    help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--seed", type=seed_arg, default=1, help="seed of every random number generator")
     g.add_argument("--micro-batch-size", type=positive_int, default=None,
-                   help="sequences (reward model: pairs) per forward/backward of every training step; "
+                   help="sequences (reward model: pairs) per forward/backward of every training step, on each rank; "
                         "gradients accumulate to the whole batch's (default: whole batches on the toy, 8 on text)")
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="GPT models recompute each layer's activations in backward: less memory, the "

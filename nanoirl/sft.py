@@ -31,8 +31,7 @@ import math
 
 import torch
 
-from nanoirl import dist
-from nanoirl.policy import response_mask, sequence_lengths
+from nanoirl.policy import micro_batches, response_mask, sequence_lengths
 
 
 def sft_loss(token_logprobs, responses, eos_id, per_token=False):
@@ -66,22 +65,18 @@ def sft_step(policy, optimizer, prompts, prompt_mask, responses, eos_id, loss_fn
              micro_batch_size=None, autocast=contextlib.nullcontext):
     """One optimiser step of loss_fn (sft_loss or occupancy_sft_loss) on a batch, in micro-batches
     whose gradients accumulate to those of the whole batch. Returns the loss (a float); a
-    non-finite loss takes no step, and the caller stops the run. Under torchrun the batch is the
-    global one and each rank takes its share (nanoirl/dist.py); the loss is summed over ranks, so
-    a NaN on one rank is a NaN on all, and every rank skips the step together (a rank that
-    stopped alone would leave the others waiting in DDP's all-reduce)."""
+    non-finite loss takes no step, and the caller stops the run."""
     B = len(responses)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for j in dist.micro_batches(B, micro_batch_size, responses.device):
+    for j in micro_batches(B, micro_batch_size, responses.device):
         p, m, y = prompts[j], prompt_mask[j], responses[j]
         with autocast():
             lp = policy.logprobs(p, m, y)
         lp = lp.float() if lp.dtype == torch.bfloat16 else lp
-        loss = loss_fn(lp, y, eos_id) * len(y) / B if len(y) else lp.sum() * 0  # an empty share adds 0
-        (loss * dist.grad_scale()).backward()  # even when not finite: a backward is a collective under torchrun
+        loss = loss_fn(lp, y, eos_id) * len(y) / B  # this micro-batch's share of the batch's loss
+        loss.backward()
         total += loss.item()
-    total = dist.total(total)  # the same on every rank
     if math.isfinite(total):
         optimizer.step()
     return total

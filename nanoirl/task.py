@@ -277,11 +277,10 @@ class TextTask:
         # the same draws at every evaluation (common random numbers), and none from the global RNG,
         # which a resumed run reaches in another state (its models are rebuilt after the restore)
         gen = torch.Generator(self.device).manual_seed(self.args.seed)
-        with self.autocast():  # under torchrun each rank samples its share of each chunk
+        with self.autocast():
             for i in range(0, len(p), bs):
-                p_i, m_i = dist.shard((p[i:i + bs], m[i:i + bs]))
-                ys.append(dist.gather(policy.sample(p_i, m_i, self.response_len, self.eos_id, self.pad_id,
-                                                    temperature=temperature, generator=gen)[0]))
+                ys.append(policy.sample(p[i:i + bs], m[i:i + bs], self.response_len, self.eos_id, self.pad_id,
+                                        temperature=temperature, generator=gen)[0])
         y = torch.cat(ys)
         out = {"length": sequence_lengths(y, self.eos_id).float().mean().item(),
                "eos_rate": ends_with_eos(y, self.eos_id).float().mean().item(), "eval_temperature": temperature}

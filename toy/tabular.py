@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoirl import dist
-from nanoirl.policy import NEG_INF, pad_after_eos
+from nanoirl.policy import NEG_INF, pad_after_eos, sample_tokens
 
 
 class TabularPolicy(nn.Module):
@@ -38,22 +37,22 @@ class TabularPolicy(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompts, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0,
-               top_k=None, top_p=None, min_new_tokens=0, generator=None):
-        # top_k / top_p are accepted for the shared interface; the toy tables never need them
+               top_k=None, top_p=None, min_new_tokens=0, generator=None, rows=None, all_done=None):
+        # top_k / top_p are accepted for the shared interface, the toy tables never need them; a
+        # table samples all max_new_tokens steps (pad after EOS), so it never asks all_done
         B = prompts.shape[0]
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
         lps = torch.zeros(B, max_new_tokens, dtype=self.logits.dtype)
-        batch_rows = dist.global_rows(B, out.device)  # where this rank's rows sit in the global batch
         for t in range(max_new_tokens):
-            rows = self.mdp.state_ids(self.kind, prompts, out[:, :t])[:, -1]  # row of s_t
-            logp = self._log_pi(rows, temperature)                            # (B, V)
+            row = self.mdp.state_ids(self.kind, prompts, out[:, :t])[:, -1]   # table row of s_t
+            logp = self._log_pi(row, temperature)                             # (B, V)
             masked = logp.clone()
             if t < min_new_tokens:
                 masked[:, eos_id] = NEG_INF
             if temperature == 0:
                 tok = masked.argmax(-1)
             else:
-                tok = dist.sample_tokens(masked.softmax(-1), generator, batch_rows)  # = torch.multinomial(., 1)
+                tok = sample_tokens(masked.softmax(-1), generator, rows)  # = torch.multinomial(., 1)
             out[:, t] = tok
             lps[:, t] = logp.gather(1, tok[:, None]).squeeze(1)
         return pad_after_eos(out, eos_id, pad_id), lps
