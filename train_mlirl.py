@@ -184,7 +184,7 @@ def main(args):
 
     def policy_step(policy, ref, reward_model, cfg):
         if args.policy_step == "soft-pi":
-            from toy.irl import exact_policy_step
+            from toy.exact import exact_policy_step
             return exact_policy_step(policy, ref, reward_model, cfg, mdp=task.mdp)
         if args.policy_step == "bon":
             opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)

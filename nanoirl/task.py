@@ -148,7 +148,7 @@ class ToyTask:
     @torch.no_grad()
     def reward_accuracy(self, reward_model, level="sequence"):
         from toy import metrics
-        from toy.irl import all_rewards
+        from toy.exact import all_rewards
         with dist.full_weights(reward_model) as model:
             return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, model, level)).mean().item()
 

@@ -261,7 +261,7 @@ def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
     demonstrations (and ML-IRL's held-out pair accuracy of the saved reward model); the printed
     final numbers are the logged ones."""
     from toy import metrics
-    from toy.irl import all_rewards
+    from toy.exact import all_rewards
     from toy.mdp import ToyMDP
     r = toy_runs[script, model]
     assert r.returncode == 0, r.stderr
@@ -329,7 +329,7 @@ def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_pa
     --ppo-lr 1e-3 (the old default) it misses by 0.66/5.54/1.21 nats."""
     from nanoirl import soft_pi
     from toy import metrics
-    from toy.irl import all_rewards
+    from toy.exact import all_rewards
     from toy.mdp import ToyMDP
     r = InProcess(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
     assert r.returncode == 0, r.stderr
