@@ -36,7 +36,7 @@ SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
 SEED = 3
 N_DEMOS = 60  # the toy's default --n-demos
 
-# the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py)
+# the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py, toy/task.py)
 PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
 TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "gold_reward", "modes_covered", "outside_support",
             "fkl_demos", "win_rate"}
@@ -803,8 +803,8 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
         a, b = (torch.load(r.out / "ckpt.pt", weights_only=True)["state"] for r in (plain, ckpt))
         assert_same(a, b, s)
     import train_mlirl
-    from nanoirl.task import load_task
-    task = load_task(train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
+    from nanoirl.task import TextTask, load_task
+    task = load_task(TextTask, train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
                      torch.float64)  # the flag reaches the policy and the scalar models made from it
     assert task.policy.gradient_checkpointing and task.new_scalar().gradient_checkpointing
     r = InProcess(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()
