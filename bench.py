@@ -427,7 +427,7 @@ def bench_toy(args, device, hw):
     from toy.mdp import ToyConfig, ToyMDP
     from toy.tabular import TabularPolicy
     res, threads = {"grid": [], "rows": []}, torch.get_num_threads()
-    torch.set_num_threads(1)  # as toy scripts run (nanoirl/task.py): more threads only slow tiny tensors
+    torch.set_num_threads(1)  # as toy scripts run (toy/task.py): more threads only slow tiny tensors
     for L, T in args.toy_grid:
         s, mdp = clock(lambda: ToyMDP(ToyConfig(n_letters=L, horizon=T, n_modes=min(3, L))), device)
         point = {"letters": L, "horizon": T, "trajectories": mdp.n_prompts * len(mdp.responses),

@@ -25,7 +25,8 @@ import torch
 
 from nanoirl import data, dist, fdiv, gail, ppo, reward, run
 from nanoirl.model import GPT
-from nanoirl.task import add_task_args, load_task
+from nanoirl.task import TextTask, add_task_args, load_task
+from toy.task import ToyTask
 
 
 def alpha_arg(value):
@@ -90,8 +91,9 @@ def logit_bound(args):
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
-    policy, toy = task.policy, args.model.startswith("toy-")
+    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py) or text
+    task = load_task(ToyTask if toy else TextTask, args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    policy = task.policy
     pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
     args.temperature = pick(args.temperature, 1.0, 1.0, 0.7)  # PPO's, and the text evaluation's (task.py)
     cfg = ppo.PPOConfig(

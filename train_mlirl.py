@@ -22,13 +22,16 @@ reward of the policy's samples, (c) win rate against the demonstrations, over ro
 """
 import argparse
 import copy
+import functools
 import json
 
 import torch
 
 from nanoirl import data, dist, dpo, mlirl, ppo, run, sft
 from nanoirl.model import GPT
-from nanoirl.task import add_task_args, load_task
+from nanoirl.task import TextTask, add_task_args, load_task
+from toy.exact import exact_policy_step
+from toy.task import ToyTask
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
@@ -100,9 +103,10 @@ def fill_defaults(args, task):
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    # a bad data file or flag stops here, --out untouched; on text TL;DR's preferences by default
-    task = load_task(args, device, dtype, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
-    toy, policy = args.model.startswith("toy-"), task.policy
+    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
+    Task = ToyTask if toy else functools.partial(TextTask, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
+    task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    policy = task.policy
     fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:
         raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
@@ -184,7 +188,6 @@ def main(args):
 
     def policy_step(policy, ref, reward_model, cfg):
         if args.policy_step == "soft-pi":
-            from toy.irl import exact_policy_step
             return exact_policy_step(policy, ref, reward_model, cfg, mdp=task.mdp)
         if args.policy_step == "bon":
             opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)

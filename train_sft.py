@@ -19,7 +19,8 @@ import torch
 
 from nanoirl import data, dist, run, sft
 from nanoirl.model import GPT
-from nanoirl.task import add_task_args, load_task
+from nanoirl.task import TextTask, add_task_args, load_task
+from toy.task import ToyTask
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
 run.add_common_args(parser, out="out/sft")
@@ -39,7 +40,8 @@ g.add_argument("--eval-every", type=run.positive_int, default=50, help="evaluate
 def main(args):
     device, dtype = run.device_and_dtype(args)
     run.seed_everything(args.seed)
-    task = load_task(args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    Task = ToyTask if args.model.startswith("toy-") else TextTask  # the toy MDP (toy/task.py) or text
+    task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy = dist.wrap(task.policy, args.fsdp)  # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py)
     lr = args.lr or task.pick(0.1, 3e-3, 1e-5)

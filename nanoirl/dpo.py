@@ -10,7 +10,7 @@ reward model. Its gradient, with margin m = beta (log pi/pi_ref (y_w) - log pi/p
 SPIN iterates DPO on the pairs (demonstration ≻ a sample of the current policy pi_k), with pi_k
 itself as the reference: ML-IRL's round (mlirl.mlirl_round) with the reward model replaced by
 beta log(pi / pi_k). In the full class its exact round is ML-IRL's exact round with a moving
-reference, pi_{k+1} ∝ pi_k (p_demo / pi_k)^(1/beta) (toy.irl.bt_optimum), whose fixed point is the
+reference, pi_{k+1} ∝ pi_k (p_demo / pi_k)^(1/beta) (toy.exact.bt_optimum), whose fixed point is the
 demonstrations' empirical law p_demo; beta = 1 lands there in one round (tests/test_mlirl.py).
 pi is the policy at the temperature its negatives are drawn at (cfg.sample_temperature; 0.7 on
 text): the log-ratios read logits / T, as PPO's log-probs do (ppo.py, detail 2). At T = 1 against
@@ -31,7 +31,7 @@ from nanoirl.policy import sequence_logprob
 def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta, weight=None):
     """-log sigma(beta (log pi/pi_ref (chosen) - log pi/pi_ref (rejected))), MLIRL Eq. 4 negated:
     the mean over pairs, or with a weight (any shape that broadcasts) the weighted mean (the exact
-    expectation over every pair on the toy: toy.irl.spin_exact)."""
+    expectation over every pair on the toy: toy.exact.spin_exact)."""
     margin = beta * ((logp_chosen - ref_chosen) - (logp_rejected - ref_rejected))
     per_pair = -F.logsigmoid(margin)
     return per_pair.mean() if weight is None else (weight * per_pair).sum() / weight.sum()

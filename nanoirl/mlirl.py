@@ -21,7 +21,7 @@ exact rounds land on the demonstrations' distribution at once; toy.irl.scheme_ta
   reinit_reward      restart the reward model from reward_init every round (GPT: SFT model + fresh head)
   moving_reference   anchor the policy step at the last round's policy: pi_{k+1} ∝ pi_k exp(r/beta)
 The policy step, (policy, ref, reward_model, cfg) -> stats, is picked by a script's flag:
-`ppo_policy_step` (Sec. 6.1), `bon_policy_step` (Best-of-N, Sec. 6.2), toy.irl.exact_policy_step.
+`ppo_policy_step` (Sec. 6.1), `bon_policy_step` (Best-of-N, Sec. 6.2), toy.exact.exact_policy_step.
 RLignment's reward-model data (Init-SFT / Init-Demo / SFT-Demo) is `rlignment_pairs`; its reward
 is the scalar model's logit, evaluated by Best-of-N (`best_of_n_gold`).
 """
@@ -102,7 +102,7 @@ def rlignment_pairs(kind, demos, init_samples, sft_samples):
 def pair_loss(r_chosen, r_rejected, weight=None, kind="bt"):
     """Eq. 11 (kind "bt", reward.bradley_terry_loss) or the logistic discriminator loss, chosen
     labelled 1 (kind "bce", reward.discriminator_loss). A weight (any shape that broadcasts) gives
-    the weighted mean: the exact expectation over all pairs on the toy (toy.irl.mlirl_exact)."""
+    the weighted mean: the exact expectation over all pairs on the toy (toy.exact.mlirl_exact)."""
     if weight is None:
         ones = torch.ones_like(r_chosen, dtype=torch.bool)
         return bradley_terry_loss(r_chosen, r_rejected) if kind == "bt" else \

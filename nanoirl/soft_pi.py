@@ -4,7 +4,7 @@ KL-regularised RL problem (MLIRL Eq. 3, Eq. 5b). For a reward r and a reference 
 
     max_pi E_pi[r] - beta KL(pi || pi_ref)   is solved by   pi*(y|x) = pi_ref(y|x) exp(r(x,y)/beta) / Z(x)
                                                                           (MLIRL Eq. 12, Appendix B)
-Exact (tensors in, tensors out; the toy enumerates every response, toy/irl.py builds the inputs,
+Exact (tensors in, tensors out; the toy enumerates every response, toy/exact.py builds the inputs,
 and fits restricted policy classes to these targets):
   trajectory_optimum   Eq. 12 on enumerated responses, in log space, per prompt
   soft_bellman         the same optimum built token by token for state-action rewards:

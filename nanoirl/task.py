@@ -1,8 +1,10 @@
 """
 What a script trains on, behind one small interface, so that train_sft.py, train_airl.py and
-train_mlirl.py read the same whether --model names the toy MDP or a Pythia:
+train_mlirl.py read the same whether --model names the toy MDP or a Pythia. TextTask here is
+text; the toy's task is toy/task.py's ToyTask (nanoirl/ never imports toy/): the script picks one
+by --model and load_task builds it.
 
-  task = load_task(args, device, dtype)
+  task = load_task(ToyTask if args.model.startswith("toy-") else TextTask, args, device, dtype)
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
@@ -80,21 +82,12 @@ def check_temperature(flag, t, greedy):
                        + ("; 0 samples greedily" if greedy else ""))
 
 
-def load_task(args, device, dtype, default_pairs=None):
-    """The task of --model. default_pairs: the --eval-pairs of a text run without --data."""
+def load_task(Task, args, device, dtype):
+    """Task(args, device, dtype): the task a script picked by --model, the toy's (toy/task.py:
+    ToyTask) or TextTask below, with the checks and settings common to both around it."""
     for flag, greedy in (("temperature", False), ("sample_temperature", True)):
         check_temperature(flag, getattr(args, flag, None), greedy)
-    if args.model.startswith("toy-"):  # a text flag on the toy would be ignored: say so instead
-        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
-        if given:
-            raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
-                           "is the toy MDP, whose expert and gold reward are built in")
-        if args.dtype == "bfloat16":
-            raise RunError(f"--dtype bfloat16 is for text models; --model {args.model} is evaluated exactly, "
-                           "in float64 (auto) or float32")
-        task = ToyTask(args, device, dtype)
-    else:
-        task = TextTask(args, device, dtype, default_pairs)
+    task = Task(args, device, dtype)
     if args.micro_batch_size is None:  # pythia-1b: 8 x 565 tokens of activations take ~7 GB
         args.micro_batch_size = task.pick(None, None, 8)
     if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
@@ -102,55 +95,6 @@ def load_task(args, device, dtype, default_pairs=None):
             raise RunError(f"--grad-checkpoint is for GPT models, not --model {args.model}")
         task.policy.gradient_checkpointing = True
     return task
-
-
-class ToyTask:
-    def __init__(self, args, device, dtype):
-        from toy.gpt import tiny_gpt
-        from toy.mdp import ToyMDP
-        from toy.tabular import TabularPolicy
-        self.args, self.mdp = args, ToyMDP()
-        torch.set_num_threads(1)  # toy tensors are tiny: a second thread only adds overhead (~10x)
-        self.dtype = torch.float64 if args.dtype == "auto" else dtype  # exact numbers on the toy
-        self.autocast_dtype = None
-        self.eos_id, self.pad_id, self.response_len = self.mdp.eos_id, self.mdp.pad_id, self.mdp.T
-        g = torch.Generator().manual_seed(args.seed)
-        self.demos = self.mdp.demonstrations(args.n_demos, g)
-        self.demo_logd = self.mdp.empirical_logprob(self.demos[0], self.demos[2])
-        if args.model == "toy-tabular":
-            self.policy = TabularPolicy(self.mdp, args.policy_class, dtype=self.dtype)
-        else:
-            self.policy = tiny_gpt(self.mdp, seed=args.seed, dtype=self.dtype)
-
-    def pick(self, table, toy_gpt, text):
-        return toy_gpt if isinstance(self.policy, GPT) else table
-
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def save(self, model, directory):
-        run.save_model_dir(model, directory, Path(self.args.out))
-
-    def new_scalar(self):
-        from toy.tabular import TabularScalar
-        if isinstance(self.policy, GPT):
-            return scalar_from_policy(self.policy)
-        return TabularScalar(self.mdp, dtype=self.dtype)
-
-    @torch.no_grad()
-    def evaluate(self, policy):
-        from toy import metrics
-        with dist.full_weights(policy) as model:  # FSDP2: whole on every rank; every rank evaluates
-            logd = self.mdp.trajectory_logprobs(model).double()  # a float32 policy is judged in float64 too
-        return {**metrics.summary(self.mdp, logd, self.demo_logd),
-                "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item()}
-
-    @torch.no_grad()
-    def reward_accuracy(self, reward_model, level="sequence"):
-        from toy import metrics
-        from toy.irl import all_rewards
-        with dist.full_weights(reward_model) as model:
-            return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, model, level)).mean().item()
 
 
 def fingerprint(records):

@@ -8,8 +8,9 @@ in the order they are documented, so that the documented chains hold (SFT's poli
   fast        the toy commands, with FAST's small settings appended (argparse keeps the last value
               of a repeated flag) and an --out of their own; the Pythia commands, the same way, on a
               tiny GPT-NeoX with a byte-level tokenizer.json cached as EleutherAI/pythia-1b;
-              `python -m toy.plots` with small settings and its own --out, relative to the working
-              directory (the command that regenerates figures/ writes the working directory's)
+              `python -m toy.plots` and `python sweep_mlirl.py` with small settings and their own
+              --out, relative to the working directory (the command that regenerates figures/
+              writes the working directory's)
   skipped     installing, downloading, this test suite itself, and bench.py on CUDA without one
 """
 import hashlib
@@ -95,7 +96,10 @@ def fast_variant(argv, n):
         return argv[1:], "as written"
     if argv[:3] == ["python", "-m", "toy.plots"]:  # its own --out stays: relative to the working directory
         out = [] if "--out" in argv else ["--out", f"toy-{n}"]
-        return argv[1:] + out + ["--steps", "20", "--demos", "3,12", "--seeds", "1", "--runs-dir", f"toy-{n}/runs",
+        return argv[1:] + out + ["--steps", "20", "--demos", "3,12", "--seeds", "1", "--runs-dir", f"toy-{n}/runs"], "fast"
+    if argv[:2] == ["python", "sweep_mlirl.py"]:  # the same, with train_mlirl.py's fast settings in every run
+        out = [] if "--out" in argv else ["--out", f"toy-{n}"]
+        return argv[1:] + out + ["--seeds", "1", "--runs-dir", f"toy-{n}/runs",
                                  "--mlirl-flags", " ".join(FAST["train_mlirl.py"])], "fast"
     script = argv[1]
     assert script in FAST, f"no fast variant for the documented command {' '.join(argv)!r}: add one here"

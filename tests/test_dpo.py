@@ -14,7 +14,7 @@ import torch
 from nanoirl import dpo, mlirl
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import response_mask, sequence_logprob
-from toy import irl
+from toy.exact import scheme_rounds, spin_exact
 from toy.mdp import EOS, PAD
 from toy.tabular import TabularPolicy
 from toy.train import full_table_policy
@@ -50,7 +50,7 @@ def test_dpo_gradient_is_its_closed_form(mdp):
 @pytest.mark.slow
 def test_spin_full_class_is_the_exact_moving_reference_map(mdp):
     """spin_exact (L-BFGS on the exact expected DPO loss over every pair) against the closed-form map
-    of irl.scheme_rounds (Bradley-Terry optimum, moving reference), from the same start: KL(empirical
+    of toy.exact.scheme_rounds (Bradley-Terry optimum, moving reference), from the same start: KL(empirical
     || pi_k) agree to 2e-4 (the L-BFGS fit leaves < 3e-4 of mass on unseen responses, which the
     closed form puts at 0), 30 demonstrations."""
     demos = mdp.demonstrations(30, torch.Generator().manual_seed(1))
@@ -58,8 +58,8 @@ def test_spin_full_class_is_the_exact_moving_reference_map(mdp):
     with torch.no_grad():
         start = mdp.trajectory_logprobs(TabularPolicy(mdp, "full"))  # uniform per token
     for beta in (1.0, 2.0, 0.5):
-        spin = [r["fkl_demos"] for r in irl.spin_exact(mdp, TabularPolicy(mdp, "full"), d, 3, beta=beta)]
-        exact = irl.scheme_rounds(d, start, beta, 3)
+        spin = [r["fkl_demos"] for r in spin_exact(mdp, TabularPolicy(mdp, "full"), d, 3, beta=beta)]
+        exact = scheme_rounds(d, start, beta, 3)
         print(f"beta {beta}: SPIN {spin}, exact map {exact}")
         assert max(abs(a - b) for a, b in zip(spin, exact)) < 2e-4
     assert abs(spin[0] - spin[2]) < 1e-5 and abs(spin[0] - spin[1]) > 0.05  # beta 1/2: period 2

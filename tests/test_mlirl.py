@@ -20,6 +20,8 @@ import torch
 from nanoirl import mlirl, soft_pi
 from nanoirl.mlirl import MLIRLConfig
 from toy import irl, metrics
+from toy.exact import (all_rewards, bellman_policy, bt_optimum, exact_policy_step, fit_sft, mlirl_exact, ppo_step,
+                       scheme_rounds, sequence_reward_table, table_of)
 from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
 from toy.train import minimise
@@ -39,9 +41,9 @@ def test_soft_bellman_equals_trajectory_closed_form(mdp):
         ref.logits.normal_()
         rm.table.normal_()
     for reward_model, level in [(rm, "token"),
-                                (irl.sequence_reward_table(mdp, torch.randn(3, len(mdp.responses), dtype=torch.float64)), "sequence")]:
-        policy = irl.bellman_policy(mdp, ref, reward_model, beta=0.7)
-        r = irl.all_rewards(mdp, reward_model, level)
+                                (sequence_reward_table(mdp, torch.randn(3, len(mdp.responses), dtype=torch.float64)), "sequence")]:
+        policy = bellman_policy(mdp, ref, reward_model, beta=0.7)
+        r = all_rewards(mdp, reward_model, level)
         target = soft_pi.trajectory_optimum(mdp.trajectory_logprobs(ref), r, 0.7)
         err = (mdp.trajectory_logprobs(policy) - target).abs().max().item()
         assert err <= 1e-9, err
@@ -62,7 +64,7 @@ def test_reward_gradient_is_lemma_5_1(mdp):
         ref_logd = mdp.trajectory_logprobs(ref)
     reward = tiny_scalar_gpt(mdp, seed=3)
     params = list(reward.parameters())
-    r = irl.all_rewards(mdp, reward)                                    # (3, N), differentiable
+    r = all_rewards(mdp, reward)                                    # (3, N), differentiable
     dp = d.exp()
     log_z = (ref_logd + r).logsumexp(-1)
     surrogate = (dp * (r + torch.where(dp > 0, ref_logd, 0.0))).sum(-1) - log_z
@@ -107,7 +109,7 @@ def test_best_of_n_sampled_matches_exact_law(mdp):
     gold = mdp.gold_reward()
     gold_fn = lambda p, m, y: gold[mdp.prompt_index(p), mdp.response_ids(y)]
     prompts, mask = mdp.prompt_tokens(torch.arange(3).repeat(2000))
-    got = mlirl.best_of_n_gold(policy, irl.sequence_reward_table(mdp, r), gold_fn, prompts, mask,
+    got = mlirl.best_of_n_gold(policy, sequence_reward_table(mdp, r), gold_fn, prompts, mask,
                                (1, 4), cfg, generator=torch.Generator().manual_seed(0))
     for n in (1, 4):
         exact = (soft_pi.best_of_n_logprobs(logd, r, n).exp() * gold).sum(-1).mean().item()
@@ -147,7 +149,7 @@ def _ml_runs(n):
     _, d = _demos(mdp, n)
     out = {"empirical_tv": metrics.tv(mdp.expert_logprob, d).mean().item()}
     for name in ("Eq.10 gradient, fixed ref", "BT, reinit, moving ref"):
-        out[name] = irl.mlirl_exact(mdp, TabularPolicy(mdp, "full"), d, rounds=6, **irl.VARIANTS[name])
+        out[name] = mlirl_exact(mdp, TabularPolicy(mdp, "full"), d, rounds=6, **irl.VARIANTS[name])
     return out
 
 
@@ -183,10 +185,10 @@ def test_mlirl_restricted_class_is_a_reverse_kl_projection(mdp):
     demos, d = _demos(mdp, 30)
     for kind in ("position", "markov"):
         sft = TabularPolicy(mdp, kind)
-        irl.fit_sft(mdp, sft, demos)
+        fit_sft(mdp, sft, demos)
         with torch.no_grad():
             s = metrics.summary(mdp, mdp.trajectory_logprobs(sft))
-        h = irl.mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds=8, **irl.VARIANTS["BT, reinit, moving ref"])[-1]
+        h = mlirl_exact(mdp, TabularPolicy(mdp, kind), d, rounds=8, **irl.VARIANTS["BT, reinit, moving ref"])[-1]
         print(kind, "SFT fkl/entropy/gold", round(s["fkl"], 3), round(s["traj_entropy"], 3), round(s["gold_reward"], 3),
               "| ML-IRL", round(h["fkl"], 3), round(h["traj_entropy"], 3), round(h["gold_reward"], 3))
         assert h["fkl"] > s["fkl"] + 1 and h["traj_entropy"] < s["traj_entropy"] / 2 and h["gold_reward"] > s["gold_reward"]
@@ -200,7 +202,7 @@ def test_mlirl_round_sampled_pairs(mdp):
                       rm_epochs=10, rm_lr=0.1, accumulate_pairs=False)
     policy, rm = TabularPolicy(mdp, "full"), TabularScalar(mdp)
     ref, init = copy.deepcopy(policy), copy.deepcopy(rm.state_dict())
-    step = functools.partial(irl.exact_policy_step, mdp=mdp)
+    step = functools.partial(exact_policy_step, mdp=mdp)
     g, pairs, fkl = torch.Generator().manual_seed(0), None, []
     for k in range(4):
         pairs, stats = mlirl.mlirl_round(policy, ref, rm, demos, pairs, cfg, step, init, g)
@@ -256,7 +258,7 @@ def test_ppo_policy_step_draws_rollouts_from_the_given_prompts_only(mdp, monkeyp
                                   optimizer=ppo.make_optimizer(policy, value, pcfg), ppo_cfg=pcfg, iterations=3,
                                   batch_size=16, generator=torch.Generator().manual_seed(0), prompts=only)
     assert len(seen) == 3 and all((p == only[0][0]).all() and len(p) == 16 for p in seen)
-    demo_mean = irl.all_rewards(mdp, rm)[mdp.prompt_index(demos[0]), mdp.response_ids(demos[2])].mean().item()
+    demo_mean = all_rewards(mdp, rm)[mdp.prompt_index(demos[0]), mdp.response_ids(demos[2])].mean().item()
     assert abs(stats["reward_offset"] - demo_mean) < 1e-12
 
 
@@ -295,26 +297,26 @@ def test_value_model_starts_with_the_reward_offset(mdp, model):
 
 
 def test_table_of_holds_any_trajectory_law(mdp):
-    """toy.irl.table_of: a full table whose exact law is the given one (here the uniform law over
+    """toy.exact.table_of: a full table whose exact law is the given one (here the uniform law over
     responses, which the zero table, token-uniform, is not), to 1e-12."""
     n = len(mdp.responses)
     target = torch.full((mdp.n_prompts, n), -math.log(n), dtype=torch.float64)
     with torch.no_grad():
         zero = mdp.trajectory_logprobs(TabularPolicy(mdp, "full"))
-        got = mdp.trajectory_logprobs(irl.table_of(mdp, target))
+        got = mdp.trajectory_logprobs(table_of(mdp, target))
     assert (zero - target).abs().max() > 1 and (got - target).abs().max() < 1e-12
 
 
 def test_one_ppo_round_approaches_the_exact_round(mdp):
-    """mlirl_exact with policy_step = toy.irl.ppo_step (train_mlirl.py's toy-table settings, 10
+    """mlirl_exact with policy_step = toy.exact.ppo_step (train_mlirl.py's toy-table settings, 10
     updates of 256 rollouts) against the exact step, one round from the zero table on 30
     demonstrations, the same exact reward fit: KL(pi_PPO || pi_exact) per prompt measured 0.115,
     0.052, 0.081 (seed 0; 0.05-0.11 over seeds 0-2; 0.03-0.05 after 40 updates), from 0.30,
     0.48, 0.22 at the start. Bound: 0.2 per prompt and under half the start's."""
     demos, d = _demos(mdp, 30)
     exact, sampled = TabularPolicy(mdp, "full"), TabularPolicy(mdp, "full")
-    irl.mlirl_exact(mdp, exact, d, 1)
-    irl.mlirl_exact(mdp, sampled, d, 1, policy_step=irl.ppo_step(mdp, demos, 0, iterations=10))
+    mlirl_exact(mdp, exact, d, 1)
+    mlirl_exact(mdp, sampled, d, 1, policy_step=ppo_step(mdp, demos, 0, iterations=10))
     with torch.no_grad():
         target, start = mdp.trajectory_logprobs(exact), mdp.trajectory_logprobs(TabularPolicy(mdp, "full"))
         kl = metrics.forward_kl(mdp.trajectory_logprobs(sampled), target)
@@ -363,7 +365,7 @@ def test_reward_step_micro_batches_accumulate_the_minibatch_gradient(mdp, level,
 
 
 def test_bradley_terry_optimum_is_the_log_ratio(mdp):
-    """toy.irl.bt_optimum, r = log p_demo - log q, minimises Eq. 11's expected loss over every pair
+    """toy.exact.bt_optimum, r = log p_demo - log q, minimises Eq. 11's expected loss over every pair
     (weights p(y) q(y')): the gradient of mlirl.pair_loss vanishes there (full-support p and q,
     where the optimum is finite), and any other reward that is not a constant shift of it has a
     higher loss."""
@@ -371,7 +373,7 @@ def test_bradley_terry_optimum_is_the_log_ratio(mdp):
     p = torch.log_softmax(torch.randn(3, len(mdp.responses), generator=g, dtype=torch.float64), -1)
     q = torch.log_softmax(torch.randn(3, len(mdp.responses), generator=g, dtype=torch.float64), -1)
     loss = lambda r: mlirl.pair_loss(r[:, :, None], r[:, None, :], p.exp()[:, :, None] * q.exp()[:, None, :])
-    r = irl.bt_optimum(p, q).requires_grad_(True)
+    r = bt_optimum(p, q).requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(r), r)
     assert grad.abs().max() < 1e-15
     with torch.no_grad():
@@ -380,7 +382,7 @@ def test_bradley_terry_optimum_is_the_log_ratio(mdp):
 
 
 def test_exact_mlirl_schemes(mdp):
-    """Exact rounds (Bradley-Terry optimum, exact policy step, full class; toy.irl.scheme_rounds),
+    """Exact rounds (Bradley-Terry optimum, exact policy step, full class; toy.exact.scheme_rounds),
     30 demonstrations. With a moving reference, pi_{k+1} ∝ pi_k (p / pi_k)^(1/beta) =
     pi_k^(1 - 1/beta) p^(1/beta): at beta = 1 one round lands on the empirical p from any start;
     at beta = 0.05 a deviation is multiplied by -19 per round and KL(p || pi_k) explodes. With a
@@ -390,10 +392,10 @@ def test_exact_mlirl_schemes(mdp):
     uniform = torch.full_like(d, -torch.log(torch.tensor(float(d.shape[1]))).item())
     sft = torch.logaddexp(d + torch.log(torch.tensor(0.9)), uniform + torch.log(torch.tensor(0.1)))
     for start in (uniform, sft):
-        assert max(irl.scheme_rounds(d, start, 1.0, 5)) < 1e-12
-        kl = irl.scheme_rounds(d, start, 0.05, 5)
+        assert max(scheme_rounds(d, start, 1.0, 5)) < 1e-12
+        kl = scheme_rounds(d, start, 0.05, 5)
         assert kl[0] < 7 and kl[4] > 100 and kl[4] > 10 * kl[1]
-    kl = irl.scheme_rounds(d, uniform, 1.0, 4, moving=False)
+    kl = scheme_rounds(d, uniform, 1.0, 4, moving=False)
     assert kl[0] < 1e-12 and kl[2] < 1e-12 and kl[1] > 0.1 and kl[3] == pytest.approx(kl[1], rel=1e-9)
-    kl = irl.scheme_rounds(d, uniform, 0.2, 20, moving=False, accumulate=True)
+    kl = scheme_rounds(d, uniform, 0.2, 20, moving=False, accumulate=True)
     assert kl[-1] < 0.01 < kl[1]                                           # the slow but convergent one

@@ -11,7 +11,8 @@ import torch
 from nanoirl import ppo, soft_pi
 from nanoirl.policy import response_mask
 from nanoirl.reward import token_rewards
-from toy import irl, metrics
+from toy import metrics
+from toy.exact import bt_optimum, sequence_reward_table
 from toy.mdp import EOS, PAD, ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
 
@@ -104,7 +105,7 @@ def _replaced_by_penalty(task, responses, eos_id, penalty):
 
 def test_missing_eos_penalty_is_a_penalty_on_an_exact_bradley_terry_reward():
     """Detail 3 on the exact case of an ML-IRL round: the Bradley-Terry optimum on (expert ≻ pi_k)
-    pairs, r = log p - log pi_k (toy.irl.bt_optimum), read minus the demonstrations' mean (they score
+    pairs, r = log p - log pi_k (toy.exact.bt_optimum), read minus the demonstrations' mean (they score
     0), the penalty -1 on the 243 truncated responses of the toy, and one exact beta = 1 step
     pi_{k+1} ∝ pi_k exp(r). Without a penalty pi_{k+1} = p (truncated mass 0.0067, the expert's).
     A score *replaced* by -1 pays for truncation, since the shifted scores of pi_k's samples lie far
@@ -119,7 +120,7 @@ def test_missing_eos_penalty_is_a_penalty_on_an_exact_bradley_terry_reward():
     mix = torch.logaddexp(p, uniform) - torch.log(torch.tensor(2.0)).item()
 
     def step(pi_k, rule):  # one exact round; returns (truncated mass, KL(p || pi_{k+1})), means over prompts
-        r = irl.bt_optimum(p, pi_k)
+        r = bt_optimum(p, pi_k)
         s = r - (p.exp() * r).sum(-1, keepdim=True).mean()                # reward.demonstration_offset
         task = rule(token_rewards(s.reshape(-1), y, EOS, "sequence"), y, EOS, -1.0)
         pi = soft_pi.trajectory_optimum(pi_k, task.sum(1).view_as(s), 1.0)
@@ -151,7 +152,7 @@ def test_missing_eos_penalty_keeps_a_sampled_gpts_eos_rate(monkeypatch):
     start = tiny_gpt(mdp, seed=0)
     with torch.no_grad():
         logd = mdp.trajectory_logprobs(start)
-    reward_model = irl.sequence_reward_table(mdp, irl.bt_optimum(mdp.expert_logprob, logd))
+    reward_model = sequence_reward_table(mdp, bt_optimum(mdp.expert_logprob, logd))
 
     def truncated_mass(rule):  # after one PPO policy step with the truncation rule `rule`
         monkeypatch.setattr(ppo, "penalise_truncation", rule)
@@ -175,7 +176,7 @@ def test_missing_eos_penalty_keeps_a_sampled_gpts_eos_rate(monkeypatch):
 def _run_ppo(mdp, policy, ref, value, beta, iters, batch, lr, value_lr, seed=0):
     """PPO on the gold reward r(x, y) = log d_exp(y|x) (sequence level), linear lr decay."""
     r = mdp.gold_reward()
-    reward_fn = ppo.reward_from_scorer(irl.sequence_reward_table(mdp, r), "sequence", EOS)
+    reward_fn = ppo.reward_from_scorer(sequence_reward_table(mdp, r), "sequence", EOS)
     cfg = _toy_cfg(mdp, beta=beta, num_minibatches=4, forward_batch_size=batch, lr=lr)
     opt = torch.optim.Adam([{"params": policy.parameters()},
                             {"params": value.parameters(), "lr": value_lr}], lr=lr, eps=cfg.eps)

@@ -36,7 +36,7 @@ SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
 SEED = 3
 N_DEMOS = 60  # the toy's default --n-demos
 
-# the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py)
+# the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py, toy/task.py)
 PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
 TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "gold_reward", "modes_covered", "outside_support",
             "fkl_demos", "win_rate"}
@@ -261,7 +261,7 @@ def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
     demonstrations (and ML-IRL's held-out pair accuracy of the saved reward model); the printed
     final numbers are the logged ones."""
     from toy import metrics
-    from toy.irl import all_rewards
+    from toy.exact import all_rewards
     from toy.mdp import ToyMDP
     r = toy_runs[script, model]
     assert r.returncode == 0, r.stderr
@@ -329,7 +329,7 @@ def test_mlirl_ppo_step_with_the_script_defaults_reaches_its_exact_target(tmp_pa
     --ppo-lr 1e-3 (the old default) it misses by 0.66/5.54/1.21 nats."""
     from nanoirl import soft_pi
     from toy import metrics
-    from toy.irl import all_rewards
+    from toy.exact import all_rewards
     from toy.mdp import ToyMDP
     r = InProcess(tmp_path, "mlirl-round1", "train_mlirl.py", "--rounds", 1, "--seed", 0).wait()
     assert r.returncode == 0, r.stderr
@@ -803,8 +803,8 @@ def test_grad_checkpoint_changes_memory_not_numbers(tmp_path, short_tldr):
         a, b = (torch.load(r.out / "ckpt.pt", weights_only=True)["state"] for r in (plain, ckpt))
         assert_same(a, b, s)
     import train_mlirl
-    from nanoirl.task import load_task
-    task = load_task(train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
+    from nanoirl.task import TextTask, load_task
+    task = load_task(TextTask, train_mlirl.parser.parse_args([*map(str, text), "--grad-checkpoint"]), torch.device("cpu"),
                      torch.float64)  # the flag reaches the policy and the scalar models made from it
     assert task.policy.gradient_checkpointing and task.new_scalar().gradient_checkpointing
     r = InProcess(tmp_path, "table", "train_sft.py", "--grad-checkpoint").wait()

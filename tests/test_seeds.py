@@ -1,8 +1,9 @@
 """
-The seed sweeps of the toy's tables and figures (`--seeds N` of python -m toy.irl and toy.plots),
-on tiny sizes: every "mean ± std" they print is numpy's mean and sample std (ddof = 1) of the
-per-seed numbers, computed here from single-seed runs, and a run inside a sweep gives exactly
-the numbers of the same run alone (train_mlirl.py in a fresh process: byte-identical metrics).
+The seed sweeps of the toy's tables and figures (`--seeds N` of python -m toy.irl, toy.plots and
+sweep_mlirl.py), on tiny sizes: every "mean ± std" they print is numpy's mean and sample std
+(ddof = 1) of the per-seed numbers, computed here from single-seed runs, and a run inside a sweep
+gives exactly the numbers of the same run alone (train_mlirl.py in a fresh process: byte-identical
+metrics).
 """
 import json
 import re
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep_mlirl
 from toy import irl, metrics, plots
 from toy.mdp import ToyMDP
 
@@ -58,14 +60,14 @@ def test_low_demo_seed_means_are_numpys():
 
 @pytest.mark.slow
 def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
-    """python -m toy.plots --figures mlirl_fig2 --seeds 2 (train_mlirl.py with tiny settings): the
+    """python sweep_mlirl.py --figures mlirl_fig2 --seeds 2 (train_mlirl.py with tiny settings): the
     figure is drawn, the printed table is numpy's mean ± std over the two runs' metrics.jsonl, and
     the second run, made in the same process after the first, is byte for byte what
     train_mlirl.py --seed 2 writes in a fresh process (its per-run plots skipped, NANOIRL_NO_PLOTS
     of conftest.py: they change no number)."""
-    monkeypatch.setattr(sys, "argv", ["toy.plots", "--figures", "mlirl_fig2", "--seeds", "2", "--out", str(tmp_path),
+    monkeypatch.setattr(sys, "argv", ["sweep_mlirl.py", "--figures", "mlirl_fig2", "--seeds", "2", "--out", str(tmp_path),
                                       "--runs-dir", str(tmp_path / "runs"), "--mlirl-flags", " ".join(MLIRL_FAST)])
-    plots.main()
+    sweep_mlirl.main()
     assert (tmp_path / "mlirl_fig2.png").is_file()
     out = capsys.readouterr().out
     runs = [[json.loads(l) for l in (tmp_path / "runs" / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()]
@@ -86,13 +88,13 @@ def test_mlirl_fig2_over_seeds(tmp_path, monkeypatch, capsys):
 
 
 def test_mlirl_schemes_over_seeds(tmp_path, monkeypatch, capsys):
-    """python -m toy.plots --figures mlirl_schemes --seeds 2 (tiny settings): each of the 8 schemes
+    """python sweep_mlirl.py --figures mlirl_schemes --seeds 2 (tiny settings): each of the 8 schemes
     runs train_mlirl.py on the toy table with its own flags (config.json says so), the figure is
     drawn, and each printed cell is numpy's mean ± std of the two seeds' KL(demonstrations || pi_k)."""
     fast = MLIRL_FAST + ["--ppo-iterations", "2"]
-    monkeypatch.setattr(sys, "argv", ["toy.plots", "--figures", "mlirl_schemes", "--seeds", "2", "--out", str(tmp_path),
+    monkeypatch.setattr(sys, "argv", ["sweep_mlirl.py", "--figures", "mlirl_schemes", "--seeds", "2", "--out", str(tmp_path),
                                       "--runs-dir", str(tmp_path / "runs"), "--mlirl-flags", " ".join(fast)])
-    plots.main()
+    sweep_mlirl.main()
     assert (tmp_path / "mlirl_schemes.png").is_file()
     out = capsys.readouterr().out.splitlines()
     for flags in plots.SCHEMES:

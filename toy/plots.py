@@ -4,8 +4,7 @@ The toy figures, from exact enumeration:
     python -m toy.plots                  # -> out/figures/*.png and out/figures/results.jsonl, < 1 min on 2 CPUs
     python -m toy.plots --figures modes,training   # (a) and (b) only, ~10 s: no (c), no results.jsonl
     python -m toy.plots --figures low_demo --seeds 5    # (c) over 5 demonstration sets, mean ± std, ~2 min
-    python -m toy.plots --figures mlirl_fig2 --seeds 5  # MLIRL Fig. 2: train_mlirl.py, seeds 1-5, ~6 min
-    python -m toy.plots --figures mlirl_schemes --seeds 5  # the 8 ML-IRL schemes with PPO, seeds 1-5
+    python -m toy.plots --figures mlirl_fig2 --seeds 5  # MLIRL Fig. 2 redrawn from the runs of sweep_mlirl.py
 
   modes.png     (a) the expert vs the policy each objective learns in the position-only class
                     pi(y_t | x, t): mass-covering (SFT = forward KL) against mode-seeking (reverse KL)
@@ -13,12 +12,14 @@ The toy figures, from exact enumeration:
   low_demo.png  (c) N demonstrations vs the exact divergences to the *true* expert: SFT against the
                     adversarial objectives (which, with N demonstrations, imitate the empirical
                     distribution of the N, as SFT does)
-  mlirl_fig2.png  MLIRL Fig. 2 on the toy over seeds: `python train_mlirl.py --seed s` (its defaults)
-                    for s = 1 .. --seeds, run in this process, each into --runs-dir/seed-s; the
-                    mean and the band mean ± std over the seeds (not part of the default figures)
+  mlirl_fig2.png  MLIRL Fig. 2 on the toy over seeds, from the metrics.jsonl of the runs of
+                    `python train_mlirl.py --seed s` (its defaults) in --runs-dir/seed-s, s = 1 ..
+                    --seeds: the mean and the band mean ± std over the seeds (not a default figure)
   mlirl_schemes.png the ML-IRL schemes (SCHEMES: beta, accumulated pairs, fixed reference) with the PPO
-                    step on the toy table, `train_mlirl.py --model toy-tabular --rounds 8 <flags> --seed s`
-                    for s = 1 .. --seeds into --runs-dir/schemes/<flags>/seed-s (not a default figure)
+                    step on the toy table, from the runs of `train_mlirl.py --model toy-tabular
+                    --rounds 8 <flags> --seed s` in --runs-dir/schemes/<flags>/seed-s (not a default figure)
+The runs of the last two are made by `python sweep_mlirl.py` (train_mlirl.py over seeds, in one
+process), which then draws them with seed_figures below; this module only reads them.
 With --seeds N > 1 every table prints mean ± std over the N seeds (toy.metrics.mean_std: sample
 std, ddof = 1).
 Every adversarial run in (a)-(b) uses the exact optimal discriminator D* (Sun24 Eq. 16) and the
@@ -28,7 +29,6 @@ the empirical distribution for GAIL. The numbers are printed as tables and writt
 import argparse
 import functools
 import json
-import shlex
 import time
 from pathlib import Path
 
@@ -63,12 +63,12 @@ ON_TOP = {"FAIRL r=e^h-1 (= SFT grad)": ("exactly on SFT's line", "SFT (forward 
 KEYS = ["fkl", "rkl", "js", "tv", "traj_entropy", "gold_reward", "modes_covered", "outside_support"]
 PANELS = [("fkl", "KL(expert || pi)"), ("rkl", "KL(pi || expert)"), ("js", "JS(expert, pi)")]  # (b), (c)
 FIGURES = ("modes", "training", "low_demo")  # (a), (b), (c): the PNG names, --figures; panels (a1), (a2), ...
-SEED_FIGURES = ("mlirl_fig2", "mlirl_schemes")  # drawn only when named in --figures
+SEED_FIGURES = ("mlirl_fig2", "mlirl_schemes")  # drawn only when named in --figures, from runs of sweep_mlirl.py
 FIG2 = [("rm_accuracy_heldout", "held-out reward accuracy"), ("gold_reward", "gold reward (exact)"),
         ("win_rate", "win rate vs demonstrations (exact)")]   # MLIRL Fig. 2 (a), (b), (c)
 FIG2_KEYS = ["rm_accuracy_heldout", "gold_reward", "win_rate", "fkl", "fkl_demos", "outside_support"]
 # the ML-IRL schemes with the PPO step on the toy table (docs/results.md, "Which ML-IRL scheme converges"):
-# train_mlirl.py --model toy-tabular --rounds 8 plus each row's flags
+# train_mlirl.py --model toy-tabular --rounds 8 plus each row's flags (run by sweep_mlirl.py)
 SCHEME_BASE = ["--model", "toy-tabular", "--rounds", "8"]
 SCHEMES = ["", "--accumulate-pairs", "--fixed-reference", "--beta 0.2", "--beta 0.2 --accumulate-pairs",
            "--beta 0.05", "--beta 0.05 --accumulate-pairs", "--beta 0.05 --fixed-reference --accumulate-pairs"]
@@ -138,17 +138,9 @@ def seed_means(rows):
     return out
 
 
-def run_mlirl_seeds(seeds, runs_dir, flags=()):
-    """MLIRL Fig. 2 over seeds: train_mlirl.py itself, run in this process (the same code and numbers
-    as `python train_mlirl.py --seed s`), with its defaults plus `flags`, for s = 1 .. seeds, each into
-    runs_dir/seed-s (--force). Returns one list of per-round metric dicts per seed."""
-    import train_mlirl  # the top-level script; python -m toy.plots runs from the repository root
-    runs = []
-    for s in range(1, seeds + 1):
-        out = Path(runs_dir) / f"seed-{s}"
-        train_mlirl.main(train_mlirl.parser.parse_args(["--seed", str(s), "--out", str(out), "--force", *flags]))
-        runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
-    return runs
+def seed_dir(runs_dir, seed):
+    """runs_dir/seed-s: where the run of train_mlirl.py --seed s of a sweep goes."""
+    return Path(runs_dir) / f"seed-{seed}"
 
 
 def scheme_dir(runs_dir, flags):
@@ -156,11 +148,15 @@ def scheme_dir(runs_dir, flags):
     return Path(runs_dir) / "schemes" / (flags.replace("--", "").replace(" ", "_") or "defaults")
 
 
-def run_scheme_seeds(seeds, runs_dir, more=()):
-    """The SCHEMES over seeds: {flags: runs} of run_mlirl_seeds with SCHEME_BASE, the scheme's flags
-    and `more`, each scheme into scheme_dir(runs_dir, flags)/seed-s."""
-    return {flags: run_mlirl_seeds(seeds, scheme_dir(runs_dir, flags), [*SCHEME_BASE, *shlex.split(flags), *more])
-            for flags in SCHEMES}
+def read_runs(runs_dir, seeds):
+    """The per-round metric dicts of runs_dir/seed-s/metrics.jsonl, one list per seed s = 1 .. seeds."""
+    runs = []
+    for s in range(1, seeds + 1):
+        path = seed_dir(runs_dir, s) / "metrics.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"error: no {path}: the runs come from python sweep_mlirl.py (its --runs-dir and --seeds)")
+        runs.append([json.loads(line) for line in path.read_text().splitlines()])
+    return runs
 
 
 def mlirl_seed_rows(runs):
@@ -301,12 +297,13 @@ def plot_low_demo(rows, results, path):
     plt.close(fig)
 
 
-def figure_list(value):
-    """argparse type of --figures: comma-separated names from FIGURES."""
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in FIGURES + SEED_FIGURES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{value!r}: use a comma-separated list of {', '.join(FIGURES + SEED_FIGURES)}")
+def figure_list(choices):
+    """argparse type of --figures: comma-separated names from choices."""
+    def names(value):
+        picked = [v.strip() for v in value.split(",") if v.strip()]
+        if not picked or any(n not in choices for n in picked):
+            raise argparse.ArgumentTypeError(f"{value!r}: use a comma-separated list of {', '.join(choices)}")
+        return picked
     return names
 
 
@@ -320,6 +317,31 @@ def table(rows, first, keys=KEYS):
                                for name, r in rows])
 
 
+def seed_figures(figures, seeds, runs_dir, out):
+    """The SEED_FIGURES named in figures, from the runs in runs_dir (sweep_mlirl.py makes them):
+    mlirl_fig2 from seed-s/, mlirl_schemes from schemes/<flags>/seed-s/ for s = 1 .. seeds, each
+    drawn into out and its table printed (mean ± std over the seeds when seeds > 1)."""
+    if "mlirl_fig2" in figures:
+        runs = read_runs(runs_dir, seeds)
+        rows = mlirl_seed_rows(runs)
+        plot_mlirl_seeds(rows, runs, out / "mlirl_fig2.png")
+        print(table([(f"round {r['round']}", {k: v if seeds > 1 else v[0] for k, v in r.items() if k != "round"})
+                     for r in rows], f"MLIRL Fig. 2, {seeds} seeds", FIG2_KEYS))
+
+    if "mlirl_schemes" in figures:
+        schemes = {flags: read_runs(scheme_dir(runs_dir, flags), seeds) for flags in SCHEMES}
+        plot_schemes(schemes, out / "mlirl_schemes.png")
+        last = len(next(iter(schemes.values()))[0]) - 1
+        show = [k for k in SCHEME_ROUNDS if k < last] + [last]
+        keys = [f"k={k}" for k in show] + [f"gold k={last}"]
+        lines = []
+        for flags, runs in schemes.items():
+            d = {f"k={k}": [run[k]["fkl_demos"] for run in runs] for k in show}
+            d[f"gold k={last}"] = [run[last]["gold_reward"] for run in runs]
+            lines.append((flags or "(defaults)", {k: metrics.mean_std(v) if seeds > 1 else v[0] for k, v in d.items()}))
+        print(table(lines, f"ML-IRL schemes, PPO step, toy table: KL(demonstrations || pi_k), {seeds} seeds", keys))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/figures",
@@ -330,11 +352,10 @@ def main():
                         help="N values for (c), multiples of 3 (N / 3 per prompt)")
     parser.add_argument("--seeds", type=positive_int, default=2,
                         help="seeds: demonstration sets (and learned-discriminator samples) per N in (c); "
-                             "train_mlirl.py runs, --seed 1 .. N, of mlirl_fig2; N > 1 prints mean ± std")
+                             "the train_mlirl.py runs, --seed 1 .. N, that mlirl_fig2 reads; N > 1 prints mean ± std")
     parser.add_argument("--runs-dir", default="out/mlirl-seeds",
-                        help="mlirl_fig2, mlirl_schemes: where the runs go (seed-s/, schemes/<flags>/seed-s/)")
-    parser.add_argument("--mlirl-flags", default="", help="mlirl_fig2, mlirl_schemes: more train_mlirl.py flags, one string")
-    parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list,
+                        help="mlirl_fig2, mlirl_schemes: where the runs of sweep_mlirl.py are (seed-s/, schemes/<flags>/seed-s/)")
+    parser.add_argument("--figures", default=",".join(FIGURES), type=figure_list(FIGURES + SEED_FIGURES),
                         help="which figures to draw, comma-separated, from " + ",".join(FIGURES + SEED_FIGURES) +
                              "; results.jsonl is written only when the first three are drawn")
     args = parser.parse_args()
@@ -343,6 +364,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     mdp = ToyMDP()
+    seed_figures(args.figures, args.seeds, args.runs_dir, out)  # first: stops at once if a run is missing
 
     if set(args.figures) & set(FIGURES):  # (a)-(b): exact and deterministic (no demonstrations, no seed)
         results = run_objectives(mdp, args.steps, args.lr)  # (c) draws their N = infinity lines too
@@ -362,26 +384,6 @@ def main():
         rows = [(f"N={r['n_demos']:<5} {r['method']}", {k: (r[k], r[k + "_std"]) if args.seeds > 1 else r[k] for k in KEYS})
                 for r in seed_means(low)]
         print(table(rows, f"(c) mean{' ± std' if args.seeds > 1 else ''} of {args.seeds} demo sets"))
-
-    if "mlirl_fig2" in args.figures:
-        runs = run_mlirl_seeds(args.seeds, args.runs_dir, shlex.split(args.mlirl_flags))
-        rows = mlirl_seed_rows(runs)
-        plot_mlirl_seeds(rows, runs, out / "mlirl_fig2.png")
-        print(table([(f"round {r['round']}", {k: v if args.seeds > 1 else v[0] for k, v in r.items() if k != "round"})
-                     for r in rows], f"MLIRL Fig. 2, {args.seeds} seeds", FIG2_KEYS))
-
-    if "mlirl_schemes" in args.figures:
-        schemes = run_scheme_seeds(args.seeds, args.runs_dir, shlex.split(args.mlirl_flags))
-        plot_schemes(schemes, out / "mlirl_schemes.png")
-        last = len(next(iter(schemes.values()))[0]) - 1
-        show = [k for k in SCHEME_ROUNDS if k < last] + [last]
-        keys = [f"k={k}" for k in show] + [f"gold k={last}"]
-        lines = []
-        for flags, runs in schemes.items():
-            d = {f"k={k}": [run[k]["fkl_demos"] for run in runs] for k in show}
-            d[f"gold k={last}"] = [run[last]["gold_reward"] for run in runs]
-            lines.append((flags or "(defaults)", {k: metrics.mean_std(v) if args.seeds > 1 else v[0] for k, v in d.items()}))
-        print(table(lines, f"ML-IRL schemes, PPO step, toy table: KL(demonstrations || pi_k), {args.seeds} seeds", keys))
 
     written = [f"{name}.png" for name in FIGURES + SEED_FIGURES if name in args.figures]
     if set(FIGURES) <= set(args.figures):  # a partial run never overwrites the full run's numbers
