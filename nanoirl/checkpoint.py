@@ -6,8 +6,8 @@ transformers or safetensors. Two layouts are read:
   ScalarModel          the TL;DR reference code's reward models: lm_backbone.* (a GPTNeoXModel),
                        scalar_head.{weight,bias}, the GPT-NeoX config under "base_config" in
                        config.json, and a scalar "bias" subtracted from every score
-  load_model(cls, name_or_path)   GPT.from_pretrained / ScalarGPT.from_pretrained
-  save_model(model, directory)    model.save_pretrained
+  load_model(cls, name_or_path)   a GPT or ScalarGPT from a name, a directory or "random:<config>"
+  save_model(model, directory)    config.json + model.safetensors, as transformers saves them
 """
 import json
 import math
@@ -163,7 +163,7 @@ RENAME = {"lm_head.": "embed_out.", "lm_backbone.": "gpt_neox.", "scalar_head.":
 
 
 def load_model(cls, name_or_path, dtype=None, device=None):
-    """cls.from_pretrained: "random:<CONFIGS key>" for fresh random weights, else a directory or a
+    """A cls (GPT or ScalarGPT) from "random:<CONFIGS key>" for fresh random weights, else a directory or a
     model name (nanoirl.hub). dtype None means float32, whatever the checkpoint's dtype (Pythia's
     is fp16). A ScalarGPT loaded from a causal LM gets a freshly initialised head."""
     dtype = dtype or torch.float32
@@ -260,8 +260,8 @@ def atomic_write(path, write):
 
 
 def save_model(model, directory):
-    """model.save_pretrained: config.json + model.safetensors, loadable by HF's
-    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained. Under torchrun every
+    """config.json + model.safetensors in directory, loadable by HF's
+    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by load_model. Under torchrun every
     rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights. Each file is
     written atomically; run.save_model_dir makes the whole directory one change."""
     from nanoirl import dist

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import data, mlirl, run
+from nanoirl.checkpoint import load_model
 from nanoirl.model import GPT
 from nanoirl.policy import ends_with_eos
 from nanoirl.run import RunError
@@ -121,7 +122,7 @@ def main(args):
             raise RunError(f"--out {out} has {done} lines, more than the {n} prompts of --data; "
                            "use another --out, or --force to overwrite it")
         try:
-            policy = GPT.from_pretrained(args.model, dtype, device).eval()
+            policy = load_model(GPT, args.model, dtype, device).eval()
             gold = args.gold_model and load_gold_model(args.gold_model, device, dtype).eval()
         except (FileNotFoundError, ValueError) as e:
             raise RunError(str(e).splitlines()[0]) from None

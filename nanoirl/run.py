@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from nanoirl import dist
+from nanoirl.checkpoint import save_model
 from nanoirl.data import DataError, why_not_written
 
 CKPT, CONFIG, METRICS, PLOT = "ckpt.pt", "config.json", "metrics.jsonl", "metrics.png"
@@ -413,7 +414,7 @@ def write_file(path, data, out):
 
 
 def save_model_dir(model, directory, out, also=None):
-    """model.save_pretrained(directory) as one change: written (and also(tmp) called on rank 0,
+    """save_model(model, directory) as one change: written (and also(tmp) called on rank 0,
     e.g. to add tokenizer.json) into .<name>.tmp beside it, which then replaces the directory, so
     that a full disk never leaves a policy/ of new config.json and old weights. Every rank calls it
     (FSDP2's shards are gathered); a failed write is write_error's one line on every rank."""
@@ -429,7 +430,7 @@ def save_model_dir(model, directory, out, also=None):
         shutil.rmtree(old, ignore_errors=True)
     try:
         dist.on_main(lambda: [shutil.rmtree(p) for p in (tmp, old) if p.is_dir()])
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         dist.on_main(swap)
     except OSError as e:
         dist.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))

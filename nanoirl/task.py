@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import data, dist, hub, mlirl, run
-from nanoirl.checkpoint import check_model, safetensors_header
+from nanoirl.checkpoint import check_model, load_model, safetensors_header
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
@@ -213,7 +213,7 @@ class TextTask:
             self.pairs = {k: v.to(device) for k, v in p.items()}
         try:  # fp32 master weights; compute in bf16 under autocast
             weights = torch.float32 if self.autocast_dtype else dtype
-            self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
+            self.policy = load_model(GPT, args.model, dtype=weights, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
         # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
@@ -247,7 +247,7 @@ class TextTask:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def save(self, model, directory):
-        """model.save_pretrained(directory) and its tokenizer.json (a byte-token dry run writes
+        """save_model(model, directory) and its tokenizer.json (a byte-token dry run writes
         one that encodes as ByteTokenizer), so that the directory works as the next --model."""
         def tokenizer(tmp):  # rank 0, into the temp directory that then replaces `directory`
             if self.tokenizer_json:
@@ -261,7 +261,7 @@ class TextTask:
             return scalar_from_policy(self.policy)
         p = next(self.policy.parameters())
         try:
-            scalar = ScalarGPT.from_pretrained(self.args.reward_init, p.dtype, p.device)
+            scalar = load_model(ScalarGPT, self.args.reward_init, p.dtype, p.device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--reward-init {self.args.reward_init}: {e}") from None
         scalar.gradient_checkpointing = self.policy.gradient_checkpointing
@@ -321,7 +321,7 @@ def load_gold_model(name, device, dtype=None):
         if not {"score.weight", "scalar_head.weight"} & tensor_names(files):  # ours, or the TL;DR code's
             raise RunError(f"--gold-model {name}: {files[0].parent} has no trained scalar head (no tensor "
                            "score.weight: a causal LM?); give a reward model, e.g. a reward_model/ of train_mlirl.py")
-        return ScalarGPT.from_pretrained(name, dtype, device)
+        return load_model(ScalarGPT, name, dtype, device)
     except (FileNotFoundError, ValueError) as e:
         raise RunError(f"--gold-model {name}: {e}") from None
 

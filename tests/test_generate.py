@@ -14,6 +14,7 @@ import torch
 
 from nanoirl import data
 from nanoirl import generate as gen
+from nanoirl.checkpoint import save_model
 from nanoirl.model import GPT, GPTConfig, ScalarGPT
 from nanoirl.policy import pad_after_eos
 from nanoirl.run import RunError
@@ -35,7 +36,7 @@ def generate(tmp, out, *flags, n=1200):
 @pytest.mark.slow
 def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
     torch.manual_seed(0)  # vocab 245: every id is a byte of the byte-level tokenizer
-    GPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "tiny")
+    save_model(GPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), tmp_path / "tiny")
     byte_level_tokenizer_json(tmp_path / "tiny" / "tokenizer.json")
     data.write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}:", "response": f" answer {i}"}
                                                   for i in range(1200)])
@@ -68,7 +69,7 @@ def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
     assert (tmp_path / "sft" / "policy" / "model.safetensors").is_file()
     # a gold reward model scores each sample and the data's response; the summary is their mean
     torch.manual_seed(1)
-    ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "rm")
+    save_model(ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), tmp_path / "rm")
     scored = generate(tmp_path, tmp_path / "scored.jsonl", "--gold-model", tmp_path / "rm", n=9)
     out, err = scored.communicate(timeout=300)
     assert scored.returncode == 0, err
@@ -86,7 +87,7 @@ def tiny(tmp_path_factory):
     """A 1-layer GPT on byte tokens and 8 prompts: a whole generate run takes a fraction of a second."""
     tmp = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    GPT(GPTConfig(vocab_size=245, block_size=32, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp / "tiny")
+    save_model(GPT(GPTConfig(vocab_size=245, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp / "tiny")
     byte_level_tokenizer_json(tmp / "tiny" / "tokenizer.json")
     data.write_jsonl(tmp / "prompts.jsonl", [{"prompt": f"q {i}:", "response": f" a {i}"} for i in range(8)])
     return tmp

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from nanoirl import run
+from nanoirl.checkpoint import load_model
 from nanoirl.data import iterate_batches
 from nanoirl.run import RunError
 
@@ -472,7 +473,7 @@ def test_full_disk_on_a_saved_model_keeps_the_old_one(tmp_path, monkeypatch):
     run.save_model_dir(new, tmp_path / "policy", tmp_path)  # a full save replaces the whole directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
     assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["config.json", "model.safetensors"]
-    assert torch.equal(GPT.from_pretrained(tmp_path / "policy").embed_out.weight, new.embed_out.weight)
+    assert torch.equal(load_model(GPT, tmp_path / "policy").embed_out.weight, new.embed_out.weight)
 
 
 # ---- metrics -------------------------------------------------------------------------------------

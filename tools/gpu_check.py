@@ -53,6 +53,7 @@ import train_airl  # noqa: E402
 import train_mlirl  # noqa: E402
 import train_sft  # noqa: E402
 from nanoirl import data, mlirl, ppo, reward, run, sft  # noqa: E402
+from nanoirl.checkpoint import save_model  # noqa: E402
 from nanoirl.model import GPT, GPTConfig, GPTNeoX  # noqa: E402
 from nanoirl.task import TextTask  # noqa: E402
 from nanoirl.tokenizer import ByteTokenizer  # noqa: E402
@@ -200,7 +201,7 @@ def tiny_model(work):
     """A tiny GPT-NeoX with random weights and the byte tokenizer, as a local --model directory."""
     path = work / "tiny-gpt-neox"
     torch.manual_seed(0)
-    GPT(GPTConfig(vocab_size=320, block_size=288, n_layer=2, n_head=2, n_embd=32)).save_pretrained(path)
+    save_model(GPT(GPTConfig(vocab_size=320, block_size=288, n_layer=2, n_head=2, n_embd=32)), path)
     ByteTokenizer().save(path / "tokenizer.json")
     return str(path)
 
