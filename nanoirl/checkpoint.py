@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import hub
+from nanoirl.files import write_atomically
 from nanoirl.model import CONFIGS, GPTConfig, ScalarGPT, new_score_head
 
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
@@ -248,17 +249,6 @@ def check_model(cls, name_or_path):
     return config
 
 
-def atomic_write(path, write):
-    """write(f) into a temp file beside path, then rename it over path: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # atomic on POSIX and Windows within one directory
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(model, directory):
     """config.json + model.safetensors in directory, loadable by HF's
     GPTNeoXForCausalLM.from_pretrained (for a GPT) and by load_model. Under torchrun every
@@ -280,7 +270,7 @@ def _save_model(model, state, directory):
     if isinstance(model, ScalarGPT):  # HF's class has a bias-free score: it would drop score.bias
         config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1,
                       bias=model.score_offset)
-    atomic_write(directory / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    write_atomically(directory / "config.json", [json.dumps(config, indent=2)])
     # safetensors: the JSON header (padded to 8 bytes so the data is aligned), then the raw bytes
     dtypes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
@@ -290,9 +280,5 @@ def _save_model(model, state, directory):
         offset = end
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for v in state.values():
-            f.write(v.reshape(-1).view(torch.uint8).numpy())  # raw bytes, native = little-endian
-    atomic_write(directory / "model.safetensors", write)
+    tensors = (v.reshape(-1).view(torch.uint8).numpy() for v in state.values())  # raw bytes, native = little-endian
+    write_atomically(directory / "model.safetensors", [struct.pack("<Q", len(blob)) + blob, *tensors])

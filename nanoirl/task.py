@@ -31,22 +31,22 @@ from pathlib import Path
 
 import torch
 
-from nanoirl import data, dist, hub, mlirl, run
+from nanoirl import cli, data, dist, hub, mlirl, run
 from nanoirl.checkpoint import check_model, load_model, safetensors_header
+from nanoirl.cli import RunError
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
-from nanoirl.run import RunError
 
 
 def add_task_args(parser):
     g = parser.add_argument_group("task")
-    g.add_argument("--n-demos", type=run.positive_int, default=60,
+    g.add_argument("--n-demos", type=cli.positive_int, default=60,
                    help="toy: number of expert demonstrations (the low-demonstration regime matters)")
     g.add_argument("--policy-class", default="full", choices=["full", "position", "markov"],
                    help="toy-tabular: full-prefix table, or a restricted class where forward and "
                         "reverse KL have different optima")
-    g.add_argument("--eval-size", type=run.positive_int, default=64,
+    g.add_argument("--eval-size", type=cli.positive_int, default=64,
                    help="text: demonstrations held out for evaluation")
     g.add_argument("--eval-pairs", default=None,
                    help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
@@ -193,7 +193,7 @@ class TextTask:
         examples = data.load_demonstrations(args.data)
         held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
         # the data's fingerprint goes into config.json and the checkpoint: a --resume on changed
-        # contents under the same name is refused like a changed flag (run.check_resume)
+        # contents under the same name is refused like a changed flag (resume.check_resume)
         args.data_sha256 = fingerprint(examples + (held_out if eval_data else []))
         examples = examples if eval_data else examples[args.eval_size:]
         if not examples:

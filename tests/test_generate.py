@@ -17,7 +17,7 @@ from nanoirl import generate as gen
 from nanoirl.checkpoint import save_model
 from nanoirl.model import GPT, GPTConfig, ScalarGPT
 from nanoirl.policy import pad_after_eos
-from nanoirl.run import RunError
+from nanoirl.cli import RunError
 from test_data import FullDisk
 from test_scripts import InProcess, byte_level_tokenizer_json
 

@@ -594,7 +594,7 @@ def test_bad_model_directory_is_one_line_before_out(tmp_path, demos, change, err
     not divide the width, fewer layers than the weights: train_sft.py stops with one line naming
     the file and key, and --out is never made."""
     import train_sft
-    from nanoirl.run import RunError
+    from nanoirl.cli import RunError
     from test_scripts import tiny_text_run
     flags = tiny_text_run(tmp_path, demos)
     model = flags[1]
@@ -613,7 +613,7 @@ def test_vocab_below_the_tokenizers_is_refused_before_out(tmp_path, demos):
     """A model with fewer embedding rows than the tokenizer has ids would stop mid-run with an
     IndexError; it is refused at the start, for --model and --reward-init alike."""
     import train_sft
-    from nanoirl.run import RunError
+    from nanoirl.cli import RunError
     from test_scripts import tiny_text_run
     flags = tiny_text_run(tmp_path, demos)
     small = tmp_path / "small"

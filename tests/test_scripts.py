@@ -90,7 +90,7 @@ class InProcess:
     """One script run in this process, as Run runs it in a fresh one, for the behaviours that do
     not need a process of their own (a process costs seconds of start-up; the bad-input and NaN
     cases are dozens): argv parsed by the script's own parser, then its main(), with Run's
-    environment. A DataError or RunError ends it as the scripts' hook ends a process (run.py:
+    environment. A DataError or RunError ends it as the scripts' hook ends a process (nanoirl/run.py:
     one_line_errors: 'error: <message>', status 1), argparse with its own status 2; stdout and
     stderr are captured. That hook itself is tested on real processes (the Ctrl-C and the
     out-in-use tests)."""
@@ -101,8 +101,8 @@ class InProcess:
         import io
         from unittest import mock
 
-        from nanoirl.data import DataError
-        from nanoirl.run import RunError
+        from nanoirl.cli import RunError
+        from nanoirl.sources import DataError
         self.out = Path(out or tmp / name)
         cache = tmp / "hf-cache"
         cache.mkdir(exist_ok=True)
@@ -430,7 +430,7 @@ def test_killed_run_resumes_exactly(resume_runs, case):
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
     on; that checkpoint and metrics.jsonl pass --resume's checks."""
-    from nanoirl import run
+    from nanoirl import resume
     r = Run(tmp_path, "sigint", "train_sft.py", "--steps", 10 ** 6, "--ckpt-every", 5, "--eval-every", 10 ** 6)
     while r.proc.poll() is None and not ((r.out / "ckpt.pt").exists() and len(rows_of(r.out)) > 20):
         time.sleep(0.05)
@@ -439,8 +439,8 @@ def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     assert r.returncode == -signal.SIGINT and r.stderr == (
         f"error: interrupted; the last good checkpoint is {r.out / 'ckpt.pt'}: continue with the same command "
         "and --resume\n"), r.stderr
-    ckpt = run.read_checkpoint(r.out)
-    run.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
+    ckpt = resume.read_checkpoint(r.out)
+    resume.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
     assert ckpt["step"] > 0
 
 

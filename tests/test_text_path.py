@@ -333,17 +333,17 @@ def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script, monkeypatch
 
     from test_scripts import assert_same
 
-    from nanoirl import run
+    from nanoirl import resume
     module = importlib.import_module(script[:-3])
     flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *BF16_RESUME[script]]
-    save, saved = run.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
+    save, saved = resume.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
 
     def counted_save(*args, **kwargs):
         saved[phase].append(save(*args, **kwargs))
         if phase == "cut" and len(saved["cut"]) == 2:
             raise Stop
         return saved[phase][-1]
-    monkeypatch.setattr(run, "save_checkpoint", counted_save)
+    monkeypatch.setattr(resume, "save_checkpoint", counted_save)
     phase = "whole"
     run_in_process(module, [*flags, "--out", tmp_path / "whole"])
     phase = "cut"

@@ -44,7 +44,7 @@ from nanoirl import mlirl, ppo, soft_pi
 from nanoirl.dpo import dpo_loss
 from nanoirl.mlirl import MLIRLConfig
 from nanoirl.policy import right_pad, sequence_lengths
-from nanoirl.run import int_list, nonnegative_float, positive_int, seed_arg
+from nanoirl.cli import int_list, nonnegative_float, positive_int, seed_arg
 from nanoirl.sft import sft_loss
 from toy import metrics
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP
