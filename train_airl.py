@@ -17,6 +17,7 @@ Each step: sample a rollout from the policy (rewards from the current discrimina
 --disc-steps discriminator steps on demonstrations (label 1) vs those samples (label 0), then a
 PPO update. On the toy every --eval-every steps adds the exact divergences to the expert.
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import copy
 import math

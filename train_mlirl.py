@@ -20,6 +20,7 @@ Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and th
 held-out pair accuracy; mlirl_fig2.png draws MLIRL Fig. 2 from it: (a) reward accuracy, (b) gold
 reward of the policy's samples, (c) win rate against the demonstrations, over rounds.
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import copy
 import json

@@ -13,6 +13,7 @@ Supervised fine-tuning: behaviour cloning, which is forward-KL imitation of the 
 The run directory (--out) gets config.json, metrics.jsonl, metrics.png, ckpt.pt and, for a GPT,
 policy/ (a Hugging Face GPT-NeoX checkpoint that the other scripts take as --model).
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 
 import torch

@@ -23,9 +23,8 @@ What is written here (fake data) is whole or not at all: a temp file renamed at 
     for step, batch in zip(range(steps), iterate_batches(train, 64, seed=1)): ...
 """
 import sys
-if __name__ == "__main__":  # a Ctrl-C while torch is imported (seconds) ends in one line too
-    sys.excepthook = lambda kind, e, tb: (print("error: interrupted while starting; nothing was written", file=sys.stderr)
-                                          if issubclass(kind, KeyboardInterrupt) else sys.__excepthook__(kind, e, tb))
+if __name__ == "__main__":
+    import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import json
 import os

@@ -21,9 +21,8 @@ Responses are sampled with the KV cache at --temperature (0.7 as in the TL;DR co
 one token before EOS (an empty demonstration is not one).
 """
 import sys
-if __name__ == "__main__":  # a Ctrl-C while torch is imported (seconds) ends in one line too
-    sys.excepthook = lambda kind, e, tb: (print("error: interrupted while starting; nothing was written", file=sys.stderr)
-                                          if issubclass(kind, KeyboardInterrupt) else sys.__excepthook__(kind, e, tb))
+if __name__ == "__main__":
+    import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import json
 import os

@@ -213,10 +213,13 @@ def test_generate_ctrl_c_says_what_it_kept(tiny, tmp_path, monkeypatch, capsys):
     assert out.read_bytes() == whole.read_bytes()
 
 
-@pytest.mark.parametrize("module", ["nanoirl.generate", "nanoirl.data"])
-def test_ctrl_c_while_importing_is_one_line(module):
-    """SIGINT while torch is still being imported: one line, no traceback (SIGINT's exit status)."""
-    proc = subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV,
+@pytest.mark.parametrize("entry", [["-m", "nanoirl.generate"], ["-m", "nanoirl.data"], ["train_sft.py"]],
+                         ids=["generate", "data", "train_sft"])
+def test_ctrl_c_while_importing_is_one_line(entry):
+    """SIGINT while torch is still being imported: one line, no traceback (SIGINT's exit status).
+    Every entry point imports nanoirl/entry.py first; train_sft.py stands for the three scripts
+    (they printed a traceback)."""
+    proc = subprocess.Popen([sys.executable, *entry, "--help"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
     while "libtorch" not in maps.read_text() and proc.poll() is None and time.time() < deadline:
