@@ -108,10 +108,29 @@ def read_weights(path):
     """{name: tensor} of one .safetensors or .bin file; any failure is a ValueError naming it."""
     if str(path).endswith(".safetensors"):
         return read_safetensors(path)
+    return read_bin(path)
+
+
+def read_bin(path, mmap=False):
+    """{name: tensor} of a pytorch_model.bin: torch.save's zip (with mmap, its tensors are read only
+    when used) or an older pickle (read whole). A file that is empty, cut short, damaged, not a
+    checkpoint or not a dict of tensors is a one-line ValueError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # an old pickle maps not
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise ValueError(f"{path}: cannot read it: {e.strerror}") from None
+    except Exception:  # torch's message may advise weights_only=False: unsafe, so it is not shown
+        size = os.path.getsize(path)
+        what = "it is empty (0 bytes)" if size == 0 else f"it is damaged or not a PyTorch checkpoint ({size} bytes)"
+        raise ValueError(f"{path}: cannot read the weights: {what}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: cannot read the weights: it holds {type(state).__name__}, not a dict of tensors")
+    return state
 
 
 # GPTConfig field -> Hugging Face config.json key
@@ -240,7 +259,7 @@ def check_model(cls, name_or_path):
         if f.suffix == ".safetensors":
             items = {k: v["shape"] for k, v in safetensors_header(f)[0].items() if k != "__metadata__"}
         else:
-            items = {k: v.shape for k, v in read_weights(f).items()}
+            items = {k: v.shape for k, v in read_bin(f, mmap=True).items()}
         for key, shape in items.items():
             shapes[our_key(key)], where[our_key(key)] = shape, f.name
     if isinstance(model, ScalarGPT) and "score.weight" not in shapes:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import cli, data, dist, hub, mlirl, run
-from nanoirl.checkpoint import check_model, load_model, safetensors_header
+from nanoirl.checkpoint import check_model, load_model, read_bin, safetensors_header
 from nanoirl.cli import RunError
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
@@ -327,16 +327,14 @@ def load_gold_model(name, device, dtype=None):
 
 
 def tensor_names(files):
-    """The tensor names in weight files, read without the tensors (safetensors: the header)."""
+    """The tensor names in weight files, read without the tensors (safetensors: the header; a zip
+    .bin is mapped, an old pickled one read whole). A damaged file is one line naming it."""
     names = set()
     for f in files:
         if f.suffix == ".safetensors":
-            names |= safetensors_header(f)[0].keys() - {"__metadata__"}  # checked: one line if damaged
-        else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
-            try:
-                names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()
-            except RuntimeError:
-                names |= torch.load(f, map_location="cpu", weights_only=True).keys()
+            names |= safetensors_header(f)[0].keys() - {"__metadata__"}
+        else:
+            names |= read_bin(f, mmap=True).keys()
     return names
 
 

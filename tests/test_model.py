@@ -489,6 +489,40 @@ def test_safetensors_header_is_checked(tmp_path, header, data, n, error):
     assert tensor_names([good]) == {"a", "e"} and read_safetensors(good)["a"].tolist() == [0, 0]
 
 
+def test_damaged_bin_gold_model_is_one_line_before_out(tmp_path, demos):
+    """A --gold-model whose pytorch_model.bin is empty, cut short, not a checkpoint, or no dict of
+    tensors: one line naming the file (task.tensor_names let torch.load's traceback through), and
+    --out is never made. The whole file loads."""
+    import io
+
+    import train_sft
+    from nanoirl.cli import RunError
+    from nanoirl.task import load_gold_model
+    from test_scripts import tiny_text_run
+    gold, out = tmp_path / "gold", tmp_path / "run"
+    save_model(ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), gold)
+    state = load_model(ScalarGPT, gold).state_dict()
+    (gold / "model.safetensors").unlink()
+    whole, listed = io.BytesIO(), io.BytesIO()
+    torch.save(state, whole)
+    torch.save([1, 2], listed)
+    bin_ = gold / "pytorch_model.bin"
+    for content, what in [(b"", "it is empty (0 bytes)"),
+                          (whole.getvalue()[:5000], "it is damaged or not a PyTorch checkpoint (5000 bytes)"),
+                          (b"not a checkpoint\n" * 10, "it is damaged or not a PyTorch checkpoint (170 bytes)"),
+                          (listed.getvalue(), "it holds list, not a dict of tensors")]:
+        bin_.write_bytes(content)
+        with pytest.raises(RunError) as e:
+            load_gold_model(str(gold), "cpu")
+        assert str(e.value) == f"--gold-model {gold}: {bin_}: cannot read the weights: {what}"
+    flags = [*tiny_text_run(tmp_path, demos), "--gold-model", gold, "--out", out]
+    with pytest.raises(RunError, match=f"^--gold-model {gold}: {bin_}: cannot read the weights: it holds list"):
+        train_sft.main(train_sft.parser.parse_args(list(map(str, flags))))
+    assert not out.exists()
+    bin_.write_bytes(whole.getvalue())
+    assert load_gold_model(str(gold), "cpu").score.weight.shape == (1, 16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_sampling_agrees_with_float32():
     torch.manual_seed(0)
