@@ -1,4 +1,5 @@
-"""nanoirl/data.py and nanoirl/sources.py: every bad input gives one line naming file:line; the batch layout; batching."""
+"""nanoirl/data.py and nanoirl/sources.py: every bad input gives one line naming file:line; the batch
+layout; batching."""
 import errno
 import json
 import os
