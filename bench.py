@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoirl.model import CONFIGS as MODEL_CONFIGS, GPT, GPTConfig, upcast
-from nanoirl.run import nonnegative_int, positive_int
+from nanoirl.cli import nonnegative_int, positive_int
 
 # model.CONFIGS["tiny"] is the toy's (64 positions); the benchmark's tiny has room for 512 + 53
 CONFIGS = {**MODEL_CONFIGS, "tiny": GPTConfig(vocab_size=512, block_size=1024, n_layer=2, n_head=4, n_embd=64)}

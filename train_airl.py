@@ -17,13 +17,14 @@ Each step: sample a rollout from the policy (rewards from the current discrimina
 --disc-steps discriminator steps on demonstrations (label 1) vs those samples (label 0), then a
 PPO update. On the toy every --eval-every steps adds the exact divergences to the expert.
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import copy
 import math
 
 import torch
 
-from nanoirl import data, dist, fdiv, gail, ppo, reward, run
+from nanoirl import cli, data, dist, fdiv, gail, logger, ppo, resume, reward, run
 from nanoirl.model import GPT
 from nanoirl.task import TextTask, add_task_args, load_task
 from toy.task import ToyTask
@@ -38,8 +39,8 @@ def alpha_arg(value):
     return alpha
 
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
-run.add_common_args(parser, out="out/airl")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+cli.add_common_args(parser, out="out/airl")
 add_task_args(parser)
 g = parser.add_argument_group("adversarial imitation")
 g.add_argument("--divergence", default="reverse-kl", choices=["reverse-kl", "js", "forward-kl", "alpha"],
@@ -53,22 +54,22 @@ g.add_argument("--gail-reward", default="-log(1-D)-log2", choices=["-log(1-D)-lo
                     "convention (nanoirl/gail.py explains the difference)")
 g.add_argument("--fairl-reward", default="gradient", choices=["gradient", "published"],
                help="forward-kl only: e^h - 1, whose gradient is the forward KL's, or the published -h e^h")
-g.add_argument("--logit-clip", type=run.positive_float, default=20.0,
+g.add_argument("--logit-clip", type=cli.positive_float, default=20.0,
                help="the discriminator logit h is clipped before its reward is read, so that the reward's "
                     "exponent stays in [-c, c]: h to [-c, c], and to [-c, c] / |1 - alpha| for alpha-IRL when "
                     "|1 - alpha| > 1 (e^x overflows fp32 at x > 88; c = 20 is D within 2e-9 of 0 or 1); "
                     "reward_clipfrac logs how often")
-g.add_argument("--steps", type=run.positive_int, default=150, help="iterations (rollout, discriminator, PPO)")
-g.add_argument("--disc-steps", type=run.positive_int, default=5, help="discriminator steps per iteration")
-g.add_argument("--disc-lr", type=run.learning_rate, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
-g.add_argument("--eval-every", type=run.positive_int, default=25, help="evaluate every this many iterations")
+g.add_argument("--steps", type=cli.positive_int, default=150, help="iterations (rollout, discriminator, PPO)")
+g.add_argument("--disc-steps", type=cli.positive_int, default=5, help="discriminator steps per iteration")
+g.add_argument("--disc-lr", type=cli.learning_rate, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
+g.add_argument("--eval-every", type=cli.positive_int, default=25, help="evaluate every this many iterations")
 g = parser.add_argument_group("PPO policy step (nanoirl/ppo.py)")
-g.add_argument("--rollout-batch-size", type=run.positive_int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=run.learning_rate, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
-g.add_argument("--beta", type=run.nonnegative_float, default=0.0,
+g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
+g.add_argument("--beta", type=cli.nonnegative_float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
-g.add_argument("--num-minibatches", type=run.positive_int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--temperature", type=run.positive_float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
+g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--temperature", type=cli.positive_float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
 
 
 def reward_map(args):
@@ -89,8 +90,8 @@ def logit_bound(args):
 
 
 def main(args):
-    device, dtype = run.device_and_dtype(args)
-    run.seed_everything(args.seed)
+    device, dtype = cli.device_and_dtype(args)
+    cli.seed_everything(args.seed)
     toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py) or text
     task = load_task(ToyTask if toy else TextTask, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy = task.policy
@@ -103,7 +104,7 @@ def main(args):
         missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
     batch_size = pick(args.rollout_batch_size, 256, 256, 64)
-    run.check_minibatches(cfg.num_minibatches, batch_size)
+    cli.check_minibatches(cfg.num_minibatches, batch_size)
     out = run.prepare_out(args)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
     # itself; under torchrun Parallel: DDP or FSDP2 (nanoirl/dist.py); the frozen reference is sharded by --fsdp
@@ -113,8 +114,8 @@ def main(args):
     opt = ppo.make_optimizer(policy, value, cfg)
     gen = torch.Generator(device).manual_seed(args.seed)
     state = {"policy": policy, "value": value, "disc": disc, "opt": opt, "disc_opt": disc_opt, "gen": gen}
-    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
-    log = run.Logger(out, args.steps, start, args.log_every)
+    start = resume.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = logger.Logger(out, args.steps, start, args.log_every)
     demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
     batches = data.iterate_batches(demos, batch_size, args.seed, start)
     to_reward, bound = reward_map(args), logit_bound(args)
@@ -142,21 +143,21 @@ def main(args):
             d_loss, d_acc = reward.discriminator_step(disc, disc_opt, b["prompts"], b["prompt_mask"], b["responses"],
                                                       ro["responses"], task.eos_id, args.level,
                                                       dist.per_rank(args.micro_batch_size), task.autocast)
-            run.check_finite({"disc_loss": d_loss}, step, out)  # a NaN stops the run before any step
+            logger.check_finite({"disc_loss": d_loss}, step, out)  # a NaN stops the run before any step
         ppo.anneal_lr(opt, cfg, step, args.steps)  # linear decay to 0 over the run's updates
         metrics = {"disc_loss": d_loss, "disc_accuracy": d_acc, **ppo.update(policy, value, opt, ro, cfg, gen)}
-        run.check_finite(metrics, step, out)  # before evaluating: sampling from NaN weights fails
+        logger.check_finite(metrics, step, out)  # before evaluating: sampling from NaN weights fails
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             metrics.update(task.evaluate(policy))
-            run.check_finite(metrics, step, out)
+            logger.check_finite(metrics, step, out)
         log(step, metrics)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            run.save_checkpoint(out, step + 1, state, args)
+            resume.save_checkpoint(out, step + 1, state, args)
 
     if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
         task.save(disc, out / "discriminator")
-    run.plot_metrics(out)
+    logger.plot_metrics(out)
     print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
     run.summary(out)
 

@@ -20,6 +20,7 @@ Per round, metrics.jsonl holds the policy's evaluation (exact on the toy) and th
 held-out pair accuracy; mlirl_fig2.png draws MLIRL Fig. 2 from it: (a) reward accuracy, (b) gold
 reward of the policy's samples, (c) win rate against the demonstrations, over rounds.
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import copy
 import functools
@@ -27,17 +28,17 @@ import json
 
 import torch
 
-from nanoirl import data, dist, dpo, mlirl, ppo, run, sft
+from nanoirl import cli, data, dist, dpo, logger, mlirl, ppo, resume, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import TextTask, add_task_args, load_task
 from toy.exact import exact_policy_step
 from toy.task import ToyTask
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
-run.add_common_args(parser, out="out/mlirl", model="toy-gpt")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+cli.add_common_args(parser, out="out/mlirl", model="toy-gpt")
 add_task_args(parser)
 g = parser.add_argument_group("ML-IRL (MLIRL Algorithm 1; defaults: the scheme that converges exactly, docs/results.md)")
-g.add_argument("--rounds", type=run.nonnegative_int, default=4, help="IRL rounds after round 0 (SFT)")
+g.add_argument("--rounds", type=cli.nonnegative_int, default=4, help="IRL rounds after round 0 (SFT)")
 g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon", "spin"],
                help="PPO (MLIRL Sec. 6.1), exact soft policy iteration (toy only), Best-of-N SFT (Sec. 6.2), "
                     "or spin: SPIN, DPO (MLIRL Eq. 4) on the round's pairs against the last round's policy, "
@@ -45,7 +46,7 @@ g.add_argument("--policy-step", default="ppo", choices=["ppo", "soft-pi", "bon",
 g.add_argument("--pairs", default="mlirl", choices=["mlirl", "init-sft", "init-demo", "sft-demo"],
                help="reward-model data: demonstration ≻ current sample (MLIRL Eq. 11), or one of "
                     "RLignment's fixed sets built from pi_init, pi_SFT and the demonstrations")
-g.add_argument("--beta", type=run.positive_float, default=1.0,
+g.add_argument("--beta", type=cli.positive_float, default=1.0,
                help="KL coefficient of the policy step: 1 as in MLIRL Eq. 5b and 9, where an exact reward fit "
                     "and an exact step land on the demonstrations in one round; the paper's runs use 0.05 "
                     "(Table 4), whose exact rounds diverge with a moving reference (docs/results.md)")
@@ -56,7 +57,7 @@ g.add_argument("--accumulate-pairs", action="store_true",
 g.add_argument("--no-reinit", action="store_true", help="keep training one reward model across rounds")
 g.add_argument("--fixed-reference", action="store_true",
                help="anchor every policy step at the SFT policy instead of the previous round's")
-g.add_argument("--sample-temperature", type=run.nonnegative_float, default=None,
+g.add_argument("--sample-temperature", type=cli.nonnegative_float, default=None,
                help="temperature of the policy samples in the pairs (default: --temperature, the one the "
                     "policy step optimises, so that the reward compares the demonstrations with that policy; "
                     "the authors' code: ~0)")
@@ -64,24 +65,24 @@ g = parser.add_argument_group("reward model")
 g.add_argument("--rm-loss", default=None, choices=["bt", "bce"],
                help="Bradley-Terry on pairs (MLIRL Eq. 11) or the logistic discriminator loss, chosen "
                     "labelled 1 (RLignment); default: bt with --pairs mlirl, bce with RLignment's sets")
-g.add_argument("--rm-epochs", type=run.positive_int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
-g.add_argument("--rm-lr", type=run.learning_rate, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
-g.add_argument("--rm-batch-size", type=run.positive_int, default=64, help="pairs per reward-model step")
+g.add_argument("--rm-epochs", type=cli.positive_int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
+g.add_argument("--rm-lr", type=cli.learning_rate, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--rm-batch-size", type=cli.positive_int, default=64, help="pairs per reward-model step")
 g = parser.add_argument_group("policy steps")
-g.add_argument("--sft-steps", type=run.nonnegative_int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
-g.add_argument("--sft-lr", type=run.learning_rate, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
-g.add_argument("--batch-size", type=run.positive_int, default=32, help="demonstrations per SFT / Best-of-N step")
-g.add_argument("--ppo-iterations", type=run.positive_int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
-g.add_argument("--rollout-batch-size", type=run.positive_int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=run.learning_rate, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
-g.add_argument("--num-minibatches", type=run.positive_int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--temperature", type=run.positive_float, default=None,
+g.add_argument("--sft-steps", type=cli.nonnegative_int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
+g.add_argument("--sft-lr", type=cli.learning_rate, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
+g.add_argument("--batch-size", type=cli.positive_int, default=32, help="demonstrations per SFT / Best-of-N step")
+g.add_argument("--ppo-iterations", type=cli.positive_int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
+g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
+g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
+g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--temperature", type=cli.positive_float, default=None,
                help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
-g.add_argument("--bon-n", type=run.positive_int, default=8, help="Best-of-N: samples per prompt")
-g.add_argument("--bon-steps", type=run.positive_int, default=50, help="Best-of-N: SFT steps per round")
-g.add_argument("--dpo-epochs", type=run.positive_int, default=None,
+g.add_argument("--bon-n", type=cli.positive_int, default=8, help="Best-of-N: samples per prompt")
+g.add_argument("--bon-steps", type=cli.positive_int, default=50, help="Best-of-N: SFT steps per round")
+g.add_argument("--dpo-epochs", type=cli.positive_int, default=None,
                help="SPIN: DPO epochs over the pairs per round (default: 20 toy, 2 text)")
-g.add_argument("--dpo-lr", type=run.learning_rate, default=None,
+g.add_argument("--dpo-lr", type=cli.learning_rate, default=None,
                help="SPIN: DPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, as PPO; 5e-7 text, as SPIN)")
 
 
@@ -101,19 +102,19 @@ def fill_defaults(args, task):
 
 
 def main(args):
-    device, dtype = run.device_and_dtype(args)
-    run.seed_everything(args.seed)
+    device, dtype = cli.device_and_dtype(args)
+    cli.seed_everything(args.seed)
     toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
     Task = ToyTask if toy else functools.partial(TextTask, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy = task.policy
     fill_defaults(args, task)
     if args.policy_step == "soft-pi" and not toy:
-        raise run.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
+        raise cli.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
     if args.policy_step == "ppo":
-        run.check_minibatches(args.num_minibatches, args.rollout_batch_size)
+        cli.check_minibatches(args.num_minibatches, args.rollout_batch_size)
     if dist.world() > 1 and (args.policy_step != "ppo" or args.pairs != "mlirl"):
-        raise run.RunError(f"under torchrun train_mlirl.py runs --policy-step ppo on --pairs mlirl; "
+        raise cli.RunError(f"under torchrun train_mlirl.py runs --policy-step ppo on --pairs mlirl; "
                            f"--policy-step {args.policy_step} --pairs {args.pairs} runs in one process")
     out = run.prepare_out(args)
     # the KL anchor pi_ref: a copy of the policy, made before either is wrapped for torchrun; it
@@ -145,7 +146,7 @@ def main(args):
 
     # ---- round 0: SFT. A checkpoint every --ckpt-every steps holds the policy, the SFT optimizer
     # and sft_step; the checkpoint after round 0 holds the four models and the reward model's init ----
-    ckpt = run.load_checkpoint(out, {"policy": policy, "gen": gen}, args) if args.resume else None
+    ckpt = resume.load_checkpoint(out, {"policy": policy, "gen": gen}, args) if args.resume else None
     if ckpt is None or "sft_step" in ckpt:  # a fresh run, or one stopped inside round 0
         sft_start = ckpt["sft_step"] if ckpt else 0
         # RLignment's pi_init is the policy before SFT: its samples are drawn now, and no copy is kept
@@ -159,11 +160,11 @@ def main(args):
             b = next(batches)
             loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
                                 micro_batch_size=dist.per_rank(args.micro_batch_size), autocast=task.autocast)
-            run.check_finite({"sft_loss": loss}, step, out)
+            logger.check_finite({"sft_loss": loss}, step, out)
             if step % 50 == 0 or step == sft_start or step + 1 == args.sft_steps:
                 print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
             if (step + 1) % args.ckpt_every == 0 and step + 1 < args.sft_steps:
-                run.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
+                resume.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
                                     sft_step=step + 1, init_samples=init_samples)
         del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
         ref.load_state_dict(policy.state_dict())  # the KL anchor pi_ref, from the SFT policy
@@ -175,16 +176,16 @@ def main(args):
             pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
     else:  # resumed after round 0: the other models need only their shapes, the checkpoint fills them
         reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))
-        run.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
-        run.set_rng_states(ckpt["rng"])  # the new heads drew from the global RNG: back to the checkpoint's
+        resume.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
+        resume.set_rng_states(ckpt["rng"])  # the new heads drew from the global RNG: back to the checkpoint's
         start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
     del ckpt  # its CPU copy of every model
     state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
-    log = run.Logger(out, args.rounds + 1, start)
+    log = logger.Logger(out, args.rounds + 1, start)
     if start == 0:
         log(0, task.evaluate(policy))
         start = 1
-        run.save_checkpoint(out, start, state, args, reward_init=reward_init, pairs=pairs)
+        resume.save_checkpoint(out, start, state, args, reward_init=reward_init, pairs=pairs)
 
     def policy_step(policy, ref, reward_model, cfg):
         if args.policy_step == "soft-pi":
@@ -200,7 +201,7 @@ def main(args):
             if i % 10 == 0 or i + 1 == args.ppo_iterations:
                 print(f"  ppo {i}/{args.ppo_iterations} | " + " | ".join(f"{n} {v:.4g}" for n, v in s.items()),
                       flush=True)
-            run.check_finite(s, f"{k} (PPO iteration {i})", out)  # k: the round being trained
+            logger.check_finite(s, f"{k} (PPO iteration {i})", out)  # k: the round being trained
         return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, optimizer=opt,
                                      demos=task.demos, ppo_cfg=ppo_cfg,
                                      iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
@@ -227,16 +228,16 @@ def main(args):
         acc = None if spin else task.reward_accuracy(reward_model, args.level)
         metrics = {**stats, **({"rm_accuracy_heldout": acc} if acc is not None else {}),
                    **task.evaluate(policy)}
-        run.check_finite(metrics, k, out)
+        logger.check_finite(metrics, k, out)
         log(k, metrics)
-        run.save_checkpoint(out, k + 1, state, args, reward_init=reward_init, pairs=pairs)
+        resume.save_checkpoint(out, k + 1, state, args, reward_init=reward_init, pairs=pairs)
 
     if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
         if not spin:  # SPIN trains no reward model
             task.save(reward_model, out / "reward_model")
-    run.plot_metrics(out, xlabel="round")
-    run.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
+    logger.plot_metrics(out, xlabel="round")
+    logger.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
     if toy and dist.is_main():  # the headline number: exact forward KL to the true expert, before and after ML-IRL
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> {'SPIN' if spin else 'ML-IRL'} {rows[-1]['fkl']:.4f} "

@@ -13,33 +13,34 @@ Supervised fine-tuning: behaviour cloning, which is forward-KL imitation of the 
 The run directory (--out) gets config.json, metrics.jsonl, metrics.png, ckpt.pt and, for a GPT,
 policy/ (a Hugging Face GPT-NeoX checkpoint that the other scripts take as --model).
 """
+import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 
 import torch
 
-from nanoirl import data, dist, run, sft
+from nanoirl import cli, data, dist, logger, resume, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import TextTask, add_task_args, load_task
 from toy.task import ToyTask
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
-run.add_common_args(parser, out="out/sft")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+cli.add_common_args(parser, out="out/sft")
 add_task_args(parser)
 g = parser.add_argument_group("SFT")
-g.add_argument("--steps", type=run.positive_int, default=300, help="optimiser steps")
-g.add_argument("--batch-size", type=run.positive_int, default=32, help="demonstrations per step")
-g.add_argument("--lr", type=run.learning_rate, default=None,
+g.add_argument("--steps", type=cli.positive_int, default=300, help="optimiser steps")
+g.add_argument("--batch-size", type=cli.positive_int, default=32, help="demonstrations per step")
+g.add_argument("--lr", type=cli.learning_rate, default=None,
                help="AdamW learning rate, decayed linearly to 0 "
                     "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")
 g.add_argument("--occupancy", action="store_true",
                help="minimise the occupancy-measure cross-entropy: token t of an n-token "
                     "response weighted n - t (Sun24 Eq. 12, index corrected; nanoirl/sft.py)")
-g.add_argument("--eval-every", type=run.positive_int, default=50, help="evaluate every this many steps")
+g.add_argument("--eval-every", type=cli.positive_int, default=50, help="evaluate every this many steps")
 
 
 def main(args):
-    device, dtype = run.device_and_dtype(args)
-    run.seed_everything(args.seed)
+    device, dtype = cli.device_and_dtype(args)
+    cli.seed_everything(args.seed)
     Task = ToyTask if args.model.startswith("toy-") else TextTask  # the toy MDP (toy/task.py) or text
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
@@ -48,8 +49,8 @@ def main(args):
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, eps=1e-5, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / args.steps)
     state = {"policy": policy, "opt": opt, "sched": sched}
-    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
-    log = run.Logger(out, args.steps, start, args.log_every)
+    start = resume.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = logger.Logger(out, args.steps, start, args.log_every)
     demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
     batches = data.iterate_batches(demos, args.batch_size, args.seed, start)
     loss_fn = sft.occupancy_sft_loss if args.occupancy else sft.sft_loss
@@ -59,18 +60,18 @@ def main(args):
         loss = sft.sft_step(policy, opt, b["prompts"], b["prompt_mask"], b["responses"], task.eos_id,
                             loss_fn, dist.per_rank(args.micro_batch_size), task.autocast)
         metrics = {"loss": loss}
-        run.check_finite(metrics, step, out)  # sft_step took no optimiser step on a bad loss
+        logger.check_finite(metrics, step, out)  # sft_step took no optimiser step on a bad loss
         sched.step()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             metrics.update(task.evaluate(policy))
-            run.check_finite(metrics, step, out)  # a finite loss can still take a step to NaN weights
+            logger.check_finite(metrics, step, out)  # a finite loss can still take a step to NaN weights
         log(step, metrics)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            run.save_checkpoint(out, step + 1, state, args)
+            resume.save_checkpoint(out, step + 1, state, args)
 
     if isinstance(dist.unwrap(policy), GPT):
         task.save(policy, out / "policy")
-    run.plot_metrics(out)
+    logger.plot_metrics(out)
     print("final:", ", ".join(f"{k} {v:.4g}" for k, v in task.evaluate(policy).items()))
     run.summary(out)
 

@@ -6,8 +6,8 @@ transformers or safetensors. Two layouts are read:
   ScalarModel          the TL;DR reference code's reward models: lm_backbone.* (a GPTNeoXModel),
                        scalar_head.{weight,bias}, the GPT-NeoX config under "base_config" in
                        config.json, and a scalar "bias" subtracted from every score
-  load_model(cls, name_or_path)   GPT.from_pretrained / ScalarGPT.from_pretrained
-  save_model(model, directory)    model.save_pretrained
+  load_model(cls, name_or_path)   a GPT or ScalarGPT from a name, a directory or "random:<config>"
+  save_model(model, directory)    config.json + model.safetensors, as transformers saves them
 """
 import json
 import math
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from nanoirl import hub
+from nanoirl.files import write_atomically
 from nanoirl.model import CONFIGS, GPTConfig, ScalarGPT, new_score_head
 
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
@@ -107,10 +108,29 @@ def read_weights(path):
     """{name: tensor} of one .safetensors or .bin file; any failure is a ValueError naming it."""
     if str(path).endswith(".safetensors"):
         return read_safetensors(path)
+    return read_bin(path)
+
+
+def read_bin(path, mmap=False):
+    """{name: tensor} of a pytorch_model.bin: torch.save's zip (with mmap, its tensors are read only
+    when used) or an older pickle (read whole). A file that is empty, cut short, damaged, not a
+    checkpoint or not a dict of tensors is a one-line ValueError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # an old pickle maps not
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise ValueError(f"{path}: cannot read it: {e.strerror}") from None
+    except Exception:  # torch's message may advise weights_only=False: unsafe, so it is not shown
+        size = os.path.getsize(path)
+        what = "it is empty (0 bytes)" if size == 0 else f"it is damaged or not a PyTorch checkpoint ({size} bytes)"
+        raise ValueError(f"{path}: cannot read the weights: {what}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: cannot read the weights: it holds {type(state).__name__}, not a dict of tensors")
+    return state
 
 
 # GPTConfig field -> Hugging Face config.json key
@@ -163,7 +183,7 @@ RENAME = {"lm_head.": "embed_out.", "lm_backbone.": "gpt_neox.", "scalar_head.":
 
 
 def load_model(cls, name_or_path, dtype=None, device=None):
-    """cls.from_pretrained: "random:<CONFIGS key>" for fresh random weights, else a directory or a
+    """A cls (GPT or ScalarGPT) from "random:<CONFIGS key>" for fresh random weights, else a directory or a
     model name (nanoirl.hub). dtype None means float32, whatever the checkpoint's dtype (Pythia's
     is fp16). A ScalarGPT loaded from a causal LM gets a freshly initialised head."""
     dtype = dtype or torch.float32
@@ -239,7 +259,7 @@ def check_model(cls, name_or_path):
         if f.suffix == ".safetensors":
             items = {k: v["shape"] for k, v in safetensors_header(f)[0].items() if k != "__metadata__"}
         else:
-            items = {k: v.shape for k, v in read_weights(f).items()}
+            items = {k: v.shape for k, v in read_bin(f, mmap=True).items()}
         for key, shape in items.items():
             shapes[our_key(key)], where[our_key(key)] = shape, f.name
     if isinstance(model, ScalarGPT) and "score.weight" not in shapes:
@@ -248,20 +268,9 @@ def check_model(cls, name_or_path):
     return config
 
 
-def atomic_write(path, write):
-    """write(f) into a temp file beside path, then rename it over path: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # atomic on POSIX and Windows within one directory
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(model, directory):
-    """model.save_pretrained: config.json + model.safetensors, loadable by HF's
-    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by our from_pretrained. Under torchrun every
+    """config.json + model.safetensors in directory, loadable by HF's
+    GPTNeoXForCausalLM.from_pretrained (for a GPT) and by load_model. Under torchrun every
     rank calls it (FSDP2's shards are gathered) and rank 0 writes the whole weights. Each file is
     written atomically; run.save_model_dir makes the whole directory one change."""
     from nanoirl import dist
@@ -280,7 +289,7 @@ def _save_model(model, state, directory):
     if isinstance(model, ScalarGPT):  # HF's class has a bias-free score: it would drop score.bias
         config.update(architectures=["GPTNeoXForSequenceClassification"], num_labels=1,
                       bias=model.score_offset)
-    atomic_write(directory / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    write_atomically(directory / "config.json", [json.dumps(config, indent=2)])
     # safetensors: the JSON header (padded to 8 bytes so the data is aligned), then the raw bytes
     dtypes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
@@ -290,9 +299,5 @@ def _save_model(model, state, directory):
         offset = end
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for v in state.values():
-            f.write(v.reshape(-1).view(torch.uint8).numpy())  # raw bytes, native = little-endian
-    atomic_write(directory / "model.safetensors", write)
+    tensors = (v.reshape(-1).view(torch.uint8).numpy() for v in state.values())  # raw bytes, native = little-endian
+    write_atomically(directory / "model.safetensors", [struct.pack("<Q", len(blob)) + blob, *tensors])

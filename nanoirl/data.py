@@ -2,10 +2,8 @@
 Text data: load and check records, tokenise them into the batch layout of nanoirl/policy.py,
 batch them reproducibly, and write synthetic TL;DR-shaped data for dry runs.
 
-Sources (--data, --eval-pairs): a JSONL file (one JSON object per line), a parquet file, a
-directory written by `datasets`' save_to_disk, or a Hub dataset "owner/name[:split]", looked up
-first as a save_to_disk directory under $NANOIRL_DATA (default ./data), then fetched with the
-optional `datasets` package (`python -m nanoirl.data --download owner/name` saves one there).
+Sources (--data, --eval-pairs): a JSONL file, a parquet file, a dataset directory or a Hub
+dataset "owner/name[:split]", read record by record in nanoirl/sources.py.
 Layouts (read off the fields of the first record):
   demonstrations  {"prompt": str, "response": str}
   tldr            {"subreddit", "title", "post", "summary"}  (TL;DR, as in the N+ PPO code)
@@ -15,35 +13,29 @@ Layouts (read off the fields of the first record):
   preferences     {"prompt" or "query", "chosen", "rejected"}  (reward-model evaluation; the
                   reference's preprocessed sets end chosen and rejected with "<|endoftext|>",
                   which is dropped here since tokenize appends EOS)
-Extra fields are ignored. Every problem raises DataError, whose message is one line
-"file:line: what is wrong", so that a script can print it and exit without a traceback. A name
-meant as a file (a typo of one) is said to be missing, never looked up on the Hub; offline, the
-Hub is given up after a 3 s reachability check (nanoirl/hub.py), as for models. What is written
-here (fake data, downloads) is whole or not at all: a temp file renamed at the end.
+Extra fields are ignored. Every problem raises DataError (nanoirl/sources.py), whose message is
+one line "file:line: what is wrong", so that a script can print it and exit without a traceback.
+What is written here (fake data) is whole or not at all: a temp file renamed at the end
+(nanoirl/files.py).
 
     examples = load_demonstrations("tldr.jsonl")
     train = tokenize(examples, tokenizer, max_prompt_len=512, max_response_len=53)
     for step, batch in zip(range(steps), iterate_batches(train, 64, seed=1)): ...
 """
 import sys
-if __name__ == "__main__":  # a Ctrl-C while torch is imported (seconds) ends in one line too
-    sys.excepthook = lambda kind, e, tb: (print("error: interrupted while starting; nothing was written", file=sys.stderr)
-                                          if issubclass(kind, KeyboardInterrupt) else sys.__excepthook__(kind, e, tb))
+if __name__ == "__main__":
+    import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
-import difflib
-import errno
 import json
 import os
 import random
-import re
-import shutil
-import stat
-from pathlib import Path
 
 import torch
 
-from nanoirl.hub import reachable
+from nanoirl.cli import HelpFormatter, positive_int, seed_arg
+from nanoirl.files import why_not_written, write_atomically
 from nanoirl.policy import left_pad, right_pad
+from nanoirl.sources import DataError, data_dir, download, read_records
 
 LAYOUTS = {
     "demonstrations": ("prompt", "response"),
@@ -59,138 +51,6 @@ TLDR_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered"
 TLDR_PREFERENCES = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
 MAX_TRUNCATED_SHARE = 0.05  # above this share of responses cut short, tokenize refuses
 FIELDS = {f for fields in LAYOUTS.values() for f in fields}
-# names that are files, never Hub datasets "owner/name" (a typo of a local file must not go to the Hub)
-FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip"}
-
-
-class DataError(ValueError):
-    """A bad input file. str(error) is one line: 'file:line: what is wrong'."""
-
-
-def read_jsonl(path):
-    """Yield (line number, dict) for each non-blank line of a JSONL file."""
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise DataError(f"{path}: is a directory, not a JSONL file")
-        if not stat.S_ISREG(mode):  # a FIFO would block, and be gone on --resume
-            raise DataError(f"{path}: is {'a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'not a regular file'}, "
-                            "not a JSONL file")
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
-    with f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise DataError(f"{path}:{n}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-            for k, v in record.items():  # JSON may escape a lone surrogate, which no text encodes
-                if isinstance(v, str) and not v.isascii():
-                    try:
-                        v.encode("utf-8")
-                    except UnicodeEncodeError as e:
-                        raise DataError(f"{path}:{n}: field {k!r} holds a lone surrogate "
-                                        f"{v[e.start]!r} at character {e.start}, which is not text") from None
-            yield n, record
-
-
-def data_dir():
-    return Path(os.environ.get("NANOIRL_DATA", "data"))
-
-
-def hub_offline():
-    """Whether the user asked for no network (then `datasets` reads only its own cache, fast)."""
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def missing_file(name):
-    """For a name that is no existing path but was meant as a file (a file extension, an existing
-    directory before its last '/', or a near-miss of an existing file): the one-line error that
-    says so; None for a name that can only be a Hub dataset."""
-    path = Path(name)
-    if not path.parent.is_dir():
-        return None if path.suffix.lower() not in FILE_SUFFIXES else f"{name}: no such file"
-    near = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1, cutoff=0.8)
-    if near:
-        return f"{name}: no such file; did you mean {path.parent / near[0]}?"
-    return f"{name}: no such file in the directory {path.parent}"
-
-
-def read_dataset(source):
-    """The rows of a parquet file, a save_to_disk directory or a Hub dataset, "source[:split]"
-    (split "train" by default, "validation[:2048]" slices). Needs the optional `datasets`."""
-    name, split = source, None
-    m = re.fullmatch(r"(.+?):(\w+(?:\[:\d+\])?)", source)  # name:split or name:split[:n]
-    if m and not Path(source).exists():
-        name, split = m.groups()
-    local = Path(name) if Path(name).exists() else data_dir() / name
-    get = (f"python -m nanoirl.data --download {name} saves it to {data_dir() / name} "
-           "($NANOIRL_DATA moves that folder); or pass a JSONL file")
-    if not Path(name).exists() and not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
-        raise DataError(f"{source}: no such file, directory or Hub dataset owner/name")
-    if not local.exists() and (why := missing_file(name)):
-        raise DataError(why)
-    if split and local.is_file() and local.suffix != ".parquet":
-        raise DataError(f"{source}: {name} is a file; a split ':{split}' applies to a saved dataset, "
-                        f"a parquet file or a Hub dataset only")
-    if local.is_dir() and not any((local / f).exists() for f in ("dataset_dict.json", "state.json")):
-        raise DataError(f"{local}: is a directory, not a JSONL file or a saved dataset "
-                        "(datasets' save_to_disk writes dataset_dict.json or state.json)")
-    try:
-        import datasets  # optional: only for sources other than JSONL
-    except ImportError:
-        raise DataError(f"{source}: reading it needs the `datasets` package: pip install datasets; "
-                        f"then {get}") from None
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a failure is one DataError line below
-    datasets.disable_progress_bars()
-    if not local.exists() and not hub_offline() and (offline := reachable()):  # datasets would retry ~30 s
-        raise DataError(f"{source}: not in {local}, and {offline}; with the network, {get}")
-    try:
-        if local.suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(local))
-        elif local.is_dir():
-            ds = datasets.load_from_disk(str(local))
-        else:  # the Hub (or datasets' own cache)
-            ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # offline, no such dataset, a broken file or directory, ...
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if local.exists():  # a local file or directory: nothing to download
-            kind = "a parquet file" if local.suffix == ".parquet" else "a saved dataset"
-            raise DataError(f"{local}: cannot read it as {kind} ({why})") from None
-        raise DataError(f"{source}: not in {local} and not loadable ({why}); with the network, {get}") from None
-    m = re.fullmatch(r"(\w+)(?:\[:(\d+)\])?", split or "train")
-    if isinstance(ds, datasets.DatasetDict):  # a saved Dataset is one split already
-        if not m or m.group(1) not in ds:
-            raise DataError(f"{source}: no split {split!r}; the splits are {', '.join(ds)}")
-        ds = ds[m.group(1)]
-    if local.exists() and m.group(2):  # (load_dataset slices by itself)
-        ds = ds.select(range(min(int(m.group(2)), len(ds))))
-    # the text columns and any field of a layout (one that is not text is then named as such);
-    # the preprocessed sets also hold token lists: not read here
-    text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")
-            or c in FIELDS]
-    return ds.select_columns(text)
-
-
-def read_records(source):
-    """Yield (where, dict): "file:line" of a JSONL file, "source row i" of a dataset."""
-    path = Path(source)
-    if path.suffix == ".jsonl" or (path.exists() and not path.is_dir() and path.suffix != ".parquet"):
-        for n, record in read_jsonl(path):
-            yield f"{path}:{n}", record
-        return
-    for i, record in enumerate(read_dataset(str(source))):
-        yield f"{source} row {i}", record
 
 
 def load_jsonl(path, layouts):
@@ -198,7 +58,7 @@ def load_jsonl(path, layouts):
     fields (response, or chosen and rejected) plus "where" = "file:line" for later messages
     (TL;DR records keep their fields for truncation under "tldr")."""
     examples, layout, first = [], None, None
-    for where, record in read_records(path):
+    for where, record in read_records(path, FIELDS):
         if layout is None:  # the layout sharing the most fields with the first line
             layout = max(layouts, key=lambda k: len(set(LAYOUTS[k]) & record.keys()))
             first = where
@@ -373,60 +233,13 @@ def fake_tldr(n, seed=0, preferences=False):
 
 def write_jsonl(path, records, mode="w"):
     """Write records one JSON line each, as they come (records may be a generator). mode "x"
-    refuses an existing file. Atomic (write_atomically): path is whole or as it was."""
+    refuses an existing file. Atomic (nanoirl/files.py:write_atomically): path is whole or as it was."""
     write_atomically(path, (json.dumps(r) + "\n" for r in records), mode)
-
-
-def write_atomically(path, texts, mode="w"):
-    """Write the strings `texts` (streamed: a generator is never held whole) to a temp file beside
-    `path`, then rename it onto path: path is never left partial, and a full disk, an I/O error or
-    Ctrl-C leaves it as it was, the temp file removed. mode "x" refuses an existing path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename is atomic
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            for text in texts:
-                f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
-        if mode == "x" and path.exists():
-            raise FileExistsError(errno.EEXIST, "File exists", str(path))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def why_not_written(error):
-    """An OSError as a message ends: a full disk worded as docs/operations.md words it for checkpoints."""
-    return "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
-
-
-def download(name):
-    """Save the Hub dataset `name` (every split) under $NANOIRL_DATA, where --data name finds it.
-    Saved into a temp directory that is renamed at the end: a failure leaves no partial dataset."""
-    if not hub_offline() and (offline := reachable()):  # datasets would retry ~30 s, then a traceback
-        raise DataError(f"cannot download {name}: {offline}")
-    import datasets
-    datasets.logging.set_verbosity_error()
-    path = data_dir() / name
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        datasets.load_dataset(name).save_to_disk(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)  # an earlier download of it
-        os.replace(tmp, path)
-    except Exception as e:  # no such dataset, a full disk, ...
-        why = why_not_written(e) if isinstance(e, OSError) and e.errno else (str(e).splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot download {name} to {path}: {why}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def main(argv=None):
     # python -m nanoirl.data fake_tldr.jsonl --n 256 [--preferences] [--force]
     # python -m nanoirl.data --download vwxyzjn/summarize_from_feedback_tldr_3_filtered
-    from nanoirl.run import HelpFormatter, positive_int, seed_arg
     parser = argparse.ArgumentParser(prog="python -m nanoirl.data",
                                      description="Write synthetic TL;DR-shaped JSONL for dry runs, "
                                                  "or save Hub datasets where --data finds them.",

@@ -29,7 +29,7 @@ ranks compute what one process computes, to rounding:
 DDP averages gradients only for calls through `forward`: Parallel dispatches logprobs and
 state_scores through it (calling the inner module would silently skip the gradient all-reduce);
 FSDP2 registers those methods and `sample` as forward methods. Checkpoints are gathered to full
-weights, one tensor at a time, on rank 0's CPU, and written by rank 0 (run.save_checkpoint): one
+weights, one tensor at a time, on rank 0's CPU, and written by rank 0 (resume.save_checkpoint): one
 file, the same for every rank count. Every script ends its process group on its way out (close,
 from run.script).
 """

@@ -21,9 +21,8 @@ Responses are sampled with the KV cache at --temperature (0.7 as in the TL;DR co
 one token before EOS (an empty demonstration is not one).
 """
 import sys
-if __name__ == "__main__":  # a Ctrl-C while torch is imported (seconds) ends in one line too
-    sys.excepthook = lambda kind, e, tb: (print("error: interrupted while starting; nothing was written", file=sys.stderr)
-                                          if issubclass(kind, KeyboardInterrupt) else sys.__excepthook__(kind, e, tb))
+if __name__ == "__main__":
+    import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
 import json
 import os
@@ -32,25 +31,26 @@ from pathlib import Path
 
 import torch
 
-from nanoirl import data, mlirl, run
+from nanoirl import cli, data, files, mlirl, run
+from nanoirl.checkpoint import load_model
 from nanoirl.model import GPT
 from nanoirl.policy import ends_with_eos
-from nanoirl.run import RunError
+from nanoirl.cli import RunError
 from nanoirl.task import check_temperature, load_gold_model, load_tokenizer
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=run.HelpFormatter)
-parser.add_argument("--model", type=run.model_arg, required=True, help="the policy that writes the demonstrations")
-parser.add_argument("--data", type=run.data_arg, default=data.TLDR_SFT + ":train",
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+parser.add_argument("--model", type=cli.model_arg, required=True, help="the policy that writes the demonstrations")
+parser.add_argument("--data", type=cli.data_arg, default=data.TLDR_SFT + ":train",
                     help="prompts: any --data source of the scripts (default: TL;DR's train split)")
-parser.add_argument("--n", type=run.positive_int, default=10000, help="demonstrations: the first n prompts")
+parser.add_argument("--n", type=cli.positive_int, default=10000, help="demonstrations: the first n prompts")
 parser.add_argument("--out", required=True, help="output JSONL; an existing one of generate's is continued")
 parser.add_argument("--force", action="store_true", help="overwrite an --out that generate did not write, or wrote with other flags")
-parser.add_argument("--batch-size", type=run.positive_int, default=64, help="prompts per sampling batch")
-parser.add_argument("--temperature", type=run.nonnegative_float, default=0.7, help="sampling temperature (0: greedy)")
-parser.add_argument("--max-prompt-len", type=run.positive_int, default=512, help="prompt tokens (left-padded)")
-parser.add_argument("--max-response-len", type=run.positive_int, default=53, help="new tokens, EOS included")
+parser.add_argument("--batch-size", type=cli.positive_int, default=64, help="prompts per sampling batch")
+parser.add_argument("--temperature", type=cli.nonnegative_float, default=0.7, help="sampling temperature (0: greedy)")
+parser.add_argument("--max-prompt-len", type=cli.positive_int, default=512, help="prompt tokens (left-padded)")
+parser.add_argument("--max-response-len", type=cli.positive_int, default=53, help="new tokens, EOS included")
 parser.add_argument("--gold-model", default=None, help="a reward model that scores each sample and the data's response")
-parser.add_argument("--seed", type=run.seed_arg, default=1, help="batch i is sampled with seed * 1_000_003 + i")
+parser.add_argument("--seed", type=cli.seed_arg, default=1, help="batch i is sampled with seed * 1_000_003 + i")
 parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
                     help="weights and compute; auto: bfloat16 on CUDA, float32 on CPU")
@@ -105,7 +105,7 @@ def append_whole(out, text, size):
 
 def main(args):
     check_temperature("temperature", args.temperature, greedy=True)
-    device, dtype = run.device_and_dtype(args)
+    device, dtype = cli.device_and_dtype(args)
     out, meta = Path(args.out), Path(args.out + ".config.json")
     flags = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
     done = check_out(out, meta, flags, args.force)
@@ -121,16 +121,16 @@ def main(args):
             raise RunError(f"--out {out} has {done} lines, more than the {n} prompts of --data; "
                            "use another --out, or --force to overwrite it")
         try:
-            policy = GPT.from_pretrained(args.model, dtype, device).eval()
+            policy = load_model(GPT, args.model, dtype, device).eval()
             gold = args.gold_model and load_gold_model(args.gold_model, device, dtype).eval()
         except (FileNotFoundError, ValueError) as e:
             raise RunError(str(e).splitlines()[0]) from None
         try:  # each whole or not at all
-            data.write_atomically(meta, [json.dumps(flags, indent=2) + "\n"])
+            files.write_atomically(meta, [json.dumps(flags, indent=2) + "\n"])
             if args.force or not out.exists():
-                data.write_atomically(out, [])  # (--force replaces an old file only now)
+                files.write_atomically(out, [])  # (--force replaces an old file only now)
         except OSError as e:
-            raise RunError(f"cannot write --out {out}: {data.why_not_written(e)}; {kept()}") from None
+            raise RunError(f"cannot write --out {out}: {files.why_not_written(e)}; {kept()}") from None
         ours = True
         size = out.read_bytes().rfind(b"\n") + 1
         os.truncate(out, size)  # a cut last line (a kill during a write) is cut off the file
@@ -160,7 +160,7 @@ def main(args):
                 try:
                     size = append_whole(out, "".join(lines), size)
                 except OSError as e:
-                    raise RunError(f"cannot write {out}: {data.why_not_written(e)}; {kept()}") from None
+                    raise RunError(f"cannot write {out}: {files.why_not_written(e)}; {kept()}") from None
                 done = i.stop
                 rate = (time.time() - t0) / (done - start)
                 hms = lambda s: time.strftime("%H:%M:%S", time.gmtime(s))

@@ -4,8 +4,8 @@ map 1:1 onto Hugging Face's `GPTNeoXForCausalLM`:
   GPT        logits at every position, per-token log-probs and KV-cache sampling: the policy
              interface of nanoirl/policy.py
   ScalarGPT  the same transformer with a Linear(d, 1) head: reward, value and discriminator models
-Checkpoints: GPT.from_pretrained("pythia-1b" | directory | "random:pythia-1b"), .save_pretrained(dir);
-the file formats live in nanoirl/checkpoint.py.
+Checkpoints: load_model(GPT, "pythia-1b" | directory | "random:pythia-1b") and save_model(model,
+dir) of nanoirl/checkpoint.py, where the file formats live (this file does not import it).
 """
 import math
 from dataclasses import dataclass
@@ -185,24 +185,8 @@ def fp32_linear(x, layer):
 # the two models
 
 
-def from_pretrained(cls, name_or_path, dtype=None, device=None):
-    """cls from "random:<CONFIGS key>", a directory or a model name; float32 unless dtype is
-    given. The checkpoint formats are in nanoirl/checkpoint.py (imported here, not above: it
-    imports this file)."""
-    from nanoirl.checkpoint import load_model
-    return load_model(cls, name_or_path, dtype, device)
-
-
-def save_pretrained(model, directory):
-    """config.json + model.safetensors in directory, loadable by transformers (checkpoint.py)."""
-    from nanoirl.checkpoint import save_model
-    save_model(model, directory)
-
-
 class GPT(nn.Module):
     """GPT-NeoX causal LM: logits, per-token log-probs and sampling (the policy of policy.py)."""
-    from_pretrained = classmethod(from_pretrained)  # GPT.from_pretrained(name_or_path, dtype, device)
-    save_pretrained = save_pretrained  # model.save_pretrained(directory)
 
     def __init__(self, config):
         super().__init__()
@@ -309,8 +293,6 @@ class ScalarGPT(nn.Module):
     """The GPT-NeoX transformer plus a scalar head: a reward, value or discriminator model.
     score_offset is subtracted from every score: the TL;DR reference reward models store the
     mean score of the reference summaries there, so that they score about 0."""
-    from_pretrained = classmethod(from_pretrained)  # from a causal LM (fresh head) or a saved ScalarGPT
-    save_pretrained = save_pretrained
 
     def __init__(self, config):
         super().__init__()

@@ -33,22 +33,22 @@ from pathlib import Path
 
 import torch
 
-from nanoirl import data, dist, hub, mlirl, run
-from nanoirl.checkpoint import check_model, safetensors_header
+from nanoirl import cli, data, dist, hub, mlirl, run
+from nanoirl.checkpoint import check_model, load_model, read_bin, safetensors_header
+from nanoirl.cli import RunError
 from nanoirl.model import GPT, ScalarGPT
 from nanoirl.policy import ends_with_eos, sequence_lengths
 from nanoirl.reward import accuracy
-from nanoirl.run import RunError
 
 
 def add_task_args(parser):
     g = parser.add_argument_group("task")
-    g.add_argument("--n-demos", type=run.positive_int, default=60,
+    g.add_argument("--n-demos", type=cli.positive_int, default=60,
                    help="toy: number of expert demonstrations (the low-demonstration regime matters)")
     g.add_argument("--policy-class", default="full", choices=["full", "position", "markov"],
                    help="toy-tabular: full-prefix table, or a restricted class where forward and "
                         "reverse KL have different optima")
-    g.add_argument("--eval-size", type=run.positive_int, default=64,
+    g.add_argument("--eval-size", type=cli.positive_int, default=64,
                    help="text: demonstrations held out for evaluation")
     g.add_argument("--eval-pairs", default=None,
                    help='text: {"prompt" or "query", "chosen", "rejected"} pairs for reward-model accuracy '
@@ -137,7 +137,7 @@ class TextTask:
         examples = data.load_demonstrations(args.data)
         held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
         # the data's fingerprint goes into config.json and the checkpoint: a --resume on changed
-        # contents under the same name is refused like a changed flag (run.check_resume)
+        # contents under the same name is refused like a changed flag (resume.check_resume)
         args.data_sha256 = fingerprint(examples + (held_out if eval_data else []))
         examples = examples if eval_data else examples[args.eval_size:]
         if not examples:
@@ -157,7 +157,7 @@ class TextTask:
             self.pairs = {k: v.to(device) for k, v in p.items()}
         try:  # fp32 master weights; compute in bf16 under autocast
             weights = torch.float32 if self.autocast_dtype else dtype
-            self.policy = GPT.from_pretrained(args.model, dtype=weights, device=device)
+            self.policy = load_model(GPT, args.model, dtype=weights, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--model {args.model}: {e}") from None
         # the gold reward model is never trained: bf16 weights under bf16 autocast (6.9b: 14 GB)
@@ -191,7 +191,7 @@ class TextTask:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def save(self, model, directory):
-        """model.save_pretrained(directory) and its tokenizer.json (a byte-token dry run writes
+        """save_model(model, directory) and its tokenizer.json (a byte-token dry run writes
         one that encodes as ByteTokenizer), so that the directory works as the next --model."""
         def tokenizer(tmp):  # rank 0, into the temp directory that then replaces `directory`
             if self.tokenizer_json:
@@ -205,7 +205,7 @@ class TextTask:
             return scalar_from_policy(self.policy)
         p = next(self.policy.parameters())
         try:
-            scalar = ScalarGPT.from_pretrained(self.args.reward_init, p.dtype, p.device)
+            scalar = load_model(ScalarGPT, self.args.reward_init, p.dtype, p.device)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--reward-init {self.args.reward_init}: {e}") from None
         scalar.gradient_checkpointing = self.policy.gradient_checkpointing
@@ -264,22 +264,20 @@ def load_gold_model(name, device, dtype=None):
         if not {"score.weight", "scalar_head.weight"} & tensor_names(files):  # ours, or the TL;DR code's
             raise RunError(f"--gold-model {name}: {files[0].parent} has no trained scalar head (no tensor "
                            "score.weight: a causal LM?); give a reward model, e.g. a reward_model/ of train_mlirl.py")
-        return ScalarGPT.from_pretrained(name, dtype, device)
+        return load_model(ScalarGPT, name, dtype, device)
     except (FileNotFoundError, ValueError) as e:
         raise RunError(f"--gold-model {name}: {e}") from None
 
 
 def tensor_names(files):
-    """The tensor names in weight files, read without the tensors (safetensors: the header)."""
+    """The tensor names in weight files, read without the tensors (safetensors: the header; a zip
+    .bin is mapped, an old pickled one read whole). A damaged file is one line naming it."""
     names = set()
     for f in files:
         if f.suffix == ".safetensors":
-            names |= safetensors_header(f)[0].keys() - {"__metadata__"}  # checked: one line if damaged
-        else:  # a zip .bin maps without reading its tensors; an old pickled one is read whole
-            try:
-                names |= torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys()
-            except RuntimeError:
-                names |= torch.load(f, map_location="cpu", weights_only=True).keys()
+            names |= safetensors_header(f)[0].keys() - {"__metadata__"}
+        else:
+            names |= read_bin(f, mmap=True).keys()
     return names
 
 

@@ -2,7 +2,7 @@
 
 One torch thread: the tests run tiny tensors, where a second intra-op thread only adds overhead
 (about 10x slower on a 2-core machine). Scripts run as subprocesses set their own threads.
-The scripts the tests start skip their figures (NANOIRL_NO_PLOTS, nanoirl/run.py:plot_metrics:
+The scripts the tests start skip their figures (NANOIRL_NO_PLOTS, nanoirl/logger.py:plot_metrics:
 a 20-panel metrics.png costs seconds of CPU a run), except where a test asks for them.
 Two tiers: `-m "not slow"` is the quick one, for editing (README); the whole suite is CI's.
 """

@@ -115,6 +115,7 @@ def workspace(tmp_path_factory):
     demos.jsonl) and a Hugging Face cache holding a tiny GPT-NeoX as EleutherAI/pythia-1b and
     EleutherAI/pythia-1b-deduped (and as pythia-6.9b, for the FSDP2 command)."""
     from nanoirl import data
+    from nanoirl.checkpoint import save_model
     from nanoirl.model import GPT, GPTConfig
     from nanoirl.tokenizer import ByteTokenizer
     tmp = tmp_path_factory.mktemp("commands")
@@ -124,7 +125,7 @@ def workspace(tmp_path_factory):
                                            for r in data.fake_tldr(8, seed=3)))  # as nanoirl.generate writes
     for name in ("pythia-1b", "pythia-1b-deduped", "pythia-6.9b"):
         snapshot = tmp / "hf-cache" / f"models--EleutherAI--{name}" / "snapshots" / "abc"
-        GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+        save_model(GPT(GPTConfig(vocab_size=256, block_size=320, n_layer=1, n_head=2, n_embd=16)), snapshot)
         ByteTokenizer().save(snapshot / "tokenizer.json")
         (snapshot.parents[1] / "refs").mkdir()
         (snapshot.parents[1] / "refs" / "main").write_text("abc")
@@ -237,6 +238,7 @@ def check_dry_run(out, script, n):
     """What tests/test_scripts.py::test_text_dry_run checks of a text run: metrics.jsonl with the
     shared names, ckpt.pt at the last step, policy/ equal to the checkpoint's policy."""
     from test_scripts import TEXT_EVAL, assert_same, metric_names, rows_of
+    from nanoirl.checkpoint import load_model
     from nanoirl.model import GPT
     rows = rows_of(out)
     assert len(rows) == n
@@ -244,6 +246,6 @@ def check_dry_run(out, script, n):
         assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, eval_every=50)
     ckpt = torch.load(out / "ckpt.pt", weights_only=True, mmap=True)
     assert ckpt["step"] == n
-    policy = GPT.from_pretrained(out / "policy")
+    policy = load_model(GPT, out / "policy")
     assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (6, 512, 50304)
     assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")

@@ -1,4 +1,5 @@
-"""nanoirl/data.py: every bad input gives one line naming file:line; the batch layout; batching."""
+"""nanoirl/data.py and nanoirl/sources.py: every bad input gives one line naming file:line; the batch
+layout; batching."""
 import errno
 import json
 import os
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoirl import data
-from nanoirl.data import (TLDR_PROMPT, DataError, batch_indices, fake_tldr, iterate_batches,
-                          load_demonstrations, load_preferences, tokenize, write_jsonl)
+from nanoirl import data, files, sources
+from nanoirl.data import (TLDR_PROMPT, batch_indices, fake_tldr, iterate_batches, load_demonstrations,
+                          load_preferences, tokenize, write_jsonl)
 from nanoirl.policy import ends_with_eos
+from nanoirl.sources import DataError
 
 
 class CharTokenizer:
@@ -341,7 +343,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     then blocked the rerun with 'exists; pass --force'); the CLI says it in one line, exit 2, and
     with --force the old file is kept byte for byte; no temp file is left."""
     out = tmp_path / "f.jsonl"
-    monkeypatch.setattr(data, "open", FullDisk(2000), raising=False)
+    monkeypatch.setattr(files, "open", FullDisk(2000), raising=False)
     with pytest.raises(OSError):
         write_jsonl(out, fake_tldr(100))
     assert list(tmp_path.iterdir()) == []
@@ -398,7 +400,7 @@ def test_names_meant_as_files_are_said_to_be_missing(offline, tmp_path, monkeypa
     """A typo of a local file, a file extension, a local directory before the '/': 'no such file',
     at once, never the Hub (they used to wait for it and then advise --download of a path)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "reachable", lambda *a, **k: pytest.fail("a name meant as a file went to the Hub"))
+    monkeypatch.setattr(sources, "reachable", lambda *a, **k: pytest.fail("a name meant as a file went to the Hub"))
     (tmp_path / "d").mkdir()
     write(tmp_path / "d", GOOD, name="fake.jsonl")
     assert error_of(load_demonstrations, "d/fake.json") == "d/fake.json: no such file; did you mean d/fake.jsonl?"

@@ -310,20 +310,20 @@ def test_a_nan_on_one_rank_stops_both_and_a_killed_rank_is_one_line(tmp_path):
 
 
 def test_a_bad_dist_timeout_is_one_line_naming_it(monkeypatch):
-    from nanoirl import run
+    from nanoirl import cli
     monkeypatch.setenv("RANK", "0")  # as under torchrun: the variable is read before the process group starts
     parser = __import__("argparse").ArgumentParser()
-    run.add_common_args(parser)
+    cli.add_common_args(parser)
     for value in ("abc", "-5", "0", "nan", "1e400"):
         monkeypatch.setenv("NANOIRL_DIST_TIMEOUT", value)
-        with pytest.raises(run.RunError, match=f"^NANOIRL_DIST_TIMEOUT={value!r}: expected the process-group "
+        with pytest.raises(cli.RunError, match=f"^NANOIRL_DIST_TIMEOUT={value!r}: expected the process-group "
                                                "timeout in seconds, a number > 0"):
-            run.device_and_dtype(parser.parse_args(["--device", "cpu"]))
+            cli.device_and_dtype(parser.parse_args(["--device", "cpu"]))
 
 
 SAVE_MEMORY = """
 import argparse, json, re, sys, torch
-from nanoirl import dist, run
+from nanoirl import dist, resume, run
 from nanoirl.model import GPT, GPTConfig
 
 def memory(field):  # VmRSS: resident now; VmHWM: the most resident since the last reset (MB)
@@ -344,7 +344,7 @@ with run.script():
             models[f"model{len(models)}"] = m
         open("/proc/self/clear_refs", "w").write("5")  # Linux: the peak is reset to what is resident now
         before = memory("VmRSS")
-        run.save_checkpoint(sys.argv[1], 1, models, argparse.Namespace(n=n))
+        resume.save_checkpoint(sys.argv[1], 1, models, argparse.Namespace(n=n))
         seen[n] = memory("VmHWM") - before  # the save's peak above what was resident before it
     whole = sum(t.numel() * 8 for t in GPT(config).state_dict().values()) / 2 ** 20
     (__import__("pathlib").Path(sys.argv[1]) / f"rank{dist.rank()}.json").write_text(json.dumps({**seen, "whole": whole}))

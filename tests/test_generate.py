@@ -14,9 +14,10 @@ import torch
 
 from nanoirl import data
 from nanoirl import generate as gen
+from nanoirl.checkpoint import save_model
 from nanoirl.model import GPT, GPTConfig, ScalarGPT
 from nanoirl.policy import pad_after_eos
-from nanoirl.run import RunError
+from nanoirl.cli import RunError
 from test_data import FullDisk
 from test_scripts import InProcess, byte_level_tokenizer_json
 
@@ -35,7 +36,7 @@ def generate(tmp, out, *flags, n=1200):
 @pytest.mark.slow
 def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
     torch.manual_seed(0)  # vocab 245: every id is a byte of the byte-level tokenizer
-    GPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "tiny")
+    save_model(GPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), tmp_path / "tiny")
     byte_level_tokenizer_json(tmp_path / "tiny" / "tokenizer.json")
     data.write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}:", "response": f" answer {i}"}
                                                   for i in range(1200)])
@@ -68,7 +69,7 @@ def test_generate_resumes_exactly_after_sigkill_and_trains_sft(tmp_path):
     assert (tmp_path / "sft" / "policy" / "model.safetensors").is_file()
     # a gold reward model scores each sample and the data's response; the summary is their mean
     torch.manual_seed(1)
-    ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "rm")
+    save_model(ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), tmp_path / "rm")
     scored = generate(tmp_path, tmp_path / "scored.jsonl", "--gold-model", tmp_path / "rm", n=9)
     out, err = scored.communicate(timeout=300)
     assert scored.returncode == 0, err
@@ -86,7 +87,7 @@ def tiny(tmp_path_factory):
     """A 1-layer GPT on byte tokens and 8 prompts: a whole generate run takes a fraction of a second."""
     tmp = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    GPT(GPTConfig(vocab_size=245, block_size=32, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp / "tiny")
+    save_model(GPT(GPTConfig(vocab_size=245, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp / "tiny")
     byte_level_tokenizer_json(tmp / "tiny" / "tokenizer.json")
     data.write_jsonl(tmp / "prompts.jsonl", [{"prompt": f"q {i}:", "response": f" a {i}"} for i in range(8)])
     return tmp
@@ -212,10 +213,13 @@ def test_generate_ctrl_c_says_what_it_kept(tiny, tmp_path, monkeypatch, capsys):
     assert out.read_bytes() == whole.read_bytes()
 
 
-@pytest.mark.parametrize("module", ["nanoirl.generate", "nanoirl.data"])
-def test_ctrl_c_while_importing_is_one_line(module):
-    """SIGINT while torch is still being imported: one line, no traceback (SIGINT's exit status)."""
-    proc = subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV,
+@pytest.mark.parametrize("entry", [["-m", "nanoirl.generate"], ["-m", "nanoirl.data"], ["train_sft.py"]],
+                         ids=["generate", "data", "train_sft"])
+def test_ctrl_c_while_importing_is_one_line(entry):
+    """SIGINT while torch is still being imported: one line, no traceback (SIGINT's exit status).
+    Every entry point imports nanoirl/entry.py first; train_sft.py stands for the three scripts
+    (they printed a traceback)."""
+    proc = subprocess.Popen([sys.executable, *entry, "--help"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
     while "libtorch" not in maps.read_text() and proc.poll() is None and time.time() < deadline:

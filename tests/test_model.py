@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nanoirl import hub
-from nanoirl.checkpoint import read_safetensors
+from nanoirl.checkpoint import load_model, read_safetensors, save_model
 from nanoirl.model import CONFIGS, GPT, GPTConfig, ScalarGPT, filter_top_k_top_p
 from nanoirl.policy import NEG_INF, left_pad, pad_after_eos, response_mask
 
@@ -85,7 +85,7 @@ def test_logits_match_hf(hf_model, hf_dirs, fmt):
         assert (hf_dirs[fmt] / "pytorch_model.bin").is_file()
     if fmt == "sharded":
         assert (hf_dirs[fmt] / "model.safetensors.index.json").is_file()
-    model = GPT.from_pretrained(hf_dirs[fmt]).eval()
+    model = load_model(GPT, hf_dirs[fmt]).eval()
     assert model.config.n_embd == 64 and model.config.rotary_pct == 0.25 and model.config.vocab_size == V
     idx = torch.randint(0, V, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_logits_match_hf(hf_model, hf_dirs, fmt):
 def test_left_padded_logits_match_hf(hf_model, hf_dirs):
     """With left padding and HF given the same attention mask, real positions agree; positions
     that are all padding come out finite (HF and we differ there, and nobody reads them)."""
-    model = GPT.from_pretrained(hf_dirs["safetensors"]).eval()
+    model = load_model(GPT, hf_dirs["safetensors"]).eval()
     idx = torch.randint(2, V, (3, 30), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(3, 30, dtype=torch.bool)
     mask[0, :7] = False
@@ -111,8 +111,8 @@ def test_left_padded_logits_match_hf(hf_model, hf_dirs):
 
 @needs_hf
 def test_save_pretrained_loads_in_hf(hf_model, hf_dirs, tmp_path):
-    model = GPT.from_pretrained(hf_dirs["safetensors"]).eval()
-    model.save_pretrained(tmp_path)
+    model = load_model(GPT, hf_dirs["safetensors"]).eval()
+    save_model(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]  # no temp files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "gpt_neox" and config["architectures"] == ["GPTNeoXForCausalLM"]
@@ -130,7 +130,7 @@ def test_save_pretrained_loads_in_hf(hf_model, hf_dirs, tmp_path):
 
 @needs_hf
 def test_greedy_sample_matches_hf_generate(hf_model, hf_dirs):
-    model = GPT.from_pretrained(hf_dirs["safetensors"]).eval()
+    model = load_model(GPT, hf_dirs["safetensors"]).eval()
     prompts, mask = batch([[5, 17, 33, 2, 9, 40], [7, 8, 9], [60, 61, 62, 63, 64]])  # left-padded
     eos, pad = 96, 1  # row 0 ends with EOS at step 9, the others run to the end: both cases covered
     ours, _ = model.sample(prompts, mask, max_new_tokens=20, eos_id=eos, pad_id=pad, temperature=0)
@@ -186,7 +186,7 @@ def test_state_scores_left_padding_and_layout():
         assert (single[0] - full[len(s) - 1:]).abs().max() < 1e-12
 
 
-def test_score_head_init_and_from_pretrained(tmp_path):
+def test_score_head_init_and_load_model(tmp_path):
     cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=4, n_embd=1024)
     torch.manual_seed(0)
     scorer = ScalarGPT(cfg)
@@ -195,16 +195,16 @@ def test_score_head_init_and_from_pretrained(tmp_path):
     assert abs(scorer.gpt_neox.embed_in.weight.std().item() / 0.02 - 1) < 0.05
     # from a causal LM: the same backbone, a fresh head
     lm = tiny(torch.float32)
-    lm.save_pretrained(tmp_path / "lm")
-    rm = ScalarGPT.from_pretrained(tmp_path / "lm")
+    save_model(lm, tmp_path / "lm")
+    rm = load_model(ScalarGPT, tmp_path / "lm")
     for key, value in lm.gpt_neox.state_dict().items():
         assert torch.equal(rm.gpt_neox.state_dict()[key], value), key
     assert rm.score.bias.item() == 0 and rm.score.weight.abs().max() > 0
     # a saved ScalarGPT keeps its head
     with torch.no_grad():
         rm.score.bias.fill_(0.5)
-    rm.save_pretrained(tmp_path / "rm")
-    again = ScalarGPT.from_pretrained(tmp_path / "rm")
+    save_model(rm, tmp_path / "rm")
+    again = load_model(ScalarGPT, tmp_path / "rm")
     idx = torch.randint(0, 64, (2, 9))
     assert torch.equal(again(idx), rm(idx))
 
@@ -312,10 +312,10 @@ def test_pythia_configs_have_the_published_parameter_counts():
 
 
 def test_random_name():
-    model = GPT.from_pretrained("random:tiny", dtype=torch.float64)
+    model = load_model(GPT, "random:tiny", dtype=torch.float64)
     assert model.embed_out.weight.dtype == torch.float64 and model.config == CONFIGS["tiny"]
     with pytest.raises(ValueError, match="no-such-config"):
-        GPT.from_pretrained("random:no-such-config")
+        load_model(GPT, "random:no-such-config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,10 +331,10 @@ def offline_empty_cache(tmp_path, monkeypatch):
 
 def test_unknown_name_and_uncached_model(offline_empty_cache):
     with pytest.raises(ValueError, match="pythia-9000m") as e:
-        GPT.from_pretrained("pythia-9000m")
+        load_model(GPT, "pythia-9000m")
     assert "pythia-1b" in str(e.value)  # lists the known names
     with pytest.raises(FileNotFoundError) as e:
-        GPT.from_pretrained("pythia-70m")
+        load_model(GPT, "pythia-70m")
     message = str(e.value)
     assert "EleutherAI/pythia-70m" in message and str(offline_empty_cache) in message
     assert "HF_HUB_OFFLINE" in message and "huggingface-cli download EleutherAI/pythia-70m" in message
@@ -343,8 +343,8 @@ def test_unknown_name_and_uncached_model(offline_empty_cache):
 def test_hf_cache_layout_is_found_by_name(offline_empty_cache, tmp_path):
     model = tiny(torch.float32)
     repo = offline_empty_cache / "models--EleutherAI--pythia-70m"
-    model.save_pretrained(repo / "snapshots" / "abc")
-    tiny(torch.float32, seed=1).save_pretrained(repo / "snapshots" / "old")  # another revision
+    save_model(model, repo / "snapshots" / "abc")
+    save_model(tiny(torch.float32, seed=1), repo / "snapshots" / "old")  # another revision
     (repo / "snapshots" / "abc" / "tokenizer.json").write_text("{}")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc")
@@ -355,7 +355,7 @@ def test_hf_cache_layout_is_found_by_name(offline_empty_cache, tmp_path):
     assert hub.resolve("pythia-70m@old", ["config.json"]) == repo / "snapshots" / "old"  # a commit
     with pytest.raises(FileNotFoundError, match="--revision v2"):
         hub.resolve("pythia-70m@v2", ["config.json"])
-    loaded = GPT.from_pretrained("pythia-70m")
+    loaded = load_model(GPT, "pythia-70m")
     idx = torch.randint(0, 64, (1, 7))
     assert torch.equal(loaded(idx), model(idx))
 
@@ -366,7 +366,7 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     import sys
     import types
     model = tiny(torch.float32)
-    model.save_pretrained(tmp_path / "remote")
+    save_model(model, tmp_path / "remote")
     fetched = []
 
     def hf_hub_download(repo, filename, revision="main"):
@@ -380,25 +380,25 @@ def test_download_fetches_only_the_needed_files(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     idx = torch.randint(0, 64, (1, 5))
-    assert torch.equal(GPT.from_pretrained("pythia-410m-deduped")(idx), model(idx))
+    assert torch.equal(load_model(GPT, "pythia-410m-deduped")(idx), model(idx))
     repo = "EleutherAI/pythia-410m-deduped"
     assert fetched == [(repo, "config.json"), (repo, "model.safetensors")]
     # a branch of a Hub repo: owner/name@revision (the TL;DR reference models keep weights there)
     fetched.clear()
-    GPT.from_pretrained("vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr@sft__55513__1706646024")
+    load_model(GPT, "vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr@sft__55513__1706646024")
     repo, rev = "vwxyzjn/EleutherAI_pythia-1b-deduped__sft__tldr", "sft__55513__1706646024"
     assert fetched == [(repo, "config.json", rev), (repo, "model.safetensors", rev)]
 
 
 def test_truncated_safetensors(tmp_path):
-    tiny(torch.float32).save_pretrained(tmp_path)
+    save_model(tiny(torch.float32), tmp_path)
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="model.safetensors.*truncated"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
     path.write_bytes(b"\x05")
     with pytest.raises(ValueError, match="model.safetensors"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
 
 
 def test_misshaped_and_missing_tensors(tmp_path):
@@ -406,25 +406,25 @@ def test_misshaped_and_missing_tensors(tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state[key] = torch.zeros(3, 3)
     state["gpt_neox.layers.0.attention.bias"] = torch.ones(1, 1, 4, 4, dtype=torch.bool)  # stale buffer
-    model.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     (tmp_path / "model.safetensors").unlink()  # now pytorch_model.bin is the one read
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"pytorch_model.bin.*layers\.1\.mlp\.dense_h_to_4h\.weight.*shape"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
     del state[key]
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"no tensor gpt_neox\.layers\.1\.mlp\.dense_h_to_4h\.weight"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
     state[key] = model.state_dict()[key]  # complete again: loads, the stale buffer ignored
     torch.save(state, tmp_path / "pytorch_model.bin")
     idx = torch.tensor([[1, 2, 3]])
-    assert torch.equal(GPT.from_pretrained(tmp_path)(idx), model(idx))
+    assert torch.equal(load_model(GPT, tmp_path)(idx), model(idx))
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="pytorch_model.bin"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
     (tmp_path / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        GPT.from_pretrained(tmp_path)
+        load_model(GPT, tmp_path)
 
 
 def test_safetensors_reader_dtypes(tmp_path):
@@ -489,6 +489,40 @@ def test_safetensors_header_is_checked(tmp_path, header, data, n, error):
     assert tensor_names([good]) == {"a", "e"} and read_safetensors(good)["a"].tolist() == [0, 0]
 
 
+def test_damaged_bin_gold_model_is_one_line_before_out(tmp_path, demos):
+    """A --gold-model whose pytorch_model.bin is empty, cut short, not a checkpoint, or no dict of
+    tensors: one line naming the file (task.tensor_names let torch.load's traceback through), and
+    --out is never made. The whole file loads."""
+    import io
+
+    import train_sft
+    from nanoirl.cli import RunError
+    from nanoirl.task import load_gold_model
+    from test_scripts import tiny_text_run
+    gold, out = tmp_path / "gold", tmp_path / "run"
+    save_model(ScalarGPT(GPTConfig(vocab_size=245, block_size=96, n_layer=1, n_head=2, n_embd=16)), gold)
+    state = load_model(ScalarGPT, gold).state_dict()
+    (gold / "model.safetensors").unlink()
+    whole, listed = io.BytesIO(), io.BytesIO()
+    torch.save(state, whole)
+    torch.save([1, 2], listed)
+    bin_ = gold / "pytorch_model.bin"
+    for content, what in [(b"", "it is empty (0 bytes)"),
+                          (whole.getvalue()[:5000], "it is damaged or not a PyTorch checkpoint (5000 bytes)"),
+                          (b"not a checkpoint\n" * 10, "it is damaged or not a PyTorch checkpoint (170 bytes)"),
+                          (listed.getvalue(), "it holds list, not a dict of tensors")]:
+        bin_.write_bytes(content)
+        with pytest.raises(RunError) as e:
+            load_gold_model(str(gold), "cpu")
+        assert str(e.value) == f"--gold-model {gold}: {bin_}: cannot read the weights: {what}"
+    flags = [*tiny_text_run(tmp_path, demos), "--gold-model", gold, "--out", out]
+    with pytest.raises(RunError, match=f"^--gold-model {gold}: {bin_}: cannot read the weights: it holds list"):
+        train_sft.main(train_sft.parser.parse_args(list(map(str, flags))))
+    assert not out.exists()
+    bin_.write_bytes(whole.getvalue())
+    assert load_gold_model(str(gold), "cpu").score.weight.shape == (1, 16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_sampling_agrees_with_float32():
     torch.manual_seed(0)
@@ -532,12 +566,12 @@ def reference_scalar_model(directory, bias):
 
 @needs_hf
 def test_reference_reward_model_scores_as_the_reference_code(tmp_path):
-    """ScalarGPT.from_pretrained on a ScalarModel directory: every score equals the reference
+    """load_model(ScalarGPT, ...) on a ScalarModel directory: every score equals the reference
     computation scalar_head(hidden_states[-1]) - bias (fp32, left padding as in its get_reward),
     and the score read at the last response token (mlirl.sequence_rewards) too."""
     from nanoirl.mlirl import MLIRLConfig, sequence_rewards
     backbone, head = reference_scalar_model(tmp_path / "rm", bias=0.37)
-    rm = ScalarGPT.from_pretrained(tmp_path / "rm").eval()
+    rm = load_model(ScalarGPT, tmp_path / "rm").eval()
     assert rm.score_offset == 0.37 and rm.config.n_embd == 32
     prompts, mask = batch([[5, 17, 33, 2, 9], [7, 8], [60, 61, 62]], pad_id=1)
     responses = torch.tensor([[10, 11, 0, 1], [12, 13, 14, 15], [0, 1, 1, 1]])  # EOS = 0, pad = 1
@@ -553,8 +587,8 @@ def test_reference_reward_model_scores_as_the_reference_code(tmp_path):
         r = sequence_rewards(rm, prompts, mask, responses, MLIRLConfig(eos_id=0, pad_id=1))
         assert (r - ref[torch.arange(3), last]).abs().max() < 1e-4
     # saved by us and read again: the same scores, the offset kept
-    rm.save_pretrained(tmp_path / "ours")
-    again = ScalarGPT.from_pretrained(tmp_path / "ours")
+    save_model(rm, tmp_path / "ours")
+    again = load_model(ScalarGPT, tmp_path / "ours")
     assert again.score_offset == 0.37 and torch.equal(again(idx, key_mask), rm(idx, key_mask))
 
 
@@ -594,7 +628,7 @@ def test_bad_model_directory_is_one_line_before_out(tmp_path, demos, change, err
     not divide the width, fewer layers than the weights: train_sft.py stops with one line naming
     the file and key, and --out is never made."""
     import train_sft
-    from nanoirl.run import RunError
+    from nanoirl.cli import RunError
     from test_scripts import tiny_text_run
     flags = tiny_text_run(tmp_path, demos)
     model = flags[1]
@@ -613,11 +647,11 @@ def test_vocab_below_the_tokenizers_is_refused_before_out(tmp_path, demos):
     """A model with fewer embedding rows than the tokenizer has ids would stop mid-run with an
     IndexError; it is refused at the start, for --model and --reward-init alike."""
     import train_sft
-    from nanoirl.run import RunError
+    from nanoirl.cli import RunError
     from test_scripts import tiny_text_run
     flags = tiny_text_run(tmp_path, demos)
     small = tmp_path / "small"
-    GPT(GPTConfig(vocab_size=200, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(small)
+    save_model(GPT(GPTConfig(vocab_size=200, block_size=96, n_layer=2, n_head=2, n_embd=16)), small)
     (small / "tokenizer.json").write_bytes((flags[1] / "tokenizer.json").read_bytes())
     out = tmp_path / "run"
     for extra, error in [(["--model", small], f"--model {small}: vocab_size 200 is below the tokenizer's 245 tokens"),

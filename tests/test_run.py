@@ -1,4 +1,6 @@
-"""nanoirl/run.py: flags, run directory, atomic checkpoints, exact resume, metrics, NaN guard."""
+"""The machinery around a script's loop: flags (nanoirl/cli.py), the run directory (nanoirl/run.py),
+atomic checkpoints and exact resume (nanoirl/resume.py), metrics and the NaN guard (nanoirl/logger.py),
+whole files (nanoirl/files.py)."""
 import argparse
 import errno
 import json
@@ -12,14 +14,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanoirl import run
+from nanoirl import cli, files, logger, resume, run
+from nanoirl.checkpoint import load_model
+from nanoirl.cli import RunError
 from nanoirl.data import iterate_batches
-from nanoirl.run import RunError
 
 
 def parse(*argv, **defaults):
     parser = argparse.ArgumentParser(prog="train_x.py")
-    run.add_common_args(parser, **defaults)
+    cli.add_common_args(parser, **defaults)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps")
     return parser.parse_args([str(a) for a in argv])
 
@@ -32,19 +35,19 @@ def one_line_error(fn, *args):
 
 
 def train(out, *flags, crash_at=None, nan_at=None):
-    """A tiny training script written the way train_*.py use nanoirl/run.py: every kind of
+    """A tiny training script written the way train_*.py use the machinery: every kind of
     randomness (python, numpy, torch, a torch.Generator, dropout, shuffled batches) is in it."""
     args = parse("--out", out, "--ckpt-every", 4, "--seed", 0, "--device", "cpu", "--dtype", "float64",
                  *flags)
     out = run.prepare_out(args)
-    device, dtype = run.device_and_dtype(args)
-    run.seed_everything(args.seed)
+    device, dtype = cli.device_and_dtype(args)
+    cli.seed_everything(args.seed)
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.3), nn.Linear(8, 1)).to(device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(args.seed)
     state = {"model": model, "opt": opt, "gen": gen}
-    start = run.load_checkpoint(out, state, args)["step"] if args.resume else 0
-    log = run.Logger(out, args.steps, start, args.log_every)
+    start = resume.load_checkpoint(out, state, args)["step"] if args.resume else 0
+    log = logger.Logger(out, args.steps, start, args.log_every)
     data = {"x": torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)}
     batches = iterate_batches(data, 6, args.seed, start)
     for step in range(start, args.steps):
@@ -54,13 +57,13 @@ def train(out, *flags, crash_at=None, nan_at=None):
         target = np.random.rand() + random.random() + torch.rand(1, generator=gen, dtype=dtype)
         loss = ((model(x) - target) ** 2).mean() * (float("nan") if step == nan_at else 1)
         metrics = {"loss": loss, "target": target.item()}
-        run.check_finite(metrics, step, out)
+        logger.check_finite(metrics, step, out)
         opt.zero_grad()
         loss.backward()
         opt.step()
         log(step, metrics)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            run.save_checkpoint(out, step + 1, state, args)
+            resume.save_checkpoint(out, step + 1, state, args)
     return model
 
 
@@ -102,14 +105,14 @@ def test_flag_errors(tmp_path, capsys):
 
 
 def test_device_and_dtype():
-    assert run.device_and_dtype(parse("--device", "cpu")) == (torch.device("cpu"), torch.float32)
-    assert run.device_and_dtype(parse("--device", "cpu", "--dtype", "float64"))[1] == torch.float64
-    assert "--device gpu0: not a device" in one_line_error(run.device_and_dtype, parse("--device", "gpu0"))
+    assert cli.device_and_dtype(parse("--device", "cpu")) == (torch.device("cpu"), torch.float32)
+    assert cli.device_and_dtype(parse("--device", "cpu", "--dtype", "float64"))[1] == torch.float64
+    assert "--device gpu0: not a device" in one_line_error(cli.device_and_dtype, parse("--device", "gpu0"))
     if not torch.cuda.is_available():
-        assert one_line_error(run.device_and_dtype, parse("--device", "cuda")) == \
+        assert one_line_error(cli.device_and_dtype, parse("--device", "cuda")) == \
             "--device cuda: CUDA is not available on this machine"
     else:
-        assert run.device_and_dtype(parse("--device", "cuda"))[1] == torch.bfloat16
+        assert cli.device_and_dtype(parse("--device", "cuda"))[1] == torch.bfloat16
 
 
 def test_one_line_errors_hook(monkeypatch, capsys):
@@ -175,24 +178,24 @@ def draws(gen):
 
 def test_checkpoint_round_trip_restores_everything(tmp_path):
     args = parse("--out", tmp_path, "--steps", 3)
-    run.seed_everything(5)
+    cli.seed_everything(5)
     model, gen = nn.Linear(2, 2), torch.Generator().manual_seed(9)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(4, 2)).sum().backward()
     opt.step()
     state = {"model": model, "opt": opt, "gen": gen}
-    run.save_checkpoint(tmp_path, 3, state, args, pairs=torch.arange(4))
+    resume.save_checkpoint(tmp_path, 3, state, args, pairs=torch.arange(4))
     weights, after_save = [p.clone() for p in model.parameters()], draws(gen)
     with torch.no_grad():
         model.weight.add_(1)
     opt.step()
     draws(gen)
-    ckpt = run.load_checkpoint(tmp_path, state)
+    ckpt = resume.load_checkpoint(tmp_path, state)
     assert draws(gen) == after_save  # the same samples as right after the save
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     assert ckpt["step"] == 3 and ckpt["config"]["steps"] == 3 and ckpt["pairs"].tolist() == [0, 1, 2, 3]
     assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
-    assert "has no state for reward" in one_line_error(run.load_checkpoint, tmp_path, {"reward": model})
+    assert "has no state for reward" in one_line_error(resume.load_checkpoint, tmp_path, {"reward": model})
 
 
 def test_one_process_needs_no_fsdp2(tmp_path, monkeypatch):
@@ -205,8 +208,8 @@ def test_one_process_needs_no_fsdp2(tmp_path, monkeypatch):
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(4, 2)).sum().backward()
     opt.step()
-    run.save_checkpoint(tmp_path, 1, {"model": model, "opt": opt}, parse("--out", tmp_path))
-    run.load_checkpoint(tmp_path, {"model": model, "opt": opt})
+    resume.save_checkpoint(tmp_path, 1, {"model": model, "opt": opt}, parse("--out", tmp_path))
+    resume.load_checkpoint(tmp_path, {"model": model, "opt": opt})
     assert not dist.is_sharded(model) and dist.wrap(model) is model
     with dist.full_weights(model) as whole:
         assert whole is model
@@ -234,7 +237,7 @@ def test_sigterm_stops_with_one_line_as_ctrl_c_does(monkeypatch, capsys):
 def test_crash_while_saving_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     args = parse("--out", tmp_path)
     model = nn.Linear(2, 2)
-    run.save_checkpoint(tmp_path, 4, {"model": model}, args)
+    resume.save_checkpoint(tmp_path, 4, {"model": model}, args)
     good = (tmp_path / "ckpt.pt").read_bytes()
 
     def killed_mid_write(obj, f):
@@ -242,15 +245,15 @@ def test_crash_while_saving_keeps_the_good_checkpoint(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # as if SIGKILL landed inside torch.save
     monkeypatch.setattr(torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        run.save_checkpoint(tmp_path, 8, {"model": model}, args)
+        resume.save_checkpoint(tmp_path, 8, {"model": model}, args)
     monkeypatch.undo()
     assert (tmp_path / "ckpt.pt.tmp").exists() and (tmp_path / "ckpt.pt").read_bytes() == good
-    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 4
-    run.save_checkpoint(tmp_path, 8, {"model": model}, args)  # the next save goes through
-    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 8
+    assert resume.load_checkpoint(tmp_path, {"model": model})["step"] == 4
+    resume.save_checkpoint(tmp_path, 8, {"model": model}, args)  # the next save goes through
+    assert resume.load_checkpoint(tmp_path, {"model": model})["step"] == 8
     assert not (tmp_path / "ckpt.pt.tmp").exists()
     (tmp_path / "ckpt.pt").write_bytes(b"garbage")
-    assert one_line_error(run.load_checkpoint, tmp_path, {}).startswith(
+    assert one_line_error(resume.load_checkpoint, tmp_path, {}).startswith(
         f"{tmp_path / 'ckpt.pt'}: cannot load the checkpoint")
 
 
@@ -296,7 +299,7 @@ def test_damaged_checkpoint_is_one_line_naming_it(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     good = ckpt.read_bytes()
     big = nn.Linear(64, 64).double()
-    run.save_checkpoint(tmp_path, 4, {"model": big}, parse("--out", tmp_path, "--steps", 4))
+    resume.save_checkpoint(tmp_path, 4, {"model": big}, parse("--out", tmp_path, "--steps", 4))
     raw = bytearray(ckpt.read_bytes())
     weight = bytes(big.weight.detach().numpy().tobytes()[:64])
     at = raw.find(weight) + 1000  # inside the weight's bytes
@@ -306,14 +309,14 @@ def test_damaged_checkpoint_is_one_line_naming_it(tmp_path):
     for what, content in cases.items():
         ckpt.write_bytes(content)
         before = snapshot(tmp_path)
-        for call in (lambda: run.load_checkpoint(tmp_path, {"model": big}),
+        for call in (lambda: resume.load_checkpoint(tmp_path, {"model": big}),
                      lambda: run.prepare_out(parse("--out", tmp_path, "--resume", "--steps", 4))):
             msg = one_line_error(call)
             assert msg.startswith(f"{ckpt}: cannot load the checkpoint: it is {what}"), msg
             assert "weights_only" not in msg
         assert snapshot(tmp_path) == before
     ckpt.write_bytes(good)
-    assert run.load_checkpoint(tmp_path, {})["step"] == 4
+    assert resume.load_checkpoint(tmp_path, {})["step"] == 4
 
 
 def test_resume_refuses_a_lost_or_damaged_metrics_log(tmp_path):
@@ -371,20 +374,20 @@ def test_full_disk_while_saving_is_one_line(tmp_path, monkeypatch):
     ckpt.pt intact and loadable."""
     args = parse("--out", tmp_path)
     model = nn.Linear(2, 2)
-    run.save_checkpoint(tmp_path, 4, {"model": model}, args)
+    resume.save_checkpoint(tmp_path, 4, {"model": model}, args)
     good = (tmp_path / "ckpt.pt").read_bytes()
     (tmp_path / "ckpt.pt.tmp").symlink_to("/dev/full")
-    msg = one_line_error(run.save_checkpoint, tmp_path, 8, {"model": model}, args)
+    msg = one_line_error(resume.save_checkpoint, tmp_path, 8, {"model": model}, args)
     assert msg == (f"cannot write the checkpoint of step 7 to {tmp_path / 'ckpt.pt.tmp'}: no space left on the "
                    f"device; the last good checkpoint is {tmp_path / 'ckpt.pt'}")
     def full(obj, f):
         f.write(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(torch, "save", full)
-    assert one_line_error(run.save_checkpoint, tmp_path, 8, {"model": model}, args) == msg
+    assert one_line_error(resume.save_checkpoint, tmp_path, 8, {"model": model}, args) == msg
     assert not os.path.lexists(tmp_path / "ckpt.pt.tmp") and (tmp_path / "ckpt.pt").read_bytes() == good
     monkeypatch.undo()
-    assert run.load_checkpoint(tmp_path, {"model": model})["step"] == 4
+    assert resume.load_checkpoint(tmp_path, {"model": model})["step"] == 4
 
 
 def full_disk_open(monkeypatch, module, names):
@@ -423,7 +426,7 @@ def test_full_disk_on_config_and_metrics_is_one_line(tmp_path, monkeypatch):
     checkpoint's, and nothing half-written: no 0-byte config.json, a resume that changes nothing
     (config.json is rewritten only after metrics.jsonl), metrics.jsonl of whole lines only."""
     out = tmp_path / "fresh"
-    full_disk_open(monkeypatch, run, ["config.json"])
+    full_disk_open(monkeypatch, files, ["config.json"])
     assert one_line_error(run.prepare_out, parse("--out", out)) == \
         f"cannot write {out / 'config.json'}: {NO_SPACE}no checkpoint was written yet"
     assert list(out.iterdir()) == []  # the rerun is not refused for a file left behind
@@ -432,13 +435,13 @@ def test_full_disk_on_config_and_metrics_is_one_line(tmp_path, monkeypatch):
     b = tmp_path / "b"
     train(b, crash_at=7)  # checkpoint at step 4, steps 4-6 logged after it
     before = snapshot(b)
-    full_disk_open(monkeypatch, run, ["metrics.jsonl"])
+    full_disk_open(monkeypatch, files, ["metrics.jsonl"])
     msg = one_line_error(train, b, "--resume", "--log-every", 3)  # --log-every may change: config.json would
     assert msg == f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}the last good checkpoint is {b / 'ckpt.pt'}"
     assert snapshot(b) == before
     monkeypatch.undo()
 
-    log = run.Logger(b, 10, start=7)
+    log = logger.Logger(b, 10, start=7)
     log(7, {"loss": 1.0})
     whole = (b / "metrics.jsonl").read_bytes()
     real = os.write
@@ -450,21 +453,20 @@ def test_full_disk_on_config_and_metrics_is_one_line(tmp_path, monkeypatch):
     assert (b / "metrics.jsonl").read_bytes() == whole  # the cut line taken back
     (b / "metrics.jsonl").unlink()
     (b / "metrics.jsonl").symlink_to("/dev/full")  # a real ENOSPC from the kernel
-    assert one_line_error(run.Logger(b, 10, start=7), 7, {"loss": 1.0}).startswith(
+    assert one_line_error(logger.Logger(b, 10, start=7), 7, {"loss": 1.0}).startswith(
         f"cannot write {b / 'metrics.jsonl'}: {NO_SPACE}")
 
 
 def test_full_disk_on_a_saved_model_keeps_the_old_one(tmp_path, monkeypatch):
     """policy/ (and reward_model/, discriminator/) is written beside, then swapped in: a full disk
     while its weights are written leaves the previous policy/ whole, and no temp directory."""
-    from nanoirl import checkpoint
     from nanoirl.model import CONFIGS, GPT
     torch.manual_seed(0)
     old, new = GPT(CONFIGS["tiny"]), GPT(CONFIGS["tiny"])
     run.save_model_dir(old, tmp_path / "policy", tmp_path, also=lambda d: (d / "tokenizer.json").write_text("{}"))
     before = snapshot(tmp_path / "policy")
     assert sorted(before) == ["config.json", "model.safetensors", "tokenizer.json"]
-    full_disk_open(monkeypatch, checkpoint, ["model.safetensors"])
+    full_disk_open(monkeypatch, files, ["model.safetensors"])
     assert one_line_error(run.save_model_dir, new, tmp_path / "policy", tmp_path) == \
         f"cannot write {tmp_path / 'policy'}: {NO_SPACE}no checkpoint was written yet"
     monkeypatch.undo()
@@ -472,7 +474,7 @@ def test_full_disk_on_a_saved_model_keeps_the_old_one(tmp_path, monkeypatch):
     run.save_model_dir(new, tmp_path / "policy", tmp_path)  # a full save replaces the whole directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
     assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["config.json", "model.safetensors"]
-    assert torch.equal(GPT.from_pretrained(tmp_path / "policy").embed_out.weight, new.embed_out.weight)
+    assert torch.equal(load_model(GPT, tmp_path / "policy").embed_out.weight, new.embed_out.weight)
 
 
 # ---- metrics -------------------------------------------------------------------------------------
@@ -480,16 +482,16 @@ def test_nan_guard(tmp_path):
     with pytest.raises(RunError) as e:
         train(tmp_path, nan_at=6)
     assert str(e.value) == f"loss is nan at step 6; the last good checkpoint is {tmp_path / 'ckpt.pt'}"
-    assert run.load_checkpoint(tmp_path, {})["step"] == 4  # kept
+    assert resume.load_checkpoint(tmp_path, {})["step"] == 4  # kept
     assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == list(range(6))
-    assert one_line_error(run.check_finite, {"kl": torch.tensor(float("-inf"))}, 0, tmp_path / "x") == \
+    assert one_line_error(logger.check_finite, {"kl": torch.tensor(float("-inf"))}, 0, tmp_path / "x") == \
         "kl is -inf at step 0; no checkpoint was written yet"
-    run.check_finite({"loss": 1.0, "n": 3, "name": "x"}, 0, tmp_path)  # finite: no error
+    logger.check_finite({"loss": 1.0, "n": 3, "name": "x"}, 0, tmp_path)  # finite: no error
 
 
 def test_logger_lines_plot_and_summary(tmp_path, capsys, monkeypatch):
     out = run.prepare_out(parse("--out", tmp_path))
-    log = run.Logger(out, total=10, every=3)
+    log = logger.Logger(out, total=10, every=3)
     for step in range(10):
         metrics = {"loss": torch.tensor(1 / (step + 1)), "n_tokens": 100 + step}
         if step % 4 == 0:
@@ -501,9 +503,9 @@ def test_logger_lines_plot_and_summary(tmp_path, capsys, monkeypatch):
     rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert rows[1] == {"step": 1, "loss": 0.5, "n_tokens": 101}
     monkeypatch.setenv("NANOIRL_NO_PLOTS", "1")
-    assert run.plot_metrics(out) is None and not (out / "metrics.png").exists()   # sweeps and tests skip it
+    assert logger.plot_metrics(out) is None and not (out / "metrics.png").exists()   # sweeps and tests skip it
     monkeypatch.delenv("NANOIRL_NO_PLOTS")
-    png = run.plot_metrics(out)
+    png = logger.plot_metrics(out)
     assert png == out / "metrics.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run.summary(out)
     printed = capsys.readouterr().out

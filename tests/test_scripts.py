@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from nanoirl import data
+from nanoirl.checkpoint import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train_sft.py", "train_airl.py", "train_mlirl.py"]
@@ -89,7 +90,7 @@ class InProcess:
     """One script run in this process, as Run runs it in a fresh one, for the behaviours that do
     not need a process of their own (a process costs seconds of start-up; the bad-input and NaN
     cases are dozens): argv parsed by the script's own parser, then its main(), with Run's
-    environment. A DataError or RunError ends it as the scripts' hook ends a process (run.py:
+    environment. A DataError or RunError ends it as the scripts' hook ends a process (nanoirl/run.py:
     one_line_errors: 'error: <message>', status 1), argparse with its own status 2; stdout and
     stderr are captured. That hook itself is tested on real processes (the Ctrl-C and the
     out-in-use tests)."""
@@ -100,8 +101,8 @@ class InProcess:
         import io
         from unittest import mock
 
-        from nanoirl.data import DataError
-        from nanoirl.run import RunError
+        from nanoirl.cli import RunError
+        from nanoirl.sources import DataError
         self.out = Path(out or tmp / name)
         cache = tmp / "hf-cache"
         cache.mkdir(exist_ok=True)
@@ -247,7 +248,7 @@ def test_toy_run_directory(toy_runs, script, model):
         key = {"policy": "policy", "discriminator": "disc", "reward_model": "reward_model"}
         for name in models:
             cls = GPT if name == "policy" else ScalarGPT
-            saved = cls.from_pretrained(out / name, dtype=torch.float64).state_dict()
+            saved = load_model(cls, out / name, dtype=torch.float64).state_dict()
             assert_same(saved, ckpt["state"][key[name]], name)
     assert "Traceback" not in r.stderr
     assert_summary(r.stdout, out)
@@ -280,7 +281,7 @@ def test_toy_metrics_are_those_of_the_saved_policy(toy_runs, script, model):
 
     if model == "toy-gpt":  # policy/ holds the same policy (the toy's action set is not saved)
         from nanoirl.model import GPT
-        saved = GPT.from_pretrained(r.out / "policy", dtype=torch.float64)
+        saved = load_model(GPT, r.out / "policy", dtype=torch.float64)
         saved.set_allowed_tokens(mdp.action_ids)
         with torch.no_grad():
             assert torch.equal(mdp.trajectory_logprobs(saved), logd)
@@ -429,7 +430,7 @@ def test_killed_run_resumes_exactly(resume_runs, case):
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     """SIGINT (Ctrl-C) mid-run: no traceback, one line naming the last good checkpoint and how to go
     on; that checkpoint and metrics.jsonl pass --resume's checks."""
-    from nanoirl import run
+    from nanoirl import resume
     r = Run(tmp_path, "sigint", "train_sft.py", "--steps", 10 ** 6, "--ckpt-every", 5, "--eval-every", 10 ** 6)
     while r.proc.poll() is None and not ((r.out / "ckpt.pt").exists() and len(rows_of(r.out)) > 20):
         time.sleep(0.05)
@@ -438,8 +439,8 @@ def test_ctrl_c_stops_with_one_line_and_the_run_resumes(tmp_path):
     assert r.returncode == -signal.SIGINT and r.stderr == (
         f"error: interrupted; the last good checkpoint is {r.out / 'ckpt.pt'}: continue with the same command "
         "and --resume\n"), r.stderr
-    ckpt = run.read_checkpoint(r.out)
-    run.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
+    ckpt = resume.read_checkpoint(r.out)
+    resume.check_metrics(r.out / "metrics.jsonl", ckpt["step"])
     assert ckpt["step"] > 0
 
 
@@ -511,7 +512,7 @@ def bad_runs(tmp_path_factory):
     os.mkfifo(fifo)
     from nanoirl.model import GPT, GPTConfig
     causal_lm = tmp / "causal-lm"
-    GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=16)).save_pretrained(causal_lm)
+    save_model(GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=16)), causal_lm)
     damaged = finished_run("damaged")
     raw = bytearray((damaged / "ckpt.pt").read_bytes())
     raw[len(raw) // 2:len(raw) // 2 + 200] = bytes(x ^ 0xFF for x in raw[len(raw) // 2:len(raw) // 2 + 200])
@@ -698,7 +699,7 @@ def test_text_dry_run(tmp_path, short_tldr, script):
         assert set(row) - {"step"} == metric_names(script, row["step"], n, TEXT_EVAL, heldout=False)
     ckpt = torch.load(r.out / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == n
-    policy = GPT.from_pretrained(r.out / "policy")
+    policy = load_model(GPT, r.out / "policy")
     assert (policy.config.n_layer, policy.config.n_embd, policy.config.vocab_size) == (1, 16, 256)
     assert_same(policy.state_dict(), ckpt["state"]["policy"], "policy")
     assert_summary(r.stdout, r.out)
@@ -740,14 +741,14 @@ def test_saved_policy_is_the_next_scripts_model(tmp_path):
     for r in nexts.values():
         assert r.returncode == 0, r.stderr
     ref = torch.load(nexts["train_mlirl.py"].out / "ckpt.pt", weights_only=True)["state"]["ref"]
-    assert_same(ref, GPT.from_pretrained(policy, dtype=torch.float64).state_dict())
+    assert_same(ref, load_model(GPT, policy, dtype=torch.float64).state_dict())
 
 
 def tiny_text_run(tmp_path, demos):
     """Flags of a text run on a tiny local GPT-NeoX (2 layers, d 16) with a byte-level tokenizer."""
     from nanoirl.model import GPT, GPTConfig
     model = tmp_path / "tiny"
-    GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=16)).save_pretrained(model)
+    save_model(GPT(GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=16)), model)
     byte_level_tokenizer_json(model / "tokenizer.json")
     return ["--model", model, "--data", demos, "--max-prompt-len", 64, "--max-response-len", 8,
             "--eval-size", 2, "--device", "cpu", "--seed", SEED, "--truncate-long-responses"]
@@ -851,7 +852,7 @@ def cached_tiny_pythia(cache, name, block_size=96):
     downloaded Pythia."""
     from nanoirl.model import GPT, GPTConfig
     snapshot = cache / f"models--EleutherAI--{name}" / "snapshots" / "abc123"
-    GPT(GPTConfig(vocab_size=256, block_size=block_size, n_layer=1, n_head=2, n_embd=16)).save_pretrained(snapshot)
+    save_model(GPT(GPTConfig(vocab_size=256, block_size=block_size, n_layer=1, n_head=2, n_embd=16)), snapshot)
     byte_level_tokenizer_json(snapshot / "tokenizer.json")
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("abc123")

@@ -229,6 +229,7 @@ def test_no_grad_passes_are_chunked_by_forward_batch_size(tmp_path, monkeypatch)
     import train_airl
     import train_mlirl
     from nanoirl import data
+    from nanoirl.checkpoint import save_model
     from nanoirl.model import GPTConfig, GPTNeoX, ScalarGPT
     sizes = {False: [], True: []}  # no grad, grad: the batch of every transformer pass
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
@@ -237,7 +238,7 @@ def test_no_grad_passes_are_chunked_by_forward_batch_size(tmp_path, monkeypatch)
     pairs = [{"prompt": f"q{i}:", "chosen": f" a{i % 3}", "rejected": f" b{i}"} for i in range(8)]
     data.write_jsonl(tmp_path / "demos.jsonl", records)
     data.write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    ScalarGPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "gold")
+    save_model(ScalarGPT(GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)), tmp_path / "gold")
     text = [*tiny_text_run(tmp_path, tmp_path / "demos.jsonl"), "--eval-size", 6, "--gold-model", tmp_path / "gold",
             "--forward-batch-size", 2, "--micro-batch-size", 2]
     mlirl = [*TEXT_FLAGS["train_mlirl.py"], "--eval-pairs", tmp_path / "pairs.jsonl", "--rollout-batch-size", 4]
@@ -332,17 +333,17 @@ def test_bf16_text_run_resumes_exactly(tmp_path, short_tldr, script, monkeypatch
 
     from test_scripts import assert_same
 
-    from nanoirl import run
+    from nanoirl import resume
     module = importlib.import_module(script[:-3])
     flags = [*tiny_text_run(tmp_path, short_tldr), "--dtype", "bfloat16", *BF16_RESUME[script]]
-    save, saved = run.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
+    save, saved = resume.save_checkpoint, {"whole": [], "cut": [], "resumed": []}
 
     def counted_save(*args, **kwargs):
         saved[phase].append(save(*args, **kwargs))
         if phase == "cut" and len(saved["cut"]) == 2:
             raise Stop
         return saved[phase][-1]
-    monkeypatch.setattr(run, "save_checkpoint", counted_save)
+    monkeypatch.setattr(resume, "save_checkpoint", counted_save)
     phase = "whole"
     run_in_process(module, [*flags, "--out", tmp_path / "whole"])
     phase = "cut"

@@ -52,8 +52,10 @@ import bench  # noqa: E402
 import train_airl  # noqa: E402
 import train_mlirl  # noqa: E402
 import train_sft  # noqa: E402
-from nanoirl import data, mlirl, ppo, reward, run, sft  # noqa: E402
+from nanoirl import cli, data, mlirl, ppo, resume, reward, sft  # noqa: E402
+from nanoirl.checkpoint import save_model  # noqa: E402
 from nanoirl.model import GPT, GPTConfig, GPTNeoX  # noqa: E402
+from nanoirl.resume import METRICS  # noqa: E402
 from nanoirl.task import TextTask  # noqa: E402
 from nanoirl.tokenizer import ByteTokenizer  # noqa: E402
 
@@ -98,7 +100,7 @@ class Probe:
     PHASES = [(sft, "sft_step"), (ppo, "rollout"), (ppo, "update"), (reward, "discriminator_step"),
               (reward, "demonstration_offset"), (mlirl, "demonstration_offset"), (mlirl, "sample_pairs"),
               (mlirl, "reward_step"), (TextTask, "evaluate"), (TextTask, "reward_accuracy"),
-              (run, "save_checkpoint"), (run, "load_checkpoint")]  # (module or class, name it is called by)
+              (resume, "save_checkpoint"), (resume, "load_checkpoint")]  # (module or class, name it is called by)
 
     def __init__(self, device):
         self.device, self.seconds, self.largest, self.stack = device, {}, {}, []
@@ -200,7 +202,7 @@ def tiny_model(work):
     """A tiny GPT-NeoX with random weights and the byte tokenizer, as a local --model directory."""
     path = work / "tiny-gpt-neox"
     torch.manual_seed(0)
-    GPT(GPTConfig(vocab_size=320, block_size=288, n_layer=2, n_head=2, n_embd=32)).save_pretrained(path)
+    save_model(GPT(GPTConfig(vocab_size=320, block_size=288, n_layer=2, n_head=2, n_embd=32)), path)
     ByteTokenizer().save(path / "tokenizer.json")
     return str(path)
 
@@ -209,7 +211,7 @@ def run_script(module, flags, device, s, resume=False):
     """module.main on flags in this process under a Probe; with resume, stopped after the first
     checkpoint and continued with --resume. Seconds per step, peak memory, forward batches. An
     error or timeout carries what was measured until then (its .partial: where an OOM struck)."""
-    probe, calls, metrics = Probe(device), [], Path(flags[flags.index("--out") + 1]) / run.METRICS
+    probe, calls, metrics = Probe(device), [], Path(flags[flags.index("--out") + 1]) / METRICS
 
     def result():
         t = probe.seconds
@@ -373,7 +375,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("outdir", help="gpu_check.json and one log per step go here")
     parser.add_argument("--tiny", action="store_true", help="the CPU and tiny shapes (automatic without CUDA)")
-    parser.add_argument("--budget", type=run.positive_int, default=480, help="seconds for every step together")
+    parser.add_argument("--budget", type=cli.positive_int, default=480, help="seconds for every step together")
     parser.add_argument("--work", default=None,
                         help="where run directories and data go, removed after each step (default: /dev/shm "
                              "with 48 GB free, else the system's temp directory)")

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from nanoirl import mlirl, soft_pi
 from nanoirl.mlirl import MLIRLConfig
-from nanoirl.run import int_list, nonnegative_float, positive_int, seed_arg
+from nanoirl.cli import int_list, nonnegative_float, positive_int, seed_arg
 from toy import metrics
 from toy.exact import all_rewards, fit_sft, mlirl_exact, ppo_step, scheme_rounds, spin_exact, table_of, table_step
 from toy.mdp import EOS, PAD, ToyConfig, ToyMDP

@@ -40,7 +40,7 @@ import torch
 from nanoirl.airl import airl_reward
 from nanoirl.fdiv import f_reward, fairl_reward
 from nanoirl.gail import gail_reward
-from nanoirl.run import int_list, positive_float, positive_int
+from nanoirl.cli import int_list, positive_float, positive_int
 from toy import metrics
 from toy.mdp import ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
