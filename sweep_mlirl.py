@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import train_mlirl
-from nanoirl.run import positive_int
+from nanoirl.cli import positive_int
 from toy import plots
 
 

@@ -19,7 +19,7 @@ import torch
 
 from nanoirl import dist, run
 from nanoirl.model import GPT
-from nanoirl.run import RunError
+from nanoirl.cli import RunError
 from nanoirl.task import scalar_from_policy
 from toy import metrics
 from toy.exact import all_rewards
