@@ -39,6 +39,16 @@ def alpha_arg(value):
     return alpha
 
 
+# The defaults that depend on --model: (toy table, toy GPT, text); text's are the TL;DR PPO code's.
+DEFAULTS = {                  # toy table  toy GPT  text
+    "disc_lr":                  (0.1,       1e-3,    1e-5),
+    "rollout_batch_size":       (256,       256,     64),
+    "ppo_lr":                   (0.05,      1e-4,    3e-6),
+    "num_minibatches":          (4,         4,       1),
+    "temperature":              (1.0,       1.0,     0.7),   # the toy is evaluated exactly at 1
+    "micro_batch_size":         (None,      None,    8),     # pythia-1b: 8 x 565 tokens of activations ~7 GB
+}
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
 cli.add_common_args(parser, out="out/airl")
 add_task_args(parser)
@@ -61,15 +71,16 @@ g.add_argument("--logit-clip", type=cli.positive_float, default=20.0,
                     "reward_clipfrac logs how often")
 g.add_argument("--steps", type=cli.positive_int, default=150, help="iterations (rollout, discriminator, PPO)")
 g.add_argument("--disc-steps", type=cli.positive_int, default=5, help="discriminator steps per iteration")
-g.add_argument("--disc-lr", type=cli.learning_rate, default=None, help="discriminator AdamW lr (default: 0.1 toy table, 1e-3 toy GPT, 1e-5 text)")
+g.add_argument("--disc-lr", type=cli.learning_rate, default=None, help="discriminator AdamW lr")
 g.add_argument("--eval-every", type=cli.positive_int, default=25, help="evaluate every this many iterations")
 g = parser.add_argument_group("PPO policy step (nanoirl/ppo.py)")
-g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
+g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per rollout")
+g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="AdamW lr")
 g.add_argument("--beta", type=cli.nonnegative_float, default=0.0,
                help="KL penalty to the initial policy; 0 minimises the divergence itself (TL;DR PPO uses 0.05)")
-g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="minibatches per epoch (default: 4 toy, 1 text)")
-g.add_argument("--temperature", type=cli.positive_float, default=None, help="sampling temperature (default: 1 toy, 0.7 text)")
+g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="minibatches per epoch")
+g.add_argument("--temperature", type=cli.positive_float, default=None, help="sampling temperature (of PPO, and of the text evaluation)")
+cli.show_defaults(parser, DEFAULTS)
 
 
 def reward_map(args):
@@ -90,34 +101,32 @@ def logit_bound(args):
 
 
 def main(args):
+    cli.fill_defaults(args, DEFAULTS)
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
     toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py) or text
     task = load_task(ToyTask if toy else TextTask, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy = task.policy
-    pick = lambda flag, table, toy_gpt, text: flag if flag is not None else task.pick(table, toy_gpt, text)
-    args.temperature = pick(args.temperature, 1.0, 1.0, 0.7)  # PPO's, and the text evaluation's (task.py)
     cfg = ppo.PPOConfig(
-        beta=args.beta, lr=pick(args.ppo_lr, 0.05, 1e-4, 3e-6), num_minibatches=pick(args.num_minibatches, 4, 4, 1),
+        beta=args.beta, lr=args.ppo_lr, num_minibatches=args.num_minibatches,
         micro_batch_size=dist.per_rank(args.micro_batch_size), temperature=args.temperature,
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
-    batch_size = pick(args.rollout_batch_size, 256, 256, 64)
-    cli.check_minibatches(cfg.num_minibatches, batch_size)
+    cli.check_minibatches(cfg.num_minibatches, args.rollout_batch_size)
     out = run.prepare_out(args)
     ref, disc, value = copy.deepcopy(policy), task.new_scalar(), task.new_scalar()
     # itself; under torchrun Parallel: DDP or FSDP2 (nanoirl/dist.py); the frozen reference is sharded by --fsdp
     policy, disc, value = (dist.wrap(m, args.fsdp) for m in (policy, disc, value))
     ref = dist.wrap(ref, args.fsdp, trained=False)
-    disc_opt = torch.optim.AdamW(disc.parameters(), lr=pick(args.disc_lr, 0.1, 1e-3, 1e-5), eps=1e-5)
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, eps=1e-5)
     opt = ppo.make_optimizer(policy, value, cfg)
     gen = torch.Generator(device).manual_seed(args.seed)
     state = {"policy": policy, "value": value, "disc": disc, "opt": opt, "disc_opt": disc_opt, "gen": gen}
     start = resume.load_checkpoint(out, state, args)["step"] if args.resume else 0
     log = logger.Logger(out, args.steps, start, args.log_every)
     demos = dict(zip(("prompts", "prompt_mask", "responses"), task.demos))
-    batches = data.iterate_batches(demos, batch_size, args.seed, start)
+    batches = data.iterate_batches(demos, args.rollout_batch_size, args.seed, start)
     to_reward, bound = reward_map(args), logit_bound(args)
     clipped = []  # (scores clipped, scores) of each rollout chunk
 

@@ -34,6 +34,21 @@ from nanoirl.task import TextTask, add_task_args, load_task
 from toy.exact import exact_policy_step
 from toy.task import ToyTask
 
+# The defaults that depend on --model: (toy table, toy GPT, text); text's are MLIRL Appendix A's.
+DEFAULTS = {                  # toy table  toy GPT  text
+    "sft_lr":                   (0.1,       3e-3,    1e-5),
+    "rm_epochs":                (20,        20,      1),
+    "rm_lr":                    (0.05,      1e-3,    3e-6),
+    "ppo_iterations":           (40,        40,      100),
+    "rollout_batch_size":       (256,       256,     64),
+    "ppo_lr":                   (0.05,      1e-4,    3e-6),    # toy GPT: at 1e-3 PPO misses pi* by nats (docs/results.md)
+    "num_minibatches":          (4,         4,       1),
+    "temperature":              (1.0,       1.0,     0.7),     # the toy is evaluated exactly at 1
+    "dpo_epochs":               (20,        20,      2),
+    "dpo_lr":                   (0.05,      1e-4,    5e-7),    # toy: PPO's lr; text: SPIN's (Chen et al. 2024)
+    "micro_batch_size":         (None,      None,    8),       # pythia-1b: 8 x 565 tokens of activations ~7 GB
+}
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
 cli.add_common_args(parser, out="out/mlirl", model="toy-gpt")
 add_task_args(parser)
@@ -65,50 +80,30 @@ g = parser.add_argument_group("reward model")
 g.add_argument("--rm-loss", default=None, choices=["bt", "bce"],
                help="Bradley-Terry on pairs (MLIRL Eq. 11) or the logistic discriminator loss, chosen "
                     "labelled 1 (RLignment); default: bt with --pairs mlirl, bce with RLignment's sets")
-g.add_argument("--rm-epochs", type=cli.positive_int, default=None, help="epochs over the pairs (default: 20 toy, 1 text)")
-g.add_argument("--rm-lr", type=cli.learning_rate, default=None, help="AdamW lr, cosine decay (default: 0.05 toy table, 1e-3 toy GPT, 3e-6 text)")
+g.add_argument("--rm-epochs", type=cli.positive_int, default=None, help="epochs over the pairs")
+g.add_argument("--rm-lr", type=cli.learning_rate, default=None, help="AdamW lr, cosine decay")
 g.add_argument("--rm-batch-size", type=cli.positive_int, default=64, help="pairs per reward-model step")
 g = parser.add_argument_group("policy steps")
 g.add_argument("--sft-steps", type=cli.nonnegative_int, default=300, help="round 0: SFT steps (0: --model already is the SFT policy)")
-g.add_argument("--sft-lr", type=cli.learning_rate, default=None, help="SFT and Best-of-N lr (default: 0.1 toy table, 3e-3 toy GPT, 1e-5 text)")
+g.add_argument("--sft-lr", type=cli.learning_rate, default=None, help="SFT and Best-of-N lr")
 g.add_argument("--batch-size", type=cli.positive_int, default=32, help="demonstrations per SFT / Best-of-N step")
-g.add_argument("--ppo-iterations", type=cli.positive_int, default=None, help="PPO updates per round (default: 40 toy, 100 text)")
-g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per PPO rollout (default: 256 toy, 64 text)")
-g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="PPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, 3e-6 text)")
-g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="PPO minibatches per epoch (default: 4 toy, 1 text)")
+g.add_argument("--ppo-iterations", type=cli.positive_int, default=None, help="PPO updates per round")
+g.add_argument("--rollout-batch-size", type=cli.positive_int, default=None, help="prompts per PPO rollout")
+g.add_argument("--ppo-lr", type=cli.learning_rate, default=None, help="PPO AdamW lr")
+g.add_argument("--num-minibatches", type=cli.positive_int, default=None, help="PPO minibatches per epoch")
 g.add_argument("--temperature", type=cli.positive_float, default=None,
-               help="PPO sampling temperature (default: 1 on the toy, where evaluation is exact at 1; 0.7 on text)")
+               help="PPO sampling temperature, and the text evaluation's")
 g.add_argument("--bon-n", type=cli.positive_int, default=8, help="Best-of-N: samples per prompt")
 g.add_argument("--bon-steps", type=cli.positive_int, default=50, help="Best-of-N: SFT steps per round")
 g.add_argument("--dpo-epochs", type=cli.positive_int, default=None,
-               help="SPIN: DPO epochs over the pairs per round (default: 20 toy, 2 text)")
+               help="SPIN: DPO epochs over the pairs per round")
 g.add_argument("--dpo-lr", type=cli.learning_rate, default=None,
-               help="SPIN: DPO AdamW lr (default: 0.05 toy table, 1e-4 toy GPT, as PPO; 5e-7 text, as SPIN)")
+               help="SPIN: DPO AdamW lr")
+cli.show_defaults(parser, DEFAULTS)
 
 
-def fill_defaults(args, task):
-    """Flags left at None take the toy table's, the toy GPT's or the text defaults (text: MLIRL
-    Appendix A); each tuple is (table, toy GPT, text)."""
-    defaults = {"rm_epochs": (20, 20, 1), "rm_lr": (0.05, 1e-3, 3e-6),
-                "sft_lr": (0.1, 3e-3, 1e-5), "ppo_iterations": (40, 40, 100),
-                "rollout_batch_size": (256, 256, 64), "ppo_lr": (0.05, 1e-4, 3e-6),  # toy GPT: at 1e-3 PPO misses pi* by nats (docs/results.md)
-                "num_minibatches": (4, 4, 1), "temperature": (1.0, 1.0, 0.7),
-                "dpo_epochs": (20, 20, 2), "dpo_lr": (0.05, 1e-4, 5e-7)}  # toy: PPO's lr; text: SPIN's (Chen et al. 2024)
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, task.pick(*v))
-    if args.sample_temperature is None:  # Eq. 11's negatives come from the policy the step produced
-        args.sample_temperature = args.temperature
-
-
-def main(args):
-    device, dtype = cli.device_and_dtype(args)
-    cli.seed_everything(args.seed)
-    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
-    Task = ToyTask if toy else functools.partial(TextTask, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
-    task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
-    policy = task.policy
-    fill_defaults(args, task)
+def check_flags(args, toy):
+    """The combinations of flags that cannot run, refused before --out is touched."""
     if args.policy_step == "soft-pi" and not toy:
         raise cli.RunError("--policy-step soft-pi needs the toy's enumeration; use ppo or bon on text")
     if args.policy_step == "ppo":
@@ -116,11 +111,10 @@ def main(args):
     if dist.world() > 1 and (args.policy_step != "ppo" or args.pairs != "mlirl"):
         raise cli.RunError(f"under torchrun train_mlirl.py runs --policy-step ppo on --pairs mlirl; "
                            f"--policy-step {args.policy_step} --pairs {args.pairs} runs in one process")
-    out = run.prepare_out(args)
-    # the KL anchor pi_ref: a copy of the policy, made before either is wrapped for torchrun; it
-    # gets the SFT policy's weights after round 0 (nanoirl/dist.py: FSDP2 models cannot be copied)
-    ref = copy.deepcopy(policy)
-    policy, ref = dist.wrap(policy, args.fsdp), dist.wrap(ref, args.fsdp, trained=False)
+
+
+def configs(args, task, toy):
+    """(MLIRLConfig, PPOConfig) from the flags."""
     cfg = mlirl.MLIRLConfig(
         beta=args.beta, level=args.level, accumulate_pairs=args.accumulate_pairs and args.pairs == "mlirl",
         reinit_reward=not args.no_reinit, moving_reference=not args.fixed_reference,
@@ -134,96 +128,133 @@ def main(args):
         temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
         pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
-    gen = torch.Generator(device).manual_seed(args.seed)
-    prompts, prompt_mask = task.demos[0], task.demos[1]
+    return cfg, ppo_cfg
 
-    def sample(pi):  # RLignment's samples of pi on the demonstrations' prompts, --forward-batch-size at a time
-        bs = args.forward_batch_size
-        with torch.no_grad(), task.autocast():
-            return prompts, prompt_mask, torch.cat([
-                pi.sample(prompts[i:i + bs], prompt_mask[i:i + bs], task.response_len, task.eos_id, task.pad_id,
-                          args.sample_temperature, generator=gen)[0] for i in range(0, len(prompts), bs)])
 
-    # ---- round 0: SFT. A checkpoint every --ckpt-every steps holds the policy, the SFT optimizer
-    # and sft_step; the checkpoint after round 0 holds the four models and the reward model's init ----
-    ckpt = resume.load_checkpoint(out, {"policy": policy, "gen": gen}, args) if args.resume else None
-    if ckpt is None or "sft_step" in ckpt:  # a fresh run, or one stopped inside round 0
-        sft_start = ckpt["sft_step"] if ckpt else 0
-        # RLignment's pi_init is the policy before SFT: its samples are drawn now, and no copy is kept
-        init_samples = ckpt["init_samples"] if ckpt else sample(policy) if args.pairs.startswith("init-") else None
-        opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
-        if ckpt:
-            dist.load_state_dict(opt, ckpt["state"]["sft_opt"])
-        batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed,
-                                       sft_start)
-        for step in range(sft_start, args.sft_steps):
-            b = next(batches)
-            loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
-                                micro_batch_size=dist.per_rank(args.micro_batch_size), autocast=task.autocast)
-            logger.check_finite({"sft_loss": loss}, step, out)
-            if step % 50 == 0 or step == sft_start or step + 1 == args.sft_steps:
-                print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
-            if (step + 1) % args.ckpt_every == 0 and step + 1 < args.sft_steps:
-                resume.save_checkpoint(out, 0, {"policy": policy, "sft_opt": opt, "gen": gen}, args,
-                                    sft_step=step + 1, init_samples=init_samples)
-        del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
-        ref.load_state_dict(policy.state_dict())  # the KL anchor pi_ref, from the SFT policy
-        reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))  # from the SFT policy on a GPT
-        # the reward model's initial weights, kept on the CPU: read once a round, when it is re-initialised
-        reward_init = {k: v.to("cpu", copy=True) for k, v in reward_model.state_dict().items()}
-        pairs, start = None, 0
-        if args.pairs != "mlirl":  # RLignment: one fixed data set from pi_init, pi_SFT and the demos
-            pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, sample(policy))
-    else:  # resumed after round 0: the other models need only their shapes, the checkpoint fills them
-        reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))
-        resume.restore(ckpt, {"ref": ref, "reward_model": reward_model, "value": value}, out)
-        resume.set_rng_states(ckpt["rng"])  # the new heads drew from the global RNG: back to the checkpoint's
-        start, reward_init, pairs = ckpt["step"], ckpt["reward_init"], ckpt["pairs"]
-    del ckpt  # its CPU copy of every model
-    state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
-    log = logger.Logger(out, args.rounds + 1, start)
-    if start == 0:
-        log(0, task.evaluate(policy))
-        start = 1
-        resume.save_checkpoint(out, start, state, args, reward_init=reward_init, pairs=pairs)
+@torch.no_grad()
+def samples(pi, task, args, gen):
+    """RLignment's samples of pi on the demonstrations' prompts, --forward-batch-size at a time."""
+    (p, m, _), bs = task.demos, args.forward_batch_size
+    with task.autocast():
+        return p, m, torch.cat([pi.sample(p[i:i + bs], m[i:i + bs], task.response_len, task.eos_id, task.pad_id,
+                                          args.sample_temperature, generator=gen)[0] for i in range(0, len(p), bs)])
 
-    def policy_step(policy, ref, reward_model, cfg):
+
+def sft_round(args, task, state, ckpt, out):
+    """Round 0: SFT of the policy on the demonstrations, from ckpt's sft_step if the run stopped
+    inside it (a checkpoint every --ckpt-every steps holds the SFT optimizer too). Then pi_ref and
+    the reward model's initial weights come from the SFT policy. Returns (reward_init, pairs)."""
+    policy, gen = state["policy"], state["gen"]
+    sft_start = ckpt.get("sft_step", 0)
+    # RLignment's pi_init is the policy before SFT: its samples are drawn now, and no copy is kept
+    init_samples = ckpt["init_samples"] if "sft_step" in ckpt else \
+        samples(policy, task, args, gen) if args.pairs.startswith("init-") else None
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
+    if "sft_step" in ckpt:
+        resume.restore(ckpt, {"sft_opt": opt}, out)
+    batches = data.iterate_batches(dict(zip(("p", "m", "y"), task.demos)), args.batch_size, args.seed, sft_start)
+    for step in range(sft_start, args.sft_steps):
+        b = next(batches)
+        loss = sft.sft_step(policy, opt, b["p"], b["m"], b["y"], task.eos_id,
+                            micro_batch_size=dist.per_rank(args.micro_batch_size), autocast=task.autocast)
+        logger.check_finite({"sft_loss": loss}, step, out)
+        if step % 50 == 0 or step == sft_start or step + 1 == args.sft_steps:
+            print(f"round 0 (SFT) step {step}/{args.sft_steps} | sft_loss {loss:.4g}", flush=True)
+        if (step + 1) % args.ckpt_every == 0 and step + 1 < args.sft_steps:
+            resume.save_checkpoint(out, 0, {**state, "sft_opt": opt}, args, sft_step=step + 1,
+                                   init_samples=init_samples)
+    del opt  # its AdamW moments (8 bytes a weight) would otherwise stay on the GPU for every round
+    state["ref"].load_state_dict(policy.state_dict())  # the KL anchor pi_ref, from the SFT policy
+    # the reward model starts from the SFT policy's transformer and a new head (TL;DR, MLIRL), unless
+    # --reward-init gave its weights; kept on the CPU, and read once a round when it is re-initialised
+    init = state["reward_model"].state_dict()
+    if hasattr(state["reward_model"], "gpt_neox") and not getattr(args, "reward_init", None):
+        init.update((k, v) for k, v in policy.state_dict().items() if k.startswith("gpt_neox."))
+    reward_init = {k: v.to("cpu", copy=True) for k, v in init.items()}
+    state["reward_model"].load_state_dict(reward_init)
+    pairs = None  # RLignment: one fixed data set from pi_init, pi_SFT and the demonstrations
+    if args.pairs != "mlirl":
+        pairs = mlirl.rlignment_pairs(args.pairs, task.demos, init_samples, samples(policy, task, args, gen))
+    return reward_init, pairs
+
+
+def policy_step(args, task, value, ppo_cfg, gen, out, k):
+    """The policy step of round k that --policy-step picks, as mlirl.mlirl_round calls it:
+    (policy, ref, reward_model, cfg) -> stats."""
+    def step(policy, ref, reward_model, cfg):
         if args.policy_step == "soft-pi":
             return exact_policy_step(policy, ref, reward_model, cfg, mdp=task.mdp)
         if args.policy_step == "bon":
             opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, eps=1e-5, weight_decay=0.0)
-            return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=prompts,
-                                         prompt_mask=prompt_mask, n=args.bon_n, steps=args.bon_steps,
+            return mlirl.bon_policy_step(policy, ref, reward_model, cfg, optimizer=opt, prompts=task.demos[0],
+                                         prompt_mask=task.demos[1], n=args.bon_n, steps=args.bon_steps,
                                          batch_size=args.batch_size, temperature=args.temperature, generator=gen)
         value.load_state_dict(reward_model.state_dict())  # the value model starts as the reward model
-        opt = ppo.make_optimizer(policy, value, ppo_cfg)
+
         def show(i, s):  # after each PPO update: progress, and stop on a NaN before the next rollout
             if i % 10 == 0 or i + 1 == args.ppo_iterations:
                 print(f"  ppo {i}/{args.ppo_iterations} | " + " | ".join(f"{n} {v:.4g}" for n, v in s.items()),
                       flush=True)
-            logger.check_finite(s, f"{k} (PPO iteration {i})", out)  # k: the round being trained
-        return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value, optimizer=opt,
-                                     demos=task.demos, ppo_cfg=ppo_cfg,
-                                     iterations=args.ppo_iterations, batch_size=args.rollout_batch_size,
-                                     generator=gen, progress=show)
+            logger.check_finite(s, f"{k} (PPO iteration {i})", out)
+        return mlirl.ppo_policy_step(policy, ref, reward_model, cfg, value_model=value,
+                                     optimizer=ppo.make_optimizer(policy, value, ppo_cfg), demos=task.demos,
+                                     ppo_cfg=ppo_cfg, iterations=args.ppo_iterations,
+                                     batch_size=args.rollout_batch_size, generator=gen, progress=show)
+    return step
 
-    def spin_round(pairs):  # SPIN: the same pairs, DPO against the last round's policy, no reward model
-        new = mlirl.sample_pairs(policy, task.demos, cfg, gen) if args.pairs == "mlirl" else pairs
-        pairs = mlirl.cat_pairs(pairs, new) if cfg.accumulate_pairs and pairs is not None else new
-        ref.load_state_dict(policy.state_dict())
-        opt = torch.optim.AdamW(policy.parameters(), lr=args.dpo_lr, eps=1e-5, weight_decay=0.0)
-        stats = dpo.spin_policy_step(policy, ref, pairs, cfg, optimizer=opt, epochs=args.dpo_epochs,
-                                     batch_size=args.batch_size, generator=gen)
-        return pairs, {**stats, "pairs": len(pairs["chosen"])}
+
+def spin_round(args, policy, ref, demos, pairs, cfg, gen):
+    """SPIN (MLIRL's baseline, nanoirl/dpo.py): the round's pairs, DPO against the last round's
+    policy, no reward model. Returns (pairs, stats), as mlirl.mlirl_round does."""
+    new = mlirl.sample_pairs(policy, demos, cfg, gen) if args.pairs == "mlirl" else pairs
+    pairs = mlirl.cat_pairs(pairs, new) if cfg.accumulate_pairs and pairs is not None else new
+    ref.load_state_dict(policy.state_dict())
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.dpo_lr, eps=1e-5, weight_decay=0.0)
+    stats = dpo.spin_policy_step(policy, ref, pairs, cfg, optimizer=opt, epochs=args.dpo_epochs,
+                                 batch_size=args.batch_size, generator=gen)
+    return pairs, {**stats, "pairs": len(pairs["chosen"])}
+
+
+def main(args):
+    cli.fill_defaults(args, DEFAULTS)
+    if args.sample_temperature is None:  # Eq. 11's negatives come from the policy the step produced
+        args.sample_temperature = args.temperature
+    device, dtype = cli.device_and_dtype(args)
+    cli.seed_everything(args.seed)
+    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
+    Task = ToyTask if toy else functools.partial(TextTask, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
+    task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    check_flags(args, toy)
+    out = run.prepare_out(args)
+    cfg, ppo_cfg = configs(args, task, toy)
+    # the four models of the TL;DR PPO code: the policy, the KL anchor pi_ref (a copy, made before
+    # either is wrapped for torchrun: FSDP2 models cannot be copied), the reward and value models
+    # (from the SFT policy after round 0); under torchrun each is wrapped (nanoirl/dist.py)
+    policy, ref = dist.wrap(task.policy, args.fsdp), dist.wrap(copy.deepcopy(task.policy), args.fsdp, trained=False)
+    reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))
+    gen = torch.Generator(device).manual_seed(args.seed)
+    state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
+    ckpt = resume.load_checkpoint(out, state, args) if args.resume else {"step": 0}
+    start = ckpt["step"]  # rounds done, round 0 (SFT) included
+    log = logger.Logger(out, args.rounds + 1, start)
+    if start == 0:  # ---- round 0: SFT ----
+        reward_init, pairs = sft_round(args, task, state, ckpt, out)
+        log(0, task.evaluate(policy))
+        start = 1
+        resume.save_checkpoint(out, start, state, args, reward_init=reward_init, pairs=pairs)
+    else:
+        reward_init, pairs = ckpt["reward_init"], ckpt["pairs"]
+    del ckpt  # its CPU copy of every model
 
     # ---- rounds 1..K: reward step (Eq. 11), then policy step (Eq. 9); or a SPIN round ----
     spin = args.policy_step == "spin"
     for k in range(start, args.rounds + 1):
         if spin:
-            pairs, stats = spin_round(pairs)
+            pairs, stats = spin_round(args, policy, ref, task.demos, pairs, cfg, gen)
         else:
-            pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg, policy_step,
-                                             reward_init, gen, new_pairs=None if args.pairs == "mlirl" else pairs)
+            pairs, stats = mlirl.mlirl_round(policy, ref, reward_model, task.demos, pairs, cfg,
+                                             policy_step(args, task, value, ppo_cfg, gen, out, k), reward_init,
+                                             gen, new_pairs=None if args.pairs == "mlirl" else pairs)
         stats = {k_: v for k_, v in stats.items() if isinstance(v, (int, float))}
         acc = None if spin else task.reward_accuracy(reward_model, args.level)
         metrics = {**stats, **({"rm_accuracy_heldout": acc} if acc is not None else {}),

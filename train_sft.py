@@ -23,30 +23,35 @@ from nanoirl.model import GPT
 from nanoirl.task import TextTask, add_task_args, load_task
 from toy.task import ToyTask
 
+# The defaults that depend on --model: (toy table, toy GPT, text); text's are Pythia's at 1b.
+DEFAULTS = {                  # toy table  toy GPT  text
+    "lr":                       (0.1,       3e-3,    1e-5),
+    "micro_batch_size":         (None,      None,    8),     # pythia-1b: 8 x 565 tokens of activations ~7 GB
+}
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
 cli.add_common_args(parser, out="out/sft")
 add_task_args(parser)
 g = parser.add_argument_group("SFT")
 g.add_argument("--steps", type=cli.positive_int, default=300, help="optimiser steps")
 g.add_argument("--batch-size", type=cli.positive_int, default=32, help="demonstrations per step")
-g.add_argument("--lr", type=cli.learning_rate, default=None,
-               help="AdamW learning rate, decayed linearly to 0 "
-                    "(default: 0.1 for toy tables, 3e-3 for the toy GPT, 1e-5 for Pythia)")
+g.add_argument("--lr", type=cli.learning_rate, default=None, help="AdamW learning rate, decayed linearly to 0")
 g.add_argument("--occupancy", action="store_true",
                help="minimise the occupancy-measure cross-entropy: token t of an n-token "
                     "response weighted n - t (Sun24 Eq. 12, index corrected; nanoirl/sft.py)")
 g.add_argument("--eval-every", type=cli.positive_int, default=50, help="evaluate every this many steps")
+cli.show_defaults(parser, DEFAULTS)
 
 
 def main(args):
+    cli.fill_defaults(args, DEFAULTS)
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
     Task = ToyTask if args.model.startswith("toy-") else TextTask  # the toy MDP (toy/task.py) or text
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy = dist.wrap(task.policy, args.fsdp)  # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py)
-    lr = args.lr or task.pick(0.1, 3e-3, 1e-5)
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, eps=1e-5, weight_decay=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, eps=1e-5, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / args.steps)
     state = {"policy": policy, "opt": opt, "sched": sched}
     start = resume.load_checkpoint(out, state, args)["step"] if args.resume else 0

@@ -155,6 +155,36 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+# ---- the defaults that depend on the setting ------------------------------------------------------
+# Each script opens with DEFAULTS, a table of {flag: (toy table, toy GPT, text)}: the values a flag
+# left unset takes for --model toy-tabular, toy-gpt, and any text model.
+SETTINGS = ("toy table", "toy GPT", "text")
+
+
+def setting(model):
+    """The column of DEFAULTS that --model picks: 0 the toy table, 1 the toy GPT, 2 text."""
+    return {"toy-tabular": 0, "toy-gpt": 1}.get(model, 2)
+
+
+def show_defaults(parser, defaults):
+    """Add '(default: 0.1 toy table, 0.003 toy GPT, 1e-05 text)' to the --help of every flag of
+    `defaults`, read from the table itself. Those flags default to None until fill_defaults."""
+    for action in parser._actions:
+        if action.dest in defaults:
+            assert action.default is None, f"--{action.dest} has a default of its own"
+            shown = ", ".join(f"{'none' if v is None else v} {name}" for v, name in zip(defaults[action.dest], SETTINGS))
+            action.help = f"{action.help} (default: {shown})"
+
+
+def fill_defaults(args, defaults):
+    """Set every flag of `defaults` that the command line left unset to its value for --model's
+    setting, so that config.json records, and --resume compares, the values the run uses."""
+    for name, values in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, values[setting(args.model)])
+    return args
+
+
 def add_common_args(parser, **defaults):
     """Add the flags of all three scripts, in groups; keyword arguments override their defaults
     (e.g. out="out/sft"). Each script adds its algorithm's flags in groups of its own."""
@@ -186,7 +216,7 @@ def add_common_args(parser, **defaults):
     g.add_argument("--seed", type=seed_arg, default=1, help="seed of every random number generator")
     g.add_argument("--micro-batch-size", type=positive_int, default=None,
                    help="sequences (reward model: pairs) per forward/backward of every training step, on each rank; "
-                        "gradients accumulate to the whole batch's (default: whole batches on the toy, 8 on text)")
+                        "gradients accumulate to the whole batch's (none: the whole batch)")
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="GPT models recompute each layer's activations in backward: less memory, the "
                         "same numbers, about a third more compute (pythia-1b PPO within 40 GB)")

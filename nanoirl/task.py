@@ -8,7 +8,6 @@ by --model and load_task builds it.
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
-  task.pick(table, gpt, text) a flag's default for a toy table, the toy GPT, or text
   task.autocast()             bf16 autocast with --dtype bfloat16 (text), else nothing: weights
                               stay fp32 (at lr 3e-6 a bf16 weight cannot absorb most updates)
   task.autocast_dtype         "bfloat16" then, else None: for PPOConfig and MLIRLConfig
@@ -88,8 +87,6 @@ def load_task(Task, args, device, dtype):
     for flag, greedy in (("temperature", False), ("sample_temperature", True)):
         check_temperature(flag, getattr(args, flag, None), greedy)
     task = Task(args, device, dtype)
-    if args.micro_batch_size is None:  # pythia-1b: 8 x 565 tokens of activations take ~7 GB
-        args.micro_batch_size = task.pick(None, None, 8)
     if args.grad_checkpoint:  # the copies and scalar models made from the policy inherit it
         if not isinstance(task.policy, GPT):
             raise RunError(f"--grad-checkpoint is for GPT models, not --model {args.model}")
@@ -180,8 +177,6 @@ class TextTask:
             raise RunError(f"--max-prompt-len {args.max_prompt_len} + --max-response-len {args.max_response_len} "
                            f"tokens exceed --model {args.model}'s {self.policy.config.block_size} positions")
 
-    def pick(self, table, toy_gpt, text):
-        return text
 
     def autocast(self):
         if self.autocast_dtype is None:

@@ -51,8 +51,6 @@ class ToyTask:
         else:
             self.policy = tiny_gpt(self.mdp, seed=args.seed, dtype=self.dtype)
 
-    def pick(self, table, toy_gpt, text):
-        return toy_gpt if isinstance(self.policy, GPT) else table
 
     def autocast(self):
         return contextlib.nullcontext()
