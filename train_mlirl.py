@@ -230,7 +230,8 @@ def main(args):
     # the four models of the TL;DR PPO code: the policy, the KL anchor pi_ref (a copy, made before
     # either is wrapped for torchrun: FSDP2 models cannot be copied), the reward and value models
     # (from the SFT policy after round 0); under torchrun each is wrapped (nanoirl/dist.py)
-    policy, ref = dist.wrap(task.policy, args.fsdp), dist.wrap(copy.deepcopy(task.policy), args.fsdp, trained=False)
+    ref = copy.deepcopy(task.policy)
+    policy, ref = dist.wrap(task.policy, args.fsdp), dist.wrap(ref, args.fsdp, trained=False)
     reward_model, value = (dist.wrap(task.new_scalar(), args.fsdp) for _ in range(2))
     gen = torch.Generator(device).manual_seed(args.seed)
     state = {"policy": policy, "ref": ref, "reward_model": reward_model, "value": value, "gen": gen}
