@@ -136,25 +136,8 @@ def all_done(done):
     return bool(flag)
 
 
-def total(*values):
-    """The sums over ranks of some floats (a tuple of floats; one float for one value; a dict of
-    floats for a dict)."""
-    if len(values) == 1 and isinstance(values[0], dict):
-        return dict(zip(values[0], total(*values[0].values(), 0.0)))
-    if world() == 1:
-        return values if len(values) > 1 else values[0]
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
-    td.all_reduce(t)
-    return tuple(t.tolist()) if len(values) > 1 else t.item()
-
-
 def _device():
     return torch.device("cuda", torch.cuda.current_device()) if td.get_backend() == "nccl" else torch.device("cpu")
-
-
-def barrier():
-    if world() > 1:
-        td.barrier()
 
 
 def broadcast(obj):
