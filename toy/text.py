@@ -27,7 +27,9 @@ import sys
 if __name__ == "__main__":
     import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -104,8 +106,10 @@ class ToyLanguage:
         self.mdp = mdp = ToyMDP(ToyConfig(**meta["toy"]))
         prompts, _, responses = mdp.all_pairs()
         examples = [{**r, "where": "the toy language"} for r in records(mdp, prompts, responses)]
-        # max_truncated_share 1: the toy's T-letter responses are meant to be cut (truncated)
-        t = data.tokenize(examples, tok, max_prompt_len, max_response_len, max_truncated_share=1.0)
+        # max_truncated_share 1: the toy's T-letter responses are meant to be cut (truncated), and
+        # tokenize's count of them is no news here
+        with contextlib.redirect_stdout(io.StringIO()):
+            t = data.tokenize(examples, tok, max_prompt_len, max_response_len, max_truncated_share=1.0)
         self.prompts, self.prompt_mask, self.responses = t["prompts"], t["prompt_mask"], t["responses"]
         self.eos_id = tok.eos_id
         ended = ends_with_eos(self.responses, tok.eos_id).view(mdp.n_prompts, -1)
