@@ -12,6 +12,7 @@ tokenizer) is checked against the toy's exact expert too.
 
     python -m toy.text write out/toy-text --demos 60 --seed 1
     python train_sft.py --model random:pythia-70m --toy-eval out/toy-text --max-prompt-len 16 --max-response-len 5 --eval-size 3
+    (pythia-70m on a CPU: seconds a step; tests/test_toy_text.py trains a 2-layer GPT-NeoX instead)
 
 With UTF-8 bytes as tokens (the random-init dry run's tokenizer) a letter is one token, and
 --max-response-len 5 (the toy's horizon T) cuts the toy's T-letter responses where the toy
