@@ -56,7 +56,7 @@ def data_ids(mdp, letters):
 def test_a_policy_of_toy_tokens_only_puts_all_its_mass_on_the_toy_language(tmp_path):
     """A GPT-NeoX on byte tokens whose logits are masked to EOS and the letters a, b, c: every
     sequence it can emit is a toy response (ended by EOS, or cut at the horizon), so the enumerated
-    masses sum to 1 per prompt (float64, to 1e-9) and outside_language is 0. Unmasked, the same
+    masses sum to 1 per prompt (float64, to 1e-9; at temperatures 1 and 0.7) and outside_language is 0. Unmasked, the same
     network puts nearly all its mass elsewhere (252 other tokens), and outside_language says so."""
     text.write(tmp_path, 6, seed=1, n_pairs=8)
     lang = text.ToyLanguage(json.loads((tmp_path / "toy.json").read_text()), ByteTokenizer(), 16, ToyMDP().T)
@@ -65,8 +65,9 @@ def test_a_policy_of_toy_tokens_only_puts_all_its_mass_on_the_toy_language(tmp_p
     unmasked = lang.evaluate(policy, 512)
     assert unmasked["outside_language"] > 0.9
     policy.set_allowed_tokens(sorted(set(toy_ids(ByteTokenizer(), lang.mdp).values()) - {ByteTokenizer.pad_id}))
-    logd = lang.logd(policy, 512)
-    assert (logd.logsumexp(-1) - 0).abs().max() < 1e-9
+    for temperature in (1.0, 0.7):  # at PPO's sampling temperature too
+        logd = lang.logd(policy, 512, temperature)
+        assert (logd.logsumexp(-1) - 0).abs().max() < 1e-9
     out = lang.evaluate(policy, 512)
     assert abs(out["outside_language"]) < 1e-9
     assert 0 < out["eos_rate"] < 1 and out["length"] > 1

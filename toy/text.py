@@ -123,27 +123,28 @@ class ToyLanguage:
         self.demo_logd = mdp.empirical_logprob(demos[0], demos[2])
 
     @torch.no_grad()
-    def logd(self, policy, batch_size):
+    def logd(self, policy, batch_size, temperature=1.0):
         """log d(y|x) of every toy response (n_prompts, N), float64, unnormalised, as the policy's own
-        logprobs give it."""
+        logprobs give it at the temperature."""
         def seq(p, m, y):
-            return sequence_logprob(policy.logprobs(p, m, y).double(), y, self.eos_id)
+            return sequence_logprob(policy.logprobs(p, m, y, temperature).double(), y, self.eos_id)
         dev = next(policy.parameters()).device
         rows = (self.prompts.to(dev), self.prompt_mask.to(dev), self.responses.to(dev))
         return in_chunks(seq, batch_size, *rows).cpu().view(self.mdp.n_prompts, -1)
 
-    def evaluate(self, policy, batch_size):
+    def evaluate(self, policy, batch_size, temperature=1.0):
         """The toy's exact metrics (toy/metrics.py:summary, win rate) on the renormalised law, plus
         outside_language = 1 - the policy's mass on the toy language, per prompt, averaged, and
-        eos_rate = the renormalised mass of responses that end with EOS (the rest are truncated)."""
-        logd = self.logd(policy, batch_size)
+        eos_rate = the renormalised mass of responses that end with EOS (the rest are truncated). At
+        the temperature the policy is sampled at (logged as eval_temperature)."""
+        logd = self.logd(policy, batch_size, temperature)
         inside = logd.logsumexp(-1, keepdim=True)
         logd = logd - inside
         ended = (self.mdp.responses == self.mdp.eos_id).any(-1)
         return {**metrics.summary(self.mdp, logd, self.demo_logd),
                 "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item(),
                 "eos_rate": logd[:, ended].exp().sum(-1).mean().item(),
-                "outside_language": (1 - inside.exp()).mean().item()}
+                "outside_language": (1 - inside.exp()).mean().item(), "eval_temperature": temperature}
 
 
 def read_meta(directory):
@@ -173,8 +174,10 @@ class ToyTextTask(TextTask):
         self.language = ToyLanguage(meta, self.tok, args.max_prompt_len, args.max_response_len)
 
     def evaluate(self, policy):
+        # the law PPO samples and optimises, at its --temperature; SFT's policy as trained, at 1
+        temperature = getattr(self.args, "temperature", None) or 1.0
         with dist.full_weights(policy) as model:  # every rank evaluates the whole model
-            return self.language.evaluate(model, self.args.forward_batch_size)
+            return self.language.evaluate(model, self.args.forward_batch_size, temperature)
 
 
 def main(argv=None):
