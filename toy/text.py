@@ -197,7 +197,8 @@ def main(argv=None):
                    help="demonstrations written first, which the text scripts hold out by --eval-size")
     w.add_argument("--pairs", type=cli.positive_int, default=256, help="gold-preference pairs drawn (ties dropped)")
     w.add_argument("--style", type=float, default=0.0,
-                   help="the demonstrator's habit: the expert tilted by exp(style * number of a's) (toy/mdp.py)")
+                   help="the demonstrator's habit: the expert tilted by exp(style * number of a's) (toy/mdp.py); "
+                        "the toy path's scripts have no such flag, so its runs compare only at 0")
     args = parser.parse_args(argv)
     try:
         write(args.dir, args.demos, args.seed, args.held_out, args.pairs, args.style)
