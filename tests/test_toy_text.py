@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from nanoirl import data
+from nanoirl.checkpoint import save_model
 from nanoirl.model import GPT, GPTConfig
 from nanoirl.tokenizer import ByteTokenizer
 from test_scripts import InProcess, byte_level_tokenizer_json
-from nanoirl.checkpoint import save_model
 from toy import text
 from toy.mdp import ToyMDP
 
@@ -56,8 +56,9 @@ def data_ids(mdp, letters):
 def test_a_policy_of_toy_tokens_only_puts_all_its_mass_on_the_toy_language(tmp_path):
     """A GPT-NeoX on byte tokens whose logits are masked to EOS and the letters a, b, c: every
     sequence it can emit is a toy response (ended by EOS, or cut at the horizon), so the enumerated
-    masses sum to 1 per prompt (float64, to 1e-9; at temperatures 1 and 0.7) and outside_language is 0. Unmasked, the same
-    network puts nearly all its mass elsewhere (252 other tokens), and outside_language says so."""
+    masses sum to 1 per prompt (float64, to 1e-9; at temperatures 1 and 0.7) and outside_language
+    is 0. Unmasked, the same network puts nearly all its mass elsewhere (252 other tokens), and
+    outside_language says so."""
     text.write(tmp_path, 6, seed=1, n_pairs=8)
     lang = text.ToyLanguage(json.loads((tmp_path / "toy.json").read_text()), ByteTokenizer(), 16, ToyMDP().T)
     torch.manual_seed(0)
