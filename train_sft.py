@@ -22,6 +22,7 @@ from nanoirl import cli, data, dist, logger, resume, run, sft
 from nanoirl.model import GPT
 from nanoirl.task import TextTask, add_task_args, load_task
 from toy.task import ToyTask
+from toy.text import ToyTextTask
 
 # The defaults that depend on --model: (toy table, toy GPT, text); text's are Pythia's at 1b.
 DEFAULTS = {                  # toy table  toy GPT  text
@@ -47,7 +48,8 @@ def main(args):
     cli.fill_defaults(args, DEFAULTS)
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
-    Task = ToyTask if args.model.startswith("toy-") else TextTask  # the toy MDP (toy/task.py) or text
+    # the toy MDP (toy/task.py), text, or the toy as text evaluated exactly (toy/text.py)
+    Task = ToyTask if args.model.startswith("toy-") else ToyTextTask if args.toy_eval else TextTask
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy = dist.wrap(task.policy, args.fsdp)  # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py)

@@ -5,6 +5,7 @@ text; the toy's task is toy/task.py's ToyTask (nanoirl/ never imports toy/): the
 by --model and load_task builds it.
 
   task = load_task(ToyTask if args.model.startswith("toy-") else TextTask, args, device, dtype)
+                              (with --toy-eval, toy/text.py's ToyTextTask in place of TextTask)
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
@@ -63,6 +64,10 @@ def add_task_args(parser):
     g.add_argument("--truncate-long-responses", action="store_true",
                    help="text: keep responses longer than --max-response-len cut short without EOS, "
                         f"whatever their share (otherwise refused above {data.MAX_TRUNCATED_SHARE:.0%}%)")
+    g.add_argument("--toy-eval", default=None, metavar="DIR",
+                   help="text: the toy MDP as text, written by python -m toy.text write DIR: --data and "
+                        "--eval-pairs default to DIR's files, and every evaluation is exact against the toy's "
+                        "expert (every toy response through this tokenizer; toy/text.py) in place of the sampled metrics")
     g.add_argument("--gold-model", default=None,
                    help="text: a reward model with its trained head (ours, e.g. a reward_model/ of "
                         "train_mlirl.py, or the TL;DR ScalarModel; by name or directory) that judges samples: "

@@ -31,7 +31,7 @@ from toy.tabular import TabularPolicy, TabularScalar
 class ToyTask:
     def __init__(self, args, device, dtype):
         # a text flag on the toy would be ignored: say so instead
-        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init") if getattr(args, f, None)]
+        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init", "toy_eval") if getattr(args, f, None)]
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
