@@ -26,9 +26,8 @@ import torch
 
 from nanoirl import cli, data, dist, fdiv, gail, logger, ppo, resume, reward, run
 from nanoirl.model import GPT
-from nanoirl.task import TextTask, add_task_args, load_task
-from toy.task import ToyTask
-from toy.text import ToyTextTask
+from nanoirl.task import add_task_args, load_task
+from toy.task import task_for
 
 
 def alpha_arg(value):
@@ -106,7 +105,7 @@ def main(args):
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
     toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py) or text
-    task = load_task(ToyTask if toy else ToyTextTask if args.toy_eval else TextTask, args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    task = load_task(task_for(args), args, device, dtype)  # a bad data file or flag stops here, --out untouched
     policy = task.policy
     cfg = ppo.PPOConfig(
         beta=args.beta, lr=args.ppo_lr, num_minibatches=args.num_minibatches,

@@ -30,10 +30,9 @@ import torch
 
 from nanoirl import cli, data, dist, dpo, logger, mlirl, ppo, resume, run, sft
 from nanoirl.model import GPT
-from nanoirl.task import TextTask, add_task_args, load_task
+from nanoirl.task import add_task_args, load_task
 from toy.exact import exact_policy_step
-from toy.task import ToyTask
-from toy.text import ToyTextTask
+from toy.task import task_for
 
 # The defaults that depend on --model: (toy table, toy GPT, text); text's are MLIRL Appendix A's.
 DEFAULTS = {                  # toy table  toy GPT  text
@@ -223,7 +222,7 @@ def main(args):
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
     toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
-    Task = ToyTask if toy else functools.partial(ToyTextTask if args.toy_eval else TextTask, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
+    Task = task_for(args) if toy else functools.partial(task_for(args), default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     check_flags(args, toy)
     out = run.prepare_out(args)

@@ -20,9 +20,8 @@ import torch
 
 from nanoirl import cli, data, dist, logger, resume, run, sft
 from nanoirl.model import GPT
-from nanoirl.task import TextTask, add_task_args, load_task
-from toy.task import ToyTask
-from toy.text import ToyTextTask
+from nanoirl.task import add_task_args, load_task
+from toy.task import task_for
 
 # The defaults that depend on --model: (toy table, toy GPT, text); text's are Pythia's at 1b.
 DEFAULTS = {                  # toy table  toy GPT  text
@@ -49,8 +48,7 @@ def main(args):
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
     # the toy MDP (toy/task.py), text, or the toy as text evaluated exactly (toy/text.py)
-    Task = ToyTask if args.model.startswith("toy-") else ToyTextTask if args.toy_eval else TextTask
-    task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
+    task = load_task(task_for(args), args, device, dtype)  # a bad data file or flag stops here, --out untouched
     out = run.prepare_out(args)
     policy = dist.wrap(task.policy, args.fsdp)  # itself; under torchrun DDP or FSDP2 (nanoirl/dist.py)
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, eps=1e-5, weight_decay=0.0)

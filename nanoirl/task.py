@@ -4,8 +4,9 @@ train_mlirl.py read the same whether --model names the toy MDP or a Pythia. Text
 text; the toy's task is toy/task.py's ToyTask (nanoirl/ never imports toy/): the script picks one
 by --model and load_task builds it.
 
-  task = load_task(ToyTask if args.model.startswith("toy-") else TextTask, args, device, dtype)
-                              (with --toy-eval, toy/text.py's ToyTextTask in place of TextTask)
+  task = load_task(task_for(args), args, device, dtype)
+                              task_for (toy/task.py): ToyTask on --model toy-*, else TextTask, or
+                              with --toy-eval toy/text.py's ToyTextTask
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response

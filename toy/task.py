@@ -10,7 +10,7 @@ where every policy is evaluated exactly by enumerating all its responses.
   task.reward_accuracy(rm)    exact pair accuracy, pairs labelled by the gold reward
   task.mdp                    the MDP itself, for the exact soft-pi step (toy/exact.py)
 
-A script picks it by --model: `ToyTask if args.model.startswith("toy-") else TextTask`.
+A script picks its task by --model with `task_for(args)` (below).
 """
 import contextlib
 from pathlib import Path
@@ -20,12 +20,13 @@ import torch
 from nanoirl import dist, run
 from nanoirl.model import GPT
 from nanoirl.cli import RunError
-from nanoirl.task import scalar_from_policy
+from nanoirl.task import TextTask, scalar_from_policy
 from toy import metrics
 from toy.exact import all_rewards
 from toy.gpt import tiny_gpt
 from toy.mdp import ToyMDP
 from toy.tabular import TabularPolicy, TabularScalar
+from toy.text import ToyTextTask
 
 
 class ToyTask:
@@ -74,3 +75,11 @@ class ToyTask:
     def reward_accuracy(self, reward_model, level="sequence"):
         with dist.full_weights(reward_model) as model:
             return metrics.pair_accuracy(self.mdp, all_rewards(self.mdp, model, level)).mean().item()
+
+
+def task_for(args):
+    """The task class --model picks: ToyTask for toy-tabular and toy-gpt; on text TextTask, or
+    ToyTextTask (toy/text.py) with --toy-eval, the toy's data as text, evaluated exactly."""
+    if args.model.startswith("toy-"):
+        return ToyTask
+    return ToyTextTask if args.toy_eval else TextTask
