@@ -221,8 +221,10 @@ def main(args):
         args.sample_temperature = args.temperature
     device, dtype = cli.device_and_dtype(args)
     cli.seed_everything(args.seed)
-    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text with TL;DR's preferences by default
-    Task = task_for(args) if toy else functools.partial(task_for(args), default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
+    toy = args.model.startswith("toy-")  # the toy MDP (toy/task.py), or text
+    Task = task_for(args)
+    if not toy:  # text: TL;DR's preferences by default
+        Task = functools.partial(Task, default_pairs=data.TLDR_PREFERENCES + ":validation[:2048]")
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     check_flags(args, toy)
     out = run.prepare_out(args)
