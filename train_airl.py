@@ -25,7 +25,7 @@ import math
 import torch
 
 from nanoirl import cli, data, dist, fdiv, gail, logger, ppo, resume, reward, run
-from nanoirl.model import GPT
+from nanoirl.model import GPT, upcast
 from nanoirl.task import add_task_args, load_task
 from toy.task import task_for
 
@@ -111,7 +111,7 @@ def main(args):
         beta=args.beta, lr=args.ppo_lr, num_minibatches=args.num_minibatches,
         micro_batch_size=dist.per_rank(args.micro_batch_size), temperature=args.temperature,
         response_length=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
-        missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
+        missing_eos_penalty=task.missing_eos_penalty, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
     cli.check_minibatches(cfg.num_minibatches, args.rollout_batch_size)
     out = run.prepare_out(args)
@@ -131,7 +131,7 @@ def main(args):
     clipped = []  # (scores clipped, scores) of each rollout chunk
 
     def read(h):  # the reward of logits h, clipped to +-bound: e^h and e^((1-a)h) overflow beyond
-        h = h.double() if toy else h.float()
+        h = h.double() if toy else upcast(h)  # text: bf16 -> fp32, fp64 stays
         return to_reward(h.clamp(-bound, bound))
 
     def reward_fn(p, m, y):  # (B, R) rewards on the tokens PPO sees, demonstrations at 0 on average

@@ -113,7 +113,7 @@ def check_flags(args, toy):
                            f"--policy-step {args.policy_step} --pairs {args.pairs} runs in one process")
 
 
-def configs(args, task, toy):
+def configs(args, task):
     """(MLIRLConfig, PPOConfig) from the flags."""
     cfg = mlirl.MLIRLConfig(
         beta=args.beta, level=args.level, accumulate_pairs=args.accumulate_pairs and args.pairs == "mlirl",
@@ -126,7 +126,7 @@ def configs(args, task, toy):
     ppo_cfg = ppo.PPOConfig(
         lr=args.ppo_lr, num_minibatches=args.num_minibatches, micro_batch_size=dist.per_rank(args.micro_batch_size),
         temperature=args.temperature, response_length=task.response_len, eos_id=task.eos_id,
-        pad_id=task.pad_id, missing_eos_penalty=None if toy else -1.0, forward_batch_size=args.forward_batch_size,
+        pad_id=task.pad_id, missing_eos_penalty=task.missing_eos_penalty, forward_batch_size=args.forward_batch_size,
         autocast_dtype=task.autocast_dtype)
     return cfg, ppo_cfg
 
@@ -228,7 +228,7 @@ def main(args):
     task = load_task(Task, args, device, dtype)  # a bad data file or flag stops here, --out untouched
     check_flags(args, toy)
     out = run.prepare_out(args)
-    cfg, ppo_cfg = configs(args, task, toy)
+    cfg, ppo_cfg = configs(args, task)
     # the four models of the TL;DR PPO code: the policy, the KL anchor pi_ref (a copy, made before
     # either is wrapped for torchrun: FSDP2 models cannot be copied), the reward and value models
     # (from the SFT policy after round 0); under torchrun each is wrapped (nanoirl/dist.py)
@@ -272,7 +272,7 @@ def main(args):
             task.save(reward_model, out / "reward_model")
     logger.plot_metrics(out, xlabel="round")
     logger.plot_metrics(out, ["rm_accuracy_heldout", "gold_reward", "win_rate"], "mlirl_fig2.png", "round")
-    if toy and dist.is_main():  # the headline number: exact forward KL to the true expert, before and after ML-IRL
+    if (toy or args.toy_eval) and dist.is_main():  # the headline number: exact forward KL to the true expert, before and after ML-IRL
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         print(f"exact forward KL to the expert: SFT {rows[0]['fkl']:.4f} -> {'SPIN' if spin else 'ML-IRL'} {rows[-1]['fkl']:.4f} "
               f"(gold reward {rows[0]['gold_reward']:.4f} -> {rows[-1]['gold_reward']:.4f})")

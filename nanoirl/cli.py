@@ -157,17 +157,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # ---- the defaults that depend on the setting ------------------------------------------------------
 # Each script opens with DEFAULTS, a table of {flag: (toy table, toy GPT, text)}: the values a flag
-# left unset takes for --model toy-tabular, toy-gpt, and any text model.
-SETTINGS = ("toy table", "toy GPT", "text")
+# left unset takes for --model toy-tabular, toy-gpt, and any text model. A text model on the toy's
+# data (--toy-eval, toy/text.py) takes the toy GPT's: the same data, the same settings.
+SETTINGS = ("toy table", "toy GPT or --toy-eval", "text")
 
 
-def setting(model):
-    """The column of DEFAULTS that --model picks: 0 the toy table, 1 the toy GPT, 2 text."""
-    return {"toy-tabular": 0, "toy-gpt": 1}.get(model, 2)
+def setting(args):
+    """The column of DEFAULTS that args picks: 0 the toy table, 1 the toy GPT (or a text model on
+    the toy's data, --toy-eval), 2 text."""
+    if args.model in ("toy-tabular", "toy-gpt"):
+        return 0 if args.model == "toy-tabular" else 1
+    return 1 if getattr(args, "toy_eval", None) else 2
 
 
 def show_defaults(parser, defaults):
-    """Add '(default: 0.1 toy table, 0.003 toy GPT, 1e-05 text)' to the --help of every flag of
+    """Add '(default: 0.1 toy table, 0.003 toy GPT or --toy-eval, 1e-05 text)' to the --help of every flag of
     `defaults`, read from the table itself. Those flags default to None until fill_defaults."""
     for action in parser._actions:
         if action.dest in defaults:
@@ -181,7 +185,7 @@ def fill_defaults(args, defaults):
     setting, so that config.json records, and --resume compares, the values the run uses."""
     for name, values in defaults.items():
         if getattr(args, name) is None:
-            setattr(args, name, values[setting(args.model)])
+            setattr(args, name, values[setting(args)])
     return args
 
 

@@ -10,6 +10,10 @@ by --model and load_task builds it.
   task.policy                 the policy to train (nanoirl/policy.py interface)
   task.demos                  (prompts, prompt_mask, responses): the training demonstrations
   task.eos_id, task.pad_id    token ids; task.response_len: tokens per sampled response
+  task.missing_eos_penalty    PPO's score for a sampled response cut at response_len (ppo.py,
+                              detail 3): -1 on text; None (no penalty) on the toy and the toy as
+                              text, where a response of T letters ends at the horizon, as the
+                              expert's and the demonstrations' do
   task.autocast()             bf16 autocast with --dtype bfloat16 (text), else nothing: weights
                               stay fp32 (at lr 3e-6 a bf16 weight cannot absorb most updates)
   task.autocast_dtype         "bfloat16" then, else None: for PPOConfig and MLIRLConfig
@@ -69,6 +73,10 @@ def add_task_args(parser):
                    help="text: the toy MDP as text, written by python -m toy.text write DIR: --data and "
                         "--eval-pairs default to DIR's files, and every evaluation is exact against the toy's "
                         "expert (every toy response through this tokenizer; toy/text.py) in place of the sampled metrics")
+    g.add_argument("--toy-tokens-only", action="store_true",
+                   help="text, with --toy-eval: mask the policy's logits to EOS and the tokens of the toy's "
+                        "responses, as the toy GPT's are masked to its actions (toy/gpt.py), so that it samples "
+                        "nothing but toy tokens; the saved policy/ has no mask")
     g.add_argument("--gold-model", default=None,
                    help="text: a reward model with its trained head (ours, e.g. a reward_model/ of "
                         "train_mlirl.py, or the TL;DR ScalarModel; by name or directory) that judges samples: "
@@ -137,6 +145,7 @@ class TextTask:
         self.autocast_dtype = "bfloat16" if dtype == torch.bfloat16 else None  # fp32 master weights
         self.tok, self.tokenizer_json = load_tokenizer(args.model)
         self.eos_id, self.pad_id, self.response_len = self.tok.eos_id, self.tok.pad_id, args.max_response_len
+        self.missing_eos_penalty = -1.0  # TL;DR PPO: a response without EOS is penalised
         examples = data.load_demonstrations(args.data)
         held_out = data.load_demonstrations(eval_data) if eval_data else examples[:args.eval_size]
         # the data's fingerprint goes into config.json and the checkpoint: a --resume on changed

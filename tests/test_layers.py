@@ -8,9 +8,9 @@ a file: a lazy import inside a function counts as much as one at the top).
   the machinery   the rest of nanoirl/ (flags, run directory, checkpoints, metrics, torchrun,
                   formats, the Hub): it imports the ground, never toy/ or a script
   toy/            imports nanoirl/ and itself, never a script
-  the scripts     train_*.py and sweep_mlirl.py on top, bench.py apart: nothing of the project
-                  imports them, and a script imports no other (but sweep_mlirl.py, which runs
-                  train_mlirl.py over seeds)
+  the scripts     train_*.py, sweep_mlirl.py and toy_vs_text.py on top, bench.py apart: nothing
+                  of the project imports them, and a script imports no other (but sweep_mlirl.py,
+                  which runs train_mlirl.py over seeds; toy_vs_text.py runs the scripts as commands)
 and no module imports itself back through others (no circles).
 """
 import ast
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUND = {f"nanoirl.{m}" for m in ("policy", "model", "sft", "airl", "gail", "fdiv", "reward", "ppo", "soft_pi",
                                    "mlirl", "dpo")} | \
          {f"toy.{m}" for m in ("mdp", "tabular", "gpt", "metrics", "train", "exact")}
-SCRIPTS = {"train_sft", "train_airl", "train_mlirl", "sweep_mlirl", "bench"}
+SCRIPTS = {"train_sft", "train_airl", "train_mlirl", "sweep_mlirl", "toy_vs_text", "bench"}
 THIRD_PARTY_OF_THE_GROUND = {"torch", "numpy"}
 
 

@@ -39,7 +39,7 @@ N_DEMOS = 60  # the toy's default --n-demos
 
 # the shared metric names: PPO's (nanoirl/ppo.py) and the evaluation's (nanoirl/task.py, toy/task.py)
 PPO = {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "score", "kl_ref"}
-TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "gold_reward", "modes_covered", "outside_support",
+TOY_EVAL = {"fkl", "rkl", "js", "tv", "traj_entropy", "length", "eos_rate", "gold_reward", "modes_covered", "outside_support",
             "fkl_demos", "win_rate"}
 TEXT_EVAL = {"length", "eos_rate", "eval_temperature"}
 MLIRL_ROUND = {"rm_loss", "rm_accuracy", "pairs", "reward_offset"}

@@ -143,6 +143,10 @@ def test_occupancy_sums_to_expected_length(mdp, kind):
     expected = [sum(math.exp(logd[x, j]) * lengths[j].item() for j in range(len(lengths)))
                 for x in range(mdp.n_prompts)]
     assert torch.allclose(rho.sum(-1), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    # summary's eos_rate (the mass of responses holding EOS) is the occupancy of the EOS action
+    eos_visits = rho.view(mdp.n_prompts, -1, mdp.vocab_size)[:, :, EOS].sum(-1)  # P(y ends with EOS | x)
+    eos_rate = metrics.summary(mdp, logd)["eos_rate"]
+    assert abs(eos_rate - eos_visits.mean().item()) < 1e-12 and 0 < eos_rate < 1
 
 
 def test_occupancy_equals_brute_force_prefix_count(mdp):

@@ -76,9 +76,11 @@ def outside_support(mdp, logd):
 def summary(mdp, logd, demo_logd=None):
     """Every exact number the toy reports for a policy, averaged over prompts. traj_entropy is
     the exact entropy of d^pi(y|x), nats per response (not PPO's per-token "entropy"); length the
-    expected number of response tokens, the EOS included (as on text). With the
-    demonstrations' empirical law demo_logd, also fkl_demos = KL(demos || pi)."""
+    expected number of response tokens, the EOS included (as on text); eos_rate the mass of the
+    responses that end with EOS (the rest are cut at the horizon T). With the demonstrations'
+    empirical law demo_logd, also fkl_demos = KL(demos || pi)."""
     e = mdp.expert_logprob
+    ended = (mdp.responses == mdp.eos_id).any(-1)
     demos = {} if demo_logd is None else {"fkl_demos": forward_kl(demo_logd, logd).mean().item()}
     return {
         **demos,
@@ -88,6 +90,7 @@ def summary(mdp, logd, demo_logd=None):
         "tv": tv(e, logd).mean().item(),
         "traj_entropy": entropy(logd).mean().item(),
         "length": mdp.occupancy(logd).sum(-1).mean().item(),  # E|y|, tokens with the EOS
+        "eos_rate": logd[:, ended].exp().sum(-1).mean().item(),
         "gold_reward": (logd.exp() * mdp.gold_reward()).sum(-1).mean().item(),
         "modes_covered": (mode_mass(mdp, logd) > 0.05).float().sum(-1).mean().item(),
         "outside_support": outside_support(mdp, logd).mean().item(),

@@ -32,7 +32,8 @@ from toy.text import ToyTextTask
 class ToyTask:
     def __init__(self, args, device, dtype):
         # a text flag on the toy would be ignored: say so instead
-        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init", "toy_eval") if getattr(args, f, None)]
+        given = [f for f in ("data", "eval_pairs", "gold_model", "reward_init", "toy_eval", "toy_tokens_only")
+                 if getattr(args, f, None)]
         if given:
             raise RunError(f"--{given[0].replace('_', '-')} is for text models; --model {args.model} "
                            "is the toy MDP, whose expert and gold reward are built in")
@@ -44,6 +45,7 @@ class ToyTask:
         self.dtype = torch.float64 if args.dtype == "auto" else dtype  # exact numbers on the toy
         self.autocast_dtype = None
         self.eos_id, self.pad_id, self.response_len = self.mdp.eos_id, self.mdp.pad_id, self.mdp.T
+        self.missing_eos_penalty = None  # the horizon ends a response: T letters with no EOS is one
         g = torch.Generator().manual_seed(args.seed)
         self.demos = self.mdp.demonstrations(args.n_demos, g)
         self.demo_logd = self.mdp.empirical_logprob(self.demos[0], self.demos[2])
@@ -82,4 +84,6 @@ def task_for(args):
     ToyTextTask (toy/text.py) with --toy-eval, the toy's data as text, evaluated exactly."""
     if args.model.startswith("toy-"):
         return ToyTask
+    if args.toy_tokens_only and not args.toy_eval:
+        raise RunError("--toy-tokens-only masks the policy to the toy's tokens: it needs --toy-eval DIR")
     return ToyTextTask if args.toy_eval else TextTask

@@ -3,16 +3,17 @@ The toy MDP as text, so that the text path (nanoirl/task.py: TextTask, a GPT-Neo
 tokenizer) is checked against the toy's exact expert too.
 
   write     the toy's prompts, demonstrations and gold-preference pairs as the JSONL files the
-            text scripts read (--data, --eval-pairs); each prompt a short string ("prompt 0:"),
-            each response its letters ("abca"); the text path appends EOS as for any data
+            text scripts read (--data, --eval-pairs); each prompt a short string ("0:" for prompt
+            0), each response its letters ("abca"); the text path appends EOS as for any data
   evaluate  a text policy exactly: every toy response of every prompt, tokenised as the text path
             tokenises data (nanoirl/data.py:tokenize, EOS appended, cut at --max-response-len),
             scored by the policy's own logprobs; reported on the toy language renormalised, with
             the mass the policy puts on every other token sequence (outside_language)
 
     python -m toy.text write out/toy-text --demos 60 --seed 1
-    python train_sft.py --model random:pythia-70m --toy-eval out/toy-text --max-prompt-len 16 --max-response-len 5 --eval-size 3
-    (pythia-70m on a CPU: seconds a step; tests/test_toy_text.py trains a 2-layer GPT-NeoX instead)
+    python train_sft.py --model random:pythia-70m --toy-eval out/toy-text --max-prompt-len 2 --max-response-len 5 --eval-size 3
+    (pythia-70m on a CPU: seconds a step; toy_vs_text.py trains a GPT-NeoX of the toy GPT's size, on
+    the three scripts, against the toy path: docs/results.md)
 
 With UTF-8 bytes as tokens (the random-init dry run's tokenizer) a letter is one token, and
 --max-response-len 5 (the toy's horizon T) cuts the toy's T-letter responses where the toy
@@ -24,7 +25,6 @@ DIR holds demos.jsonl (--held-out demonstrations first, which TextTask holds out
 then the --demos demonstrations that `--n-demos N --seed S` gives the toy path, in the same order),
 pairs.jsonl and toy.json (what the evaluation needs to rebuild the MDP).
 """
-import sys
 if __name__ == "__main__":
     import nanoirl.entry  # noqa: F401  (first: a Ctrl-C while torch is imported ends in one line)
 import argparse
@@ -44,7 +44,7 @@ from nanoirl.task import TextTask, in_chunks
 from toy import metrics
 from toy.mdp import ToyConfig, ToyMDP
 
-PROMPT = "prompt {x}:"
+PROMPT = "{x}:"  # prompt x of the toy; short, for the text path pads every prompt to --max-prompt-len
 
 
 def response_text(mdp, tokens):
@@ -52,10 +52,10 @@ def response_text(mdp, tokens):
     return "".join(mdp.letter(int(t) - 2) for t in tokens if int(t) >= 2)
 
 
-def records(mdp, prompts, responses):
+def records(mdp, prompts, responses, prompt=PROMPT):
     """(prompts (B, 1), responses (B, T)) of the toy -> [{"prompt", "response"}]."""
     x = mdp.prompt_index(prompts).tolist()
-    return [{"prompt": PROMPT.format(x=i), "response": response_text(mdp, y)} for i, y in zip(x, responses)]
+    return [{"prompt": prompt.format(x=i), "response": response_text(mdp, y)} for i, y in zip(x, responses)]
 
 
 def gold_pairs(mdp, n, generator):
@@ -106,13 +106,13 @@ class ToyLanguage:
     def __init__(self, meta, tok, max_prompt_len, max_response_len):
         self.mdp = mdp = ToyMDP(ToyConfig(**meta["toy"]))
         prompts, _, responses = mdp.all_pairs()
-        examples = [{**r, "where": "the toy language"} for r in records(mdp, prompts, responses)]
+        examples = [{**r, "where": "the toy language"} for r in records(mdp, prompts, responses, meta["prompt"])]
         # max_truncated_share 1: the toy's T-letter responses are meant to be cut (truncated), and
         # tokenize's count of them is no news here
         with contextlib.redirect_stdout(io.StringIO()):
             t = data.tokenize(examples, tok, max_prompt_len, max_response_len, max_truncated_share=1.0)
         self.prompts, self.prompt_mask, self.responses = t["prompts"], t["prompt_mask"], t["responses"]
-        self.eos_id = tok.eos_id
+        self.eos_id, self.pad_id = tok.eos_id, tok.pad_id
         ended = ends_with_eos(self.responses, tok.eos_id).view(mdp.n_prompts, -1)
         short = (mdp.responses == mdp.eos_id).any(-1)  # the toy's responses that end with EOS
         if not ended[:, short].all():  # a cut EOS would make "abc" a prefix of "abca": masses overlap
@@ -121,6 +121,12 @@ class ToyLanguage:
         # demonstrations of the toy path (ToyTask with --n-demos, --seed): fkl_demos and win rate against them
         demos = mdp.demonstrations(meta["n_demos"], torch.Generator().manual_seed(meta["seed"]))
         self.demo_logd = mdp.empirical_logprob(demos[0], demos[2])
+
+    def tokens(self):
+        """The token ids of the toy language: EOS and every token of a toy response (with bytes as
+        tokens, the letters; a BPE tokenizer may add merged tokens such as "ab")."""
+        ids = self.responses.unique()
+        return ids[ids != self.pad_id].tolist()
 
     @torch.no_grad()
     def logd(self, policy, batch_size, temperature=1.0):
@@ -134,16 +140,13 @@ class ToyLanguage:
 
     def evaluate(self, policy, batch_size, temperature=1.0):
         """The toy's exact metrics (toy/metrics.py:summary, win rate) on the renormalised law, plus
-        outside_language = 1 - the policy's mass on the toy language, per prompt, averaged, and
-        eos_rate = the renormalised mass of responses that end with EOS (the rest are truncated). At
-        the temperature the policy is sampled at (logged as eval_temperature)."""
+        outside_language = 1 - the policy's mass on the toy language, per prompt, averaged. At the
+        temperature the policy is sampled at (logged as eval_temperature)."""
         logd = self.logd(policy, batch_size, temperature)
         inside = logd.logsumexp(-1, keepdim=True)
         logd = logd - inside
-        ended = (self.mdp.responses == self.mdp.eos_id).any(-1)
         return {**metrics.summary(self.mdp, logd, self.demo_logd),
                 "win_rate": metrics.win_rate(self.mdp, logd, self.demo_logd).mean().item(),
-                "eos_rate": logd[:, ended].exp().sum(-1).mean().item(),
                 "outside_language": (1 - inside.exp()).mean().item(), "eval_temperature": temperature}
 
 
@@ -157,8 +160,12 @@ def read_meta(directory):
 
 
 class ToyTextTask(TextTask):
-    """TextTask on the toy as text (--toy-eval DIR): --data and --eval-pairs default to DIR's files,
-    responses past --max-response-len are kept truncated (--truncate-long-responses), and evaluate() is the exact evaluation above in place of the sampled text metrics."""
+    """TextTask on the toy as text (--toy-eval DIR), as close to ToyTask as text allows: --data and
+    --eval-pairs default to DIR's files; the scripts' defaults are the toy GPT's (nanoirl/cli.py:
+    setting); a response cut at --max-response-len is a toy response of T letters, so it is kept
+    (--truncate-long-responses) and PPO does not penalise it (missing_eos_penalty None); with
+    --toy-tokens-only the policy samples only toy tokens, as the toy GPT does; and evaluate() is the
+    exact evaluation above in place of the sampled text metrics."""
 
     def __init__(self, args, device, dtype, default_pairs=None):
         meta = read_meta(args.toy_eval)
@@ -172,6 +179,9 @@ class ToyTextTask(TextTask):
         args.truncate_long_responses = True  # the toy's T-letter responses are truncated by design
         super().__init__(args, device, dtype)
         self.language = ToyLanguage(meta, self.tok, args.max_prompt_len, args.max_response_len)
+        self.missing_eos_penalty = None  # T letters without EOS is a toy response, as on the toy path
+        if args.toy_tokens_only:  # EOS and every token of a toy response: the toy GPT's actions, on text
+            self.policy.set_allowed_tokens(self.language.tokens())
 
     def evaluate(self, policy):
         # the law PPO samples and optimises, at its --temperature; SFT's policy as trained, at 1
@@ -186,7 +196,7 @@ def main(argv=None):
         description="Write the toy MDP as the text scripts' JSONL files: DIR/demos.jsonl (--held-out "
                     "demonstrations, then the --demos that train_sft.py --n-demos N --seed S draws on the toy), "
                     "DIR/pairs.jsonl (gold-preference pairs for --eval-pairs) and DIR/toy.json (for --toy-eval DIR). "
-                    "Then: python train_sft.py --model random:pythia-70m --toy-eval DIR --max-prompt-len 16 "
+                    "Then: python train_sft.py --model random:pythia-70m --toy-eval DIR --max-prompt-len 2 "
                     "--max-response-len 5 --eval-size 3")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="write DIR", formatter_class=cli.HelpFormatter)
