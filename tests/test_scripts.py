@@ -111,8 +111,14 @@ class InProcess:
         module = importlib.import_module(script[:-3])
         stdout, stderr = io.StringIO(), io.StringIO()
         self.returncode = 0
+        # huggingface_hub and datasets read HF_HUB_OFFLINE once, when imported (maybe by an earlier
+        # test): without this, an offline run here retries the network for ~25 s before failing
+        offline = [mock.patch(f"{m}.HF_HUB_OFFLINE", env["HF_HUB_OFFLINE"] == "1")
+                   for m in ("huggingface_hub.constants", "datasets.config") if m in sys.modules]
         with mock.patch.dict(os.environ, env), mock.patch.object(module.parser, "prog", script), \
-                contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                contextlib.ExitStack() as patches, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            for patch in offline:
+                patches.enter_context(patch)
             try:
                 module.main(module.parser.parse_args([*map(str, flags), "--out", str(self.out)]))
             except (DataError, RunError) as e:
