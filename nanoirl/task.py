@@ -71,8 +71,9 @@ def add_task_args(parser):
                         f"whatever their share (otherwise refused above {data.MAX_TRUNCATED_SHARE:.0%}%)")
     g.add_argument("--toy-eval", default=None, metavar="DIR",
                    help="text: the toy MDP as text, written by python -m toy.text write DIR: --data and "
-                        "--eval-pairs default to DIR's files, and every evaluation is exact against the toy's "
-                        "expert (every toy response through this tokenizer; toy/text.py) in place of the sampled metrics")
+                        "--eval-pairs default to DIR's files, the flags whose defaults depend on --model take the "
+                        "toy GPT's, and every evaluation is exact against the toy's expert (every toy response "
+                        "through this tokenizer; toy/text.py) in place of the sampled metrics")
     g.add_argument("--toy-tokens-only", action="store_true",
                    help="text, with --toy-eval: mask the policy's logits to EOS and the tokens of the toy's "
                         "responses, as the toy GPT's are masked to its actions (toy/gpt.py), so that it samples "
