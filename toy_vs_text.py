@@ -45,6 +45,7 @@ from toy import metrics, text
 from toy.gpt import tiny_config
 from toy.mdp import ToyMDP
 
+ROOT = Path(__file__).resolve().parent  # where the scripts are: the runs start there
 N_DEMOS, HELD_OUT = 60, 3
 AIRL = ["--divergence", "reverse-kl", "--steps", "100"]
 # (script, its flags on both paths, more flags on the text path only); --toy-tokens-only masks the
@@ -110,7 +111,7 @@ def execute(runs_list, jobs):
         seed, script, path, out, cmd = r
         start = time.time()
         with open(f"{out}.log", "w") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
         return r, rc, time.time() - start
 
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
@@ -177,8 +178,8 @@ def main(argv=None):
     parser.add_argument("--jobs", type=positive_int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--table-only", action="store_true", help="print the table of the runs already in --runs-dir")
     args = parser.parse_args(argv)
-    if not args.table_only:
-        execute(runs(args.runs_dir, args.seeds), args.jobs)
+    if not args.table_only:  # the runs start in ROOT: their paths are absolute
+        execute(runs(args.runs_dir.resolve(), args.seeds), args.jobs)
     result = table(args.runs_dir, args.seeds)
     (args.runs_dir / "table.md").write_text(result + "\n")
     print(result)
