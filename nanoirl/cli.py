@@ -165,9 +165,7 @@ SETTINGS = ("toy table", "toy GPT or --toy-eval", "text")
 def setting(args):
     """The column of DEFAULTS that args picks: 0 the toy table, 1 the toy GPT (or a text model on
     the toy's data, --toy-eval), 2 text."""
-    if args.model in ("toy-tabular", "toy-gpt"):
-        return 0 if args.model == "toy-tabular" else 1
-    return 1 if getattr(args, "toy_eval", None) else 2
+    return {"toy-tabular": 0, "toy-gpt": 1}.get(args.model, 1 if getattr(args, "toy_eval", None) else 2)
 
 
 def show_defaults(parser, defaults):
